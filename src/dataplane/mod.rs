@@ -1,0 +1,171 @@
+//! The dataplane: programs port forwards into Neutron router namespaces.
+//!
+//! Layers, from the kernel up:
+//! - [`netns`]: run a closure inside a named network namespace without spawning `ip netns exec`.
+//! - Backends implementing [`Backend`]: [`nft`] (default, our own `ip praas` table with a DNAT
+//!   map), [`iptables`] (the original PRaaS chain layout, for sites without nftables) and
+//!   [`fake`] (records what it was asked, for unit tests).
+//! - [`conntrack`]: deletes the flows of removed or re-pointed forwards (OSSN-0020).
+//! - [`sync::RouterSync`]: keeps what each namespace was last programmed with, sends element
+//!   diffs for single changes, rewrites the whole table on a resync or after any failure, and
+//!   verifies what the kernel holds.
+//!
+//! See `docs/design.md` for the rule layout and why it is built this way.
+
+pub mod conntrack;
+pub mod fake;
+pub mod iptables;
+pub mod model;
+pub mod netns;
+pub mod nft;
+pub mod sync;
+
+use std::fmt;
+
+pub use model::{
+    Changes, ExternalKey, Forward, MasqueradeKey, PortRange, Protocol, RuleSet, Target,
+};
+
+/// Which namespace holds a router's gateway: `qrouter-` for legacy and HA routers, `snat-` for
+/// distributed (DVR) routers, whose centralized SNAT part carries the gateway port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NamespaceKind {
+    Qrouter,
+    Snat,
+}
+
+/// A router namespace on this network node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouterNamespace {
+    name: String,
+}
+
+impl RouterNamespace {
+    pub fn for_router(router_id: &str, kind: NamespaceKind) -> Self {
+        let prefix = match kind {
+            NamespaceKind::Qrouter => "qrouter-",
+            NamespaceKind::Snat => "snat-",
+        };
+        RouterNamespace {
+            name: format!("{prefix}{router_id}"),
+        }
+    }
+
+    /// A namespace by its literal name (tests and benchmarks use their own names).
+    pub fn named(name: impl Into<String>) -> Self {
+        RouterNamespace { name: name.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for RouterNamespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Errors of the dataplane. Each says which namespace or mapping failed; the source error is
+/// attached, not repeated in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("invalid forward {id:?}: {reason}")]
+    InvalidForward { id: String, reason: String },
+
+    #[error("mappings {first:?} and {second:?} both claim {key}")]
+    Conflict {
+        key: ExternalKey,
+        first: String,
+        second: String,
+    },
+
+    #[error("network namespace {namespace} is not available")]
+    Namespace {
+        namespace: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{backend} rejected the transaction for namespace {namespace}: {message}")]
+    Rejected {
+        backend: &'static str,
+        namespace: String,
+        message: String,
+    },
+
+    #[error("{backend} is not usable on this node")]
+    Unavailable {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("could not read back the rules of namespace {namespace}: {message}")]
+    ReadBack { namespace: String, message: String },
+
+    #[error("namespace {namespace} does not hold what was programmed: {detail}")]
+    Drift { namespace: String, detail: String },
+
+    #[error("conntrack cleanup in namespace {namespace} failed")]
+    Conntrack {
+        namespace: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A way of programming rule sets into router namespaces.
+///
+/// Every call is one atomic transaction in one namespace: either all of it is in the kernel
+/// afterwards, or none of it is.
+pub trait Backend: Send + Sync {
+    /// Short name for logs and errors (`nftables`, `iptables`, `fake`).
+    fn name(&self) -> &'static str;
+
+    /// Replaces everything we own in `namespace` with `rules`.
+    fn full_sync(&self, namespace: &RouterNamespace, rules: &RuleSet)
+        -> Result<(), DataplaneError>;
+
+    /// Applies element changes on top of what a previous call programmed.
+    fn update(&self, namespace: &RouterNamespace, changes: &Changes) -> Result<(), DataplaneError>;
+
+    /// Reads back what the kernel holds: `None` when our rules are absent from the namespace.
+    fn read_back(&self, namespace: &RouterNamespace) -> Result<Option<RuleSet>, DataplaneError>;
+
+    /// Removes everything we own from `namespace`. Absent rules are not an error.
+    fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError>;
+}
+
+/// Which backend to use, as `[dataplane] driver` in the configuration names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Driver {
+    #[default]
+    Nftables,
+    Iptables,
+}
+
+impl std::str::FromStr for Driver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "nftables" | "nft" => Ok(Driver::Nftables),
+            "iptables" => Ok(Driver::Iptables),
+            other => Err(format!(
+                "unknown dataplane driver {other:?} (expected nftables or iptables)"
+            )),
+        }
+    }
+}
+
+impl Driver {
+    /// Builds the backend for this driver.
+    pub fn backend(self) -> Result<Box<dyn Backend>, DataplaneError> {
+        Ok(match self {
+            Driver::Nftables => Box::new(nft::NftBackend::new()?),
+            Driver::Iptables => Box::new(iptables::IptablesBackend::new()),
+        })
+    }
+}

@@ -1,0 +1,520 @@
+//! What the dataplane programs: port forwards on a router's gateway address, and the
+//! normalized element sets they expand to.
+//!
+//! A [`Forward`] is one PAT mapping as the kernel sees it. A [`RuleSet`] is the whole desired
+//! state of one router namespace, already expanded into the keyed elements that the backends
+//! program (one map entry per external port), so that diffing two rule sets is a keyed set
+//! difference and never a comparison of rule text.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+
+use super::DataplaneError;
+
+/// Largest number of ports one forward may cover. A range expands to one map element per port;
+/// the bound keeps a single request from exploding a namespace's rule set.
+pub const MAX_RANGE_LEN: u32 = 4096;
+
+/// Transport protocol of a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// IANA protocol number, as conntrack and nftables' `meta l4proto` carry it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = DataplaneError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            _ => Err(DataplaneError::InvalidForward {
+                id: String::new(),
+                reason: format!("unknown protocol {s:?} (expected tcp or udp)"),
+            }),
+        }
+    }
+}
+
+/// An inclusive range of ports, `first..=last`, never containing port 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+impl PortRange {
+    pub fn new(first: u16, last: u16) -> Result<Self, String> {
+        if first == 0 {
+            return Err("port 0 is not a valid port".into());
+        }
+        if last < first {
+            return Err(format!("port range {first}:{last} ends before it starts"));
+        }
+        Ok(PortRange { first, last })
+    }
+
+    pub fn single(port: u16) -> Result<Self, String> {
+        Self::new(port, port)
+    }
+
+    pub fn first(&self) -> u16 {
+        self.first
+    }
+
+    pub fn last(&self) -> u16 {
+        self.last
+    }
+
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    /// Always false: a range holds at least one port. Present for API symmetry with `len`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u16> {
+        self.first..=self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}:{}", self.first, self.last)
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    /// Parses `N` or `N:M` (Neutron's notation for port ranges).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{p:?} is not a port number (1-65535)"))
+        };
+        match s.split_once(':') {
+            Some((a, b)) => PortRange::new(parse(a)?, parse(b)?),
+            None => PortRange::single(parse(s)?),
+        }
+    }
+}
+
+/// One port forward: traffic to `external_ip:external_ports/protocol` is sent to
+/// `internal_ip:internal_ports`.
+///
+/// `internal_ports` has the same length as `external_ports` (port `first + k` goes to internal
+/// port `first + k`), or is a single port that every external port goes to, as Neutron allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Identifier of the mapping this forward belongs to; used in errors and logs.
+    pub id: String,
+    pub protocol: Protocol,
+    /// The router's external gateway address.
+    pub external_ip: Ipv4Addr,
+    pub external_ports: PortRange,
+    pub internal_ip: Ipv4Addr,
+    pub internal_ports: PortRange,
+    /// Sources allowed to use the forward; empty means everyone.
+    pub allowed_cidrs: Vec<Ipv4Net>,
+    /// Rewrite the client's address to the router's internal address, so the VM answers the
+    /// router even without a route back (the original PRaaS always did this). Off by default so
+    /// that the VM sees the real client.
+    pub masquerade: bool,
+}
+
+impl Forward {
+    /// Checks the invariants that the element expansion relies on.
+    pub fn validate(&self) -> Result<(), DataplaneError> {
+        let invalid = |reason: String| DataplaneError::InvalidForward {
+            id: self.id.clone(),
+            reason,
+        };
+        let (ext, int) = (self.external_ports.len(), self.internal_ports.len());
+        if int != 1 && int != ext {
+            return Err(invalid(format!(
+                "internal port range {} must have one port or as many ports as external range {}",
+                self.internal_ports, self.external_ports
+            )));
+        }
+        if ext > MAX_RANGE_LEN {
+            return Err(invalid(format!(
+                "external port range {} covers {ext} ports, more than the limit of {MAX_RANGE_LEN}",
+                self.external_ports
+            )));
+        }
+        for (what, ip) in [
+            ("external", self.external_ip),
+            ("internal", self.internal_ip),
+        ] {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(invalid(format!("{what} address {ip} cannot be forwarded")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The (external port, internal port) pairs this forward covers.
+    pub fn port_pairs(&self) -> impl Iterator<Item = (u16, u16)> + '_ {
+        let single = self.internal_ports.len() == 1;
+        self.external_ports.iter().enumerate().map(move |(k, ext)| {
+            // k < MAX_RANGE_LEN and the ranges have equal length, so this cannot overflow.
+            let int = if single {
+                self.internal_ports.first()
+            } else {
+                self.internal_ports.first() + k as u16
+            };
+            (ext, int)
+        })
+    }
+}
+
+/// Key of one DNAT element: the packet's destination as it arrives at the router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExternalKey {
+    pub ip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl fmt::Display for ExternalKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.protocol)
+    }
+}
+
+/// Where a DNAT element sends the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Target {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// Key of a masquerade element: the gateway the flow was sent to and the VM socket it was
+/// translated to (what a packet looks like in postrouting, after DNAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MasqueradeKey {
+    pub external_ip: Ipv4Addr,
+    pub internal_ip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub internal_port: u16,
+}
+
+/// The complete desired state of one router namespace, as keyed elements.
+///
+/// - `forwards`: DNAT map, one element per external port.
+/// - `restricted`: external keys that only some sources may use; `allowed` lists those
+///   sources. A key in `restricted` with no allowed source forwards nothing.
+/// - `masqueraded`: flows whose client address is rewritten to the router's address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleSet {
+    pub forwards: BTreeMap<ExternalKey, Target>,
+    pub restricted: BTreeSet<ExternalKey>,
+    pub allowed: BTreeSet<(ExternalKey, Ipv4Net)>,
+    pub masqueraded: BTreeSet<MasqueradeKey>,
+}
+
+impl RuleSet {
+    /// Expands forwards into elements. Two forwards that claim the same external
+    /// (address, protocol, port) are a conflict: the kernel could only honour one of them.
+    pub fn from_forwards<'a>(
+        forwards: impl IntoIterator<Item = &'a Forward>,
+    ) -> Result<Self, DataplaneError> {
+        let mut set = RuleSet::default();
+        let mut owner: BTreeMap<ExternalKey, &str> = BTreeMap::new();
+        for fwd in forwards {
+            fwd.validate()?;
+            // Overlapping CIDRs would be rejected by an interval set; merge them first.
+            let cidrs = Ipv4Net::aggregate(&fwd.allowed_cidrs);
+            for (ext, int) in fwd.port_pairs() {
+                let key = ExternalKey {
+                    ip: fwd.external_ip,
+                    protocol: fwd.protocol,
+                    port: ext,
+                };
+                if let Some(previous) = owner.insert(key, &fwd.id) {
+                    return Err(DataplaneError::Conflict {
+                        key,
+                        first: previous.to_string(),
+                        second: fwd.id.clone(),
+                    });
+                }
+                set.forwards.insert(
+                    key,
+                    Target {
+                        ip: fwd.internal_ip,
+                        port: int,
+                    },
+                );
+                if !cidrs.is_empty() {
+                    set.restricted.insert(key);
+                    set.allowed.extend(cidrs.iter().map(|c| (key, *c)));
+                }
+                if fwd.masquerade {
+                    set.masqueraded.insert(MasqueradeKey {
+                        external_ip: fwd.external_ip,
+                        internal_ip: fwd.internal_ip,
+                        protocol: fwd.protocol,
+                        internal_port: int,
+                    });
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.forwards.is_empty()
+    }
+
+    /// What turns `self` (the state the kernel holds) into `desired`.
+    pub fn diff(&self, desired: &RuleSet) -> Changes {
+        let mut changes = Changes::default();
+        for (key, target) in &self.forwards {
+            match desired.forwards.get(key) {
+                Some(t) if t == target => {}
+                _ => changes.remove_forwards.push((*key, *target)),
+            }
+        }
+        for (key, target) in &desired.forwards {
+            if self.forwards.get(key) != Some(target) {
+                changes.add_forwards.push((*key, *target));
+            }
+        }
+        changes.remove_restricted = self
+            .restricted
+            .difference(&desired.restricted)
+            .copied()
+            .collect();
+        changes.add_restricted = desired
+            .restricted
+            .difference(&self.restricted)
+            .copied()
+            .collect();
+        changes.remove_allowed = self.allowed.difference(&desired.allowed).copied().collect();
+        changes.add_allowed = desired.allowed.difference(&self.allowed).copied().collect();
+        changes.remove_masqueraded = self
+            .masqueraded
+            .difference(&desired.masqueraded)
+            .copied()
+            .collect();
+        changes.add_masqueraded = desired
+            .masqueraded
+            .difference(&self.masqueraded)
+            .copied()
+            .collect();
+        changes
+    }
+
+    /// Applies `changes` to this state, as the kernel does when a transaction commits.
+    pub fn apply(&mut self, changes: &Changes) {
+        for (key, _) in &changes.remove_forwards {
+            self.forwards.remove(key);
+        }
+        self.forwards.extend(changes.add_forwards.iter().copied());
+        for key in &changes.remove_restricted {
+            self.restricted.remove(key);
+        }
+        self.restricted
+            .extend(changes.add_restricted.iter().copied());
+        for item in &changes.remove_allowed {
+            self.allowed.remove(item);
+        }
+        self.allowed.extend(changes.add_allowed.iter().copied());
+        for key in &changes.remove_masqueraded {
+            self.masqueraded.remove(key);
+        }
+        self.masqueraded
+            .extend(changes.add_masqueraded.iter().copied());
+    }
+}
+
+/// Element-level changes between two rule sets. Removals are applied before additions, so a
+/// changed target is a removal of the old element and an addition of the new one in the same
+/// transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub remove_forwards: Vec<(ExternalKey, Target)>,
+    pub add_forwards: Vec<(ExternalKey, Target)>,
+    pub remove_restricted: Vec<ExternalKey>,
+    pub add_restricted: Vec<ExternalKey>,
+    pub remove_allowed: Vec<(ExternalKey, Ipv4Net)>,
+    pub add_allowed: Vec<(ExternalKey, Ipv4Net)>,
+    pub remove_masqueraded: Vec<MasqueradeKey>,
+    pub add_masqueraded: Vec<MasqueradeKey>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.remove_forwards.is_empty()
+            && self.add_forwards.is_empty()
+            && self.remove_restricted.is_empty()
+            && self.add_restricted.is_empty()
+            && self.remove_allowed.is_empty()
+            && self.add_allowed.is_empty()
+            && self.remove_masqueraded.is_empty()
+            && self.add_masqueraded.is_empty()
+    }
+
+    /// Flows that must not outlive this change: every forward removed or re-pointed, with the
+    /// target it used to have (the conntrack entries to delete).
+    pub fn stale_flows(&self) -> impl Iterator<Item = &(ExternalKey, Target)> {
+        self.remove_forwards.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd(id: &str, ext: &str, int: &str) -> Forward {
+        Forward {
+            id: id.into(),
+            protocol: Protocol::Tcp,
+            external_ip: "203.0.113.10".parse().unwrap(),
+            external_ports: ext.parse().unwrap(),
+            internal_ip: "10.0.0.5".parse().unwrap(),
+            internal_ports: int.parse().unwrap(),
+            allowed_cidrs: vec![],
+            masquerade: false,
+        }
+    }
+
+    #[test]
+    fn equal_ranges_map_port_by_port() {
+        let f = fwd("a", "5000:5002", "6000:6002");
+        assert_eq!(
+            f.port_pairs().collect::<Vec<_>>(),
+            vec![(5000, 6000), (5001, 6001), (5002, 6002)]
+        );
+    }
+
+    #[test]
+    fn a_range_may_fan_in_to_one_internal_port() {
+        let f = fwd("a", "5000:5002", "22");
+        assert_eq!(
+            f.port_pairs().collect::<Vec<_>>(),
+            vec![(5000, 22), (5001, 22), (5002, 22)]
+        );
+        let set = RuleSet::from_forwards([&f]).unwrap();
+        assert_eq!(set.forwards.len(), 3);
+    }
+
+    #[test]
+    fn unequal_ranges_are_rejected_with_the_mapping_named() {
+        let err = fwd("m1", "5000:5002", "6000:6001").validate().unwrap_err();
+        assert!(err.to_string().contains("m1"), "{err}");
+    }
+
+    #[test]
+    fn oversized_ranges_are_rejected() {
+        assert!(fwd("big", "1:65535", "1:65535").validate().is_err());
+    }
+
+    #[test]
+    fn port_range_parsing() {
+        assert_eq!("80".parse::<PortRange>().unwrap().len(), 1);
+        assert_eq!("80:90".parse::<PortRange>().unwrap().len(), 11);
+        assert!("0".parse::<PortRange>().is_err());
+        assert!("90:80".parse::<PortRange>().is_err());
+        assert!("70000".parse::<PortRange>().is_err());
+        assert!("a:b".parse::<PortRange>().is_err());
+    }
+
+    #[test]
+    fn two_forwards_on_one_external_port_conflict() {
+        let a = fwd("a", "4000:4010", "22");
+        let b = fwd("b", "4010", "80");
+        match RuleSet::from_forwards([&a, &b]) {
+            Err(DataplaneError::Conflict { first, second, key }) => {
+                assert_eq!(
+                    (first.as_str(), second.as_str(), key.port),
+                    ("a", "b", 4010)
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn overlapping_allowed_cidrs_are_merged() {
+        let mut f = fwd("a", "4000", "22");
+        f.allowed_cidrs = vec![
+            "198.51.100.0/24".parse().unwrap(),
+            "198.51.100.128/25".parse().unwrap(),
+        ];
+        let set = RuleSet::from_forwards([&f]).unwrap();
+        assert_eq!(set.allowed.len(), 1);
+        assert_eq!(set.restricted.len(), 1);
+    }
+
+    #[test]
+    fn diff_then_apply_reaches_the_desired_state() {
+        let old =
+            RuleSet::from_forwards([&fwd("a", "4000", "22"), &fwd("b", "4001", "80")]).unwrap();
+        let mut moved = fwd("a", "4000", "2222");
+        moved.masquerade = true;
+        moved.allowed_cidrs = vec!["192.0.2.0/24".parse().unwrap()];
+        let new = RuleSet::from_forwards([&moved, &fwd("c", "4002", "443")]).unwrap();
+        let changes = old.diff(&new);
+        // 4000 re-pointed (remove + add), 4001 removed, 4002 added.
+        assert_eq!(changes.remove_forwards.len(), 2);
+        assert_eq!(changes.add_forwards.len(), 2);
+        assert_eq!(changes.stale_flows().count(), 2);
+        let mut state = old.clone();
+        state.apply(&changes);
+        assert_eq!(state, new);
+        assert!(new.diff(&new).is_empty());
+    }
+}

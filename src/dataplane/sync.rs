@@ -1,0 +1,398 @@
+//! Keeps router namespaces equal to their desired rule sets.
+//!
+//! [`RouterSync`] remembers what each namespace was last programmed with (as kube-proxy's
+//! nftables mode does, so that it never has to list the kernel's tables to decide what to do):
+//! a change is sent as an element diff; a namespace it knows nothing about, or one whose last
+//! transaction failed, gets a full rewrite of our table, which is then read back and compared.
+//! Flows of removed or re-pointed forwards are deleted from conntrack once the rules are gone.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tracing::{debug, info, warn};
+
+use super::{Backend, Changes, DataplaneError, ExternalKey, RouterNamespace, RuleSet, Target};
+
+/// Deletes conntrack entries of forwards that no longer exist.
+pub trait FlowCleaner: Send + Sync {
+    /// Deletes the flows that were translated by `stale` forwards; returns how many.
+    fn delete_flows(
+        &self,
+        namespace: &RouterNamespace,
+        stale: &[(ExternalKey, Target)],
+    ) -> Result<usize, DataplaneError>;
+}
+
+/// A cleaner that deletes nothing, for backends tested without a kernel.
+pub struct NoFlowCleanup;
+
+impl FlowCleaner for NoFlowCleanup {
+    fn delete_flows(
+        &self,
+        _: &RouterNamespace,
+        _: &[(ExternalKey, Target)],
+    ) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+}
+
+/// How a sync reached the desired state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Nothing differed from what was programmed.
+    Unchanged,
+    /// Element changes on top of the programmed table.
+    Incremental,
+    /// Our table rewritten whole, then read back and verified.
+    Full,
+}
+
+/// Result of one sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOutcome {
+    pub mode: SyncMode,
+    /// Forward elements added and removed (a re-pointed forward counts in both).
+    pub added: usize,
+    pub removed: usize,
+    /// Conntrack entries deleted.
+    pub flows_deleted: usize,
+}
+
+/// Programs namespaces through a backend, incrementally when it can.
+pub struct RouterSync {
+    backend: Arc<dyn Backend>,
+    cleaner: Arc<dyn FlowCleaner>,
+    /// Per namespace: what the kernel holds as far as we know, `None` when unknown. The inner
+    /// lock serializes syncs of one namespace; different namespaces proceed in parallel.
+    committed: Mutex<HashMap<RouterNamespace, Arc<Mutex<Option<RuleSet>>>>>,
+}
+
+impl RouterSync {
+    pub fn new(backend: Arc<dyn Backend>, cleaner: Arc<dyn FlowCleaner>) -> Self {
+        RouterSync {
+            backend,
+            cleaner,
+            committed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    fn slot(&self, namespace: &RouterNamespace) -> Arc<Mutex<Option<RuleSet>>> {
+        self.committed
+            .lock()
+            .unwrap()
+            .entry(namespace.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets what `namespace` holds, so that its next sync rewrites it whole.
+    pub fn invalidate(&self, namespace: &RouterNamespace) {
+        if let Some(slot) = self.committed.lock().unwrap().get(namespace) {
+            *slot.lock().unwrap() = None;
+        }
+    }
+
+    /// Forgets every namespace: the next sync of each is a full one (periodic resync).
+    pub fn invalidate_all(&self) {
+        for slot in self.committed.lock().unwrap().values() {
+            *slot.lock().unwrap() = None;
+        }
+    }
+
+    /// Brings `namespace` to `desired`.
+    pub fn sync(
+        &self,
+        namespace: &RouterNamespace,
+        desired: &RuleSet,
+    ) -> Result<SyncOutcome, DataplaneError> {
+        let slot = self.slot(namespace);
+        let mut committed = slot.lock().unwrap();
+        if let Some(current) = committed.as_ref() {
+            let changes = current.diff(desired);
+            if changes.is_empty() {
+                return Ok(SyncOutcome {
+                    mode: SyncMode::Unchanged,
+                    added: 0,
+                    removed: 0,
+                    flows_deleted: 0,
+                });
+            }
+            match self.backend.update(namespace, &changes) {
+                Ok(()) => {
+                    *committed = Some(desired.clone());
+                    let flows_deleted = self.clean(namespace, &changes);
+                    return Ok(SyncOutcome {
+                        mode: SyncMode::Incremental,
+                        added: changes.add_forwards.len(),
+                        removed: changes.remove_forwards.len(),
+                        flows_deleted,
+                    });
+                }
+                Err(e) => {
+                    // Whatever the kernel holds now, a full rewrite fixes it.
+                    warn!(%namespace, error = %e, "incremental update failed; rewriting the table");
+                    *committed = None;
+                }
+            }
+        }
+        let outcome = self.full_sync_locked(namespace, desired)?;
+        *committed = Some(desired.clone());
+        Ok(outcome)
+    }
+
+    /// Rewrites our table in `namespace`, verifies it, and cleans the flows of forwards that
+    /// were in the kernel before but are not desired.
+    fn full_sync_locked(
+        &self,
+        namespace: &RouterNamespace,
+        desired: &RuleSet,
+    ) -> Result<SyncOutcome, DataplaneError> {
+        // What was there decides which flows to clean; unreadable counts as nothing.
+        let before = match self.backend.read_back(namespace) {
+            Ok(rules) => rules.unwrap_or_default(),
+            Err(e) => {
+                debug!(%namespace, error = %e, "could not read back before a full sync");
+                RuleSet::default()
+            }
+        };
+        self.backend.full_sync(namespace, desired)?;
+        self.verify_against(namespace, desired)?;
+        let changes = before.diff(desired);
+        let flows_deleted = self.clean(namespace, &changes);
+        info!(
+            %namespace,
+            backend = self.backend.name(),
+            forwards = desired.forwards.len(),
+            flows_deleted,
+            "namespace fully synced"
+        );
+        Ok(SyncOutcome {
+            mode: SyncMode::Full,
+            added: changes.add_forwards.len(),
+            removed: changes.remove_forwards.len(),
+            flows_deleted,
+        })
+    }
+
+    fn verify_against(
+        &self,
+        namespace: &RouterNamespace,
+        expected: &RuleSet,
+    ) -> Result<(), DataplaneError> {
+        match self.backend.read_back(namespace)? {
+            None => Err(DataplaneError::Drift {
+                namespace: namespace.to_string(),
+                detail: "our table is missing".into(),
+            }),
+            Some(actual) if actual != *expected => {
+                let d = actual.diff(expected);
+                Err(DataplaneError::Drift {
+                    namespace: namespace.to_string(),
+                    detail: format!(
+                        "{} forwards missing or wrong, {} unexpected",
+                        d.add_forwards.len(),
+                        d.remove_forwards.len()
+                    ),
+                })
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Reads back `namespace` and compares it with what was programmed. On a difference the
+    /// namespace is forgotten, so the next sync repairs it with a full rewrite.
+    pub fn verify(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {
+        let slot = self.slot(namespace);
+        let mut committed = slot.lock().unwrap();
+        let Some(expected) = committed.clone() else {
+            return Ok(()); // nothing programmed yet: the next sync is a full one anyway
+        };
+        let result = self.verify_against(namespace, &expected);
+        if result.is_err() {
+            *committed = None;
+        }
+        result
+    }
+
+    /// Removes everything we programmed in `namespace` and the flows it translated.
+    pub fn remove(&self, namespace: &RouterNamespace) -> Result<usize, DataplaneError> {
+        let slot = self.slot(namespace);
+        let mut committed = slot.lock().unwrap();
+        let before = match committed.take() {
+            Some(rules) => rules,
+            None => self
+                .backend
+                .read_back(namespace)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        };
+        self.backend.remove(namespace)?;
+        let flows = self.clean(namespace, &before.diff(&RuleSet::default()));
+        self.committed.lock().unwrap().remove(namespace);
+        Ok(flows)
+    }
+
+    /// Deletes flows of removed forwards. A failure here does not undo the rule change: it is
+    /// logged, and the flows age out on their own.
+    fn clean(&self, namespace: &RouterNamespace, changes: &Changes) -> usize {
+        let stale: Vec<(ExternalKey, Target)> = changes.stale_flows().copied().collect();
+        if stale.is_empty() {
+            return 0;
+        }
+        match self.cleaner.delete_flows(namespace, &stale) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(%namespace, error = %e, "conntrack cleanup failed");
+                0
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fake::{Call, FakeBackend};
+    use crate::dataplane::{Forward, PortRange, Protocol};
+
+    struct RecordingCleaner(Mutex<Vec<(ExternalKey, Target)>>);
+
+    impl FlowCleaner for RecordingCleaner {
+        fn delete_flows(
+            &self,
+            _: &RouterNamespace,
+            stale: &[(ExternalKey, Target)],
+        ) -> Result<usize, DataplaneError> {
+            self.0.lock().unwrap().extend_from_slice(stale);
+            Ok(stale.len())
+        }
+    }
+
+    fn rules(ports: &[(u16, u16)]) -> RuleSet {
+        let forwards: Vec<Forward> = ports
+            .iter()
+            .map(|(ext, int)| Forward {
+                id: format!("m{ext}"),
+                protocol: Protocol::Tcp,
+                external_ip: "203.0.113.10".parse().unwrap(),
+                external_ports: PortRange::single(*ext).unwrap(),
+                internal_ip: "10.0.0.5".parse().unwrap(),
+                internal_ports: PortRange::single(*int).unwrap(),
+                allowed_cidrs: vec![],
+                masquerade: false,
+            })
+            .collect();
+        RuleSet::from_forwards(&forwards).unwrap()
+    }
+
+    fn setup() -> (Arc<FakeBackend>, Arc<RecordingCleaner>, RouterSync) {
+        let fake = Arc::new(FakeBackend::new());
+        let cleaner = Arc::new(RecordingCleaner(Mutex::new(vec![])));
+        let sync = RouterSync::new(fake.clone(), cleaner.clone());
+        (fake, cleaner, sync)
+    }
+
+    #[test]
+    fn first_sync_is_full_and_verified_then_changes_are_incremental() {
+        let (fake, _, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        assert_eq!(
+            sync.sync(&ns, &rules(&[(4000, 22)])).unwrap().mode,
+            SyncMode::Full
+        );
+        let out = sync.sync(&ns, &rules(&[(4000, 22), (4001, 80)])).unwrap();
+        assert_eq!(
+            (out.mode, out.added, out.removed),
+            (SyncMode::Incremental, 1, 0)
+        );
+        assert_eq!(
+            sync.sync(&ns, &rules(&[(4000, 22), (4001, 80)]))
+                .unwrap()
+                .mode,
+            SyncMode::Unchanged
+        );
+        let calls = fake.calls();
+        assert!(
+            matches!(calls[1], Call::FullSync { forwards: 1, .. }),
+            "{calls:?}"
+        );
+        assert!(
+            matches!(calls[2], Call::ReadBack { .. }),
+            "full sync must be verified: {calls:?}"
+        );
+        assert!(
+            matches!(calls.last(), Some(Call::Update { .. })),
+            "{calls:?}"
+        );
+    }
+
+    #[test]
+    fn removed_and_repointed_forwards_have_their_flows_cleaned() {
+        let (_, cleaner, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        sync.sync(&ns, &rules(&[(4000, 22), (4001, 80)])).unwrap();
+        let out = sync.sync(&ns, &rules(&[(4000, 2222)])).unwrap();
+        assert_eq!(out.flows_deleted, 2);
+        let ports: Vec<u16> = cleaner
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.port)
+            .collect();
+        assert_eq!(ports, vec![4000, 4001]);
+    }
+
+    #[test]
+    fn a_failed_update_falls_back_to_a_full_rewrite() {
+        let (fake, _, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        sync.sync(&ns, &rules(&[(4000, 22)])).unwrap();
+        fake.fail_next_writes(1);
+        let out = sync.sync(&ns, &rules(&[(4001, 22)])).unwrap();
+        assert_eq!(out.mode, SyncMode::Full);
+        assert_eq!(fake.table(&ns), Some(rules(&[(4001, 22)])));
+    }
+
+    #[test]
+    fn a_table_deleted_by_someone_else_is_detected_and_repaired() {
+        let (fake, _, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        sync.sync(&ns, &rules(&[(4000, 22)])).unwrap();
+        fake.delete_table_behind_our_back(&ns);
+        let err = sync.verify(&ns).unwrap_err();
+        assert!(matches!(err, DataplaneError::Drift { .. }), "{err}");
+        assert_eq!(
+            sync.sync(&ns, &rules(&[(4000, 22)])).unwrap().mode,
+            SyncMode::Full
+        );
+        sync.verify(&ns).unwrap();
+    }
+
+    #[test]
+    fn a_failed_full_sync_is_an_error_and_is_retried_whole() {
+        let (fake, _, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        fake.fail_next_writes(1);
+        assert!(sync.sync(&ns, &rules(&[(4000, 22)])).is_err());
+        assert_eq!(
+            sync.sync(&ns, &rules(&[(4000, 22)])).unwrap().mode,
+            SyncMode::Full
+        );
+    }
+
+    #[test]
+    fn remove_deletes_the_table_and_its_flows() {
+        let (fake, cleaner, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        sync.sync(&ns, &rules(&[(4000, 22)])).unwrap();
+        assert_eq!(sync.remove(&ns).unwrap(), 1);
+        assert_eq!(fake.table(&ns), None);
+        assert_eq!(cleaner.0.lock().unwrap().len(), 1);
+    }
+}
