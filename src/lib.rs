@@ -1,1 +1,2 @@
 pub mod dataplane;
+pub mod simnode;
