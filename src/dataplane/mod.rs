@@ -16,6 +16,7 @@ pub mod conntrack;
 pub mod fake;
 pub mod iptables;
 pub mod model;
+pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sync;

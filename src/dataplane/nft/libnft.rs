@@ -5,7 +5,7 @@
 //! costs a fraction of a millisecond; spawning `nft` costs milliseconds (moby measured ~20 ms).
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use libloading::{Library, Symbol};
 
@@ -19,6 +19,11 @@ type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxStr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
 type SetFlags = unsafe extern "C" fn(*mut c_void, c_uint);
 type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
+
+/// libnftables keeps global state (its parser and symbol tables): contexts used from several
+/// threads at once were seen to corrupt a map element under load (1,000 namespaces synced by 4
+/// threads). Every use of the library holds this lock.
+static LIBRARY_LOCK: Mutex<()> = Mutex::new(());
 
 /// The entry points we use, resolved once per process.
 pub struct LibNftables {
@@ -73,6 +78,9 @@ impl LibNftables {
     /// A new context. Its netlink socket belongs to the network namespace of the calling thread,
     /// so create it inside the namespace it is meant for.
     pub fn context(&'static self, json_output: bool) -> Context {
+        let guard = LIBRARY_LOCK
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // SAFETY: nft_ctx_new returns an owned context or NULL (allocation failure aborts in
         // libnftables' xmalloc, so NULL is not expected); buffering calls only allocate.
         let ptr = unsafe { (self.ctx_new)(NFT_CTX_DEFAULT) };
@@ -84,19 +92,21 @@ impl LibNftables {
                 (self.set_output_flags)(ptr, NFT_CTX_OUTPUT_JSON);
             }
         }
-        Context { lib: self, ptr }
+        Context {
+            lib: self,
+            ptr,
+            _guard: guard,
+        }
     }
 }
 
-/// One libnftables context. Not thread-safe: used by one thread at a time.
+/// One libnftables context. It holds the library lock for its whole life, so contexts are used
+/// one at a time in the process; drop it as soon as its commands have run.
 pub struct Context {
     lib: &'static LibNftables,
     ptr: *mut c_void,
+    _guard: MutexGuard<'static, ()>,
 }
-
-// SAFETY: a context may move between threads as long as only one uses it at a time, which
-// `&mut self` on `run` guarantees.
-unsafe impl Send for Context {}
 
 impl Context {
     /// Runs an nft script as one transaction. Returns nft's output, or its error text.
