@@ -24,8 +24,8 @@
 //! A dump walks every bucket of the conntrack hash, which all namespaces share: on a test VM
 //! with 262,144 buckets it costs ~12 ms for an empty table and ~50 ms for 10,000 entries, almost
 //! all of it in the kernel; deleting 1,000 of them adds a few ms.
-//! Everything happens in one visit to the namespace: the socket is opened there, dumps, deletes
-//! and is closed.
+//! It uses the namespace's kept netfilter socket ([`super::netlink::sockets`]): no thread
+//! switch into the namespace, and no close that would wait for nf_tables' deferred destruction.
 //!
 //! The netlink encoding is done here by hand; it is small: `nlmsghdr`, `nfgenmsg` and
 //! attributes (host byte order for netlink's own fields, network byte order for addresses,
@@ -41,12 +41,11 @@ use std::time::Instant;
 use tracing::debug;
 
 use super::netlink::*;
-use super::netns;
 use super::sync::FlowCleaner;
 use super::{DataplaneError, ExternalKey, RouterNamespace, Target};
 
 /// Deletes the conntrack entries of stale forwards through ctnetlink, inside the router
-/// namespace. Stateless: every call opens its own socket in the namespace.
+/// namespace, over the namespace's kept netfilter socket.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Conntrack;
 
@@ -65,7 +64,7 @@ impl FlowCleaner for Conntrack {
             .collect();
         let started = Instant::now();
         let stats =
-            netns::run_in(namespace, || clean_current_namespace(&wanted))?.map_err(|source| {
+            sockets::with(namespace, |socket| clean(socket, &wanted))?.map_err(|source| {
                 DataplaneError::Conntrack {
                     namespace: namespace.to_string(),
                     source,
@@ -98,10 +97,9 @@ struct CleanupStats {
     already_gone: usize,
 }
 
-/// Dumps the conntrack table of the calling thread's namespace and deletes the entries that
-/// `wanted` selects.
-fn clean_current_namespace(wanted: &HashSet<FlowKey>) -> io::Result<CleanupStats> {
-    let mut socket = Socket::open()?;
+/// Dumps the conntrack table of the socket's namespace and deletes the entries that `wanted`
+/// selects.
+fn clean(socket: &mut Socket, wanted: &HashSet<FlowKey>) -> io::Result<CleanupStats> {
     let mut stats = CleanupStats::default();
     let mut matches = Vec::new();
     socket.dump(|entry| {

@@ -321,15 +321,40 @@ impl RuleSet {
     /// What turns `self` (the state the kernel holds) into `desired`.
     pub fn diff(&self, desired: &RuleSet) -> Changes {
         let mut changes = Changes::default();
-        for (key, target) in &self.forwards {
-            match desired.forwards.get(key) {
-                Some(t) if t == target => {}
-                _ => changes.remove_forwards.push((*key, *target)),
-            }
-        }
-        for (key, target) in &desired.forwards {
-            if self.forwards.get(key) != Some(target) {
-                changes.add_forwards.push((*key, *target));
+        // One merge of the two sorted maps: linear, no lookup per element.
+        let (mut old, mut new) = (
+            self.forwards.iter().peekable(),
+            desired.forwards.iter().peekable(),
+        );
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(&(k, t)), None) => {
+                    changes.remove_forwards.push((*k, *t));
+                    old.next();
+                }
+                (None, Some(&(k, t))) => {
+                    changes.add_forwards.push((*k, *t));
+                    new.next();
+                }
+                (Some(&(ko, to)), Some(&(kn, tn))) => match ko.cmp(kn) {
+                    std::cmp::Ordering::Less => {
+                        changes.remove_forwards.push((*ko, *to));
+                        old.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        changes.add_forwards.push((*kn, *tn));
+                        new.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if to != tn {
+                            changes.remove_forwards.push((*ko, *to));
+                            changes.add_forwards.push((*kn, *tn));
+                        }
+                        old.next();
+                        new.next();
+                    }
+                },
             }
         }
         changes.remove_restricted = self

@@ -269,6 +269,28 @@ impl Socket {
         })
     }
 
+    /// Raises the send buffer to at least `bytes`, so that one large batch (one transaction)
+    /// fits in one datagram. SO_SNDBUFFORCE needs CAP_NET_ADMIN, which the dataplane has.
+    pub fn reserve_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        for option in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+            // SAFETY: `size` is a c_int and the length passed is its size.
+            let rc = unsafe {
+                libc::setsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    (&size as *const libc::c_int).cast(),
+                    mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+        }
+        Err(io::Error::last_os_error())
+    }
+
     pub fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
@@ -359,4 +381,138 @@ pub fn kernel_address() -> libc::sockaddr_nl {
     let mut addr: libc::sockaddr_nl = unsafe { mem::zeroed() };
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     addr
+}
+
+/// Reads the answers to `count` acknowledged requests sent with consecutive sequence numbers
+/// from `first_seq`. Returns the errno of the first request the kernel refused, if any.
+pub fn read_acks(socket: &mut Socket, first_seq: u32, count: usize) -> io::Result<Option<i32>> {
+    let mut answered = vec![false; count];
+    let (mut pending, mut first_error) = (count, None);
+    while pending > 0 {
+        for msg in messages(socket.recv()?) {
+            let msg = msg?;
+            if msg.msg_type != NLMSG_ERROR {
+                continue;
+            }
+            let index = msg.seq.wrapping_sub(first_seq) as usize;
+            if index >= count || mem::replace(&mut answered[index], true) {
+                continue; // not one of these requests, or a duplicate
+            }
+            pending -= 1;
+            match parse_error(msg.payload)? {
+                0 => {}
+                errno => {
+                    first_error.get_or_insert(errno);
+                }
+            }
+        }
+    }
+    Ok(first_error)
+}
+
+/// Sends a dump request and hands every answering message (of type other than the control
+/// messages) to `on_message`, until the kernel says the dump is done.
+pub fn dump(
+    socket: &mut Socket,
+    request: &[u8],
+    seq: u32,
+    mut on_message: impl FnMut(&Message<'_>) -> io::Result<()>,
+) -> io::Result<()> {
+    socket.send(request)?;
+    loop {
+        for msg in messages(socket.recv()?) {
+            let msg = msg?;
+            if msg.seq != seq {
+                continue;
+            }
+            match msg.msg_type {
+                NLMSG_NOOP => {}
+                NLMSG_DONE => {
+                    return match msg.payload.get(..4).map(parse_error).transpose()? {
+                        Some(errno) if errno > 0 => Err(io::Error::from_raw_os_error(errno)),
+                        _ => Ok(()),
+                    };
+                }
+                NLMSG_ERROR => match parse_error(msg.payload)? {
+                    0 => {}
+                    errno => return Err(io::Error::from_raw_os_error(errno)),
+                },
+                NLMSG_OVERRUN => return Err(invalid("netlink overrun during a dump")),
+                _ => on_message(&msg)?,
+            }
+        }
+    }
+}
+
+/// One open `NETLINK_NETFILTER` socket per namespace, kept for the life of the process.
+///
+/// Why keep them: a socket is bound to the namespace it was opened in, so a kept socket needs no
+/// thread switch into the namespace; and closing a netfilter socket makes nf_tables wait for the
+/// destruction of whatever the last transactions deleted (an RCU grace period, 10-20 ms here),
+/// which would otherwise be paid by every change that removes a forward.
+///
+/// A namespace deleted and created again under the same name is a different namespace: the
+/// cached socket remembers the inode of the namespace it belongs to and is replaced when the
+/// name points elsewhere.
+pub mod sockets {
+    use std::collections::HashMap;
+    use std::io;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use super::Socket;
+    use crate::dataplane::{netns, DataplaneError, RouterNamespace};
+
+    struct Cached {
+        inode: u64,
+        socket: Socket,
+    }
+
+    type Slot = Arc<Mutex<Option<Cached>>>;
+
+    fn cache() -> &'static Mutex<HashMap<String, Slot>> {
+        static CACHE: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
+        CACHE.get_or_init(Default::default)
+    }
+
+    /// Runs `f` with the namespace's socket, opening it first if needed. Calls for one
+    /// namespace are serialized. After an error from `f` the socket is dropped (it may hold
+    /// unread answers), and the next call opens a new one.
+    pub fn with<R>(
+        namespace: &RouterNamespace,
+        f: impl FnOnce(&mut Socket) -> io::Result<R>,
+    ) -> Result<io::Result<R>, DataplaneError> {
+        let unavailable = |source| DataplaneError::Namespace {
+            namespace: namespace.to_string(),
+            source,
+        };
+        let inode = std::fs::metadata(netns::path_of(namespace.name()))
+            .map_err(unavailable)?
+            .ino();
+        let slot = cache()
+            .lock()
+            .unwrap()
+            .entry(namespace.name().to_string())
+            .or_default()
+            .clone();
+        let mut cached = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.as_ref().is_none_or(|c| c.inode != inode) {
+            *cached = None;
+            let socket = match netns::run_in(namespace, Socket::open)? {
+                Ok(socket) => socket,
+                Err(e) => return Ok(Err(e)),
+            };
+            *cached = Some(Cached { inode, socket });
+        }
+        let result = f(&mut cached.as_mut().expect("socket just opened").socket);
+        if result.is_err() {
+            *cached = None;
+        }
+        Ok(result)
+    }
+
+    /// Closes the namespace's socket, when its router is gone.
+    pub fn forget(namespace: &RouterNamespace) {
+        cache().lock().unwrap().remove(namespace.name());
+    }
 }

@@ -4,20 +4,18 @@
 //! gets a clear error instead of a binary that does not start. Running a command in-process
 //! costs a fraction of a millisecond; spawning `nft` costs milliseconds (moby measured ~20 ms).
 
-use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use libloading::{Library, Symbol};
 
 const LIBRARY: &str = "libnftables.so.1";
 const NFT_CTX_DEFAULT: u32 = 0;
-const NFT_CTX_OUTPUT_JSON: c_uint = 1 << 4;
 
 type CtxNew = unsafe extern "C" fn(u32) -> *mut c_void;
 type CtxFree = unsafe extern "C" fn(*mut c_void);
 type CtxInt = unsafe extern "C" fn(*mut c_void) -> c_int;
 type CtxStr = unsafe extern "C" fn(*mut c_void) -> *const c_char;
-type SetFlags = unsafe extern "C" fn(*mut c_void, c_uint);
 type RunCmd = unsafe extern "C" fn(*mut c_void, *const c_char) -> c_int;
 
 /// libnftables keeps global state (its parser and symbol tables): contexts used from several
@@ -33,7 +31,6 @@ pub struct LibNftables {
     buffer_error: CtxInt,
     get_output: CtxStr,
     get_error: CtxStr,
-    set_output_flags: SetFlags,
     run_cmd: RunCmd,
     // Keeps the function pointers above valid.
     _lib: Library,
@@ -68,7 +65,6 @@ impl LibNftables {
                 buffer_error: sym(&lib, b"nft_ctx_buffer_error\0")?,
                 get_output: sym(&lib, b"nft_ctx_get_output_buffer\0")?,
                 get_error: sym(&lib, b"nft_ctx_get_error_buffer\0")?,
-                set_output_flags: sym(&lib, b"nft_ctx_output_set_flags\0")?,
                 run_cmd: sym(&lib, b"nft_run_cmd_from_buffer\0")?,
                 _lib: lib,
             })
@@ -77,7 +73,7 @@ impl LibNftables {
 
     /// A new context. Its netlink socket belongs to the network namespace of the calling thread,
     /// so create it inside the namespace it is meant for.
-    pub fn context(&'static self, json_output: bool) -> Context {
+    pub fn context(&'static self) -> Context {
         let guard = LIBRARY_LOCK
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -88,9 +84,6 @@ impl LibNftables {
         unsafe {
             (self.buffer_output)(ptr);
             (self.buffer_error)(ptr);
-            if json_output {
-                (self.set_output_flags)(ptr, NFT_CTX_OUTPUT_JSON);
-            }
         }
         Context {
             lib: self,

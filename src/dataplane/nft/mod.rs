@@ -1,18 +1,25 @@
 //! nftables backend (the default): our own `ip praas` table in each router namespace.
 //!
 //! We never touch Neutron's iptables rules or any other table: everything PRaaS programs lives
-//! in one table that a full sync replaces atomically and a removal deletes whole.
-//! Rules are rendered as nft text ([`render`]) and applied in-process through libnftables
-//! ([`libnft`]) inside the namespace ([`crate::dataplane::netns`]): no process is spawned.
+//! in one table. Its definition (sets, chains, rules) is rendered as nft text ([`render`]) and
+//! applied through libnftables ([`libnft`]) when the table is created or repaired; its
+//! elements, which are what changes, are written and read back as nfnetlink batches ([`wire`]).
+//! Everything runs in-process inside the namespace ([`crate::dataplane::netns`]).
+//!
+//! Why not rewrite the table on every full sync: deleting a table or a rule makes the kernel
+//! wait for an RCU grace period (≈ 14 ms here, whatever the table's size), where replacing the
+//! elements of intact sets in one batch costs microseconds per element.
 
 pub mod libnft;
-mod readback;
 pub mod render;
+pub mod wire;
 
 use tracing::{debug, trace};
 
+use super::netlink::sockets;
 use super::{netns, Backend, Changes, DataplaneError, RouterNamespace, RuleSet};
 use libnft::LibNftables;
+use wire::{NftSocket, SetInfo, Structure, NFT_SET_INTERVAL, NFT_SET_MAP};
 
 /// Our table, in family `ip`.
 pub const TABLE: &str = "praas";
@@ -28,10 +35,73 @@ pub const MASQUERADE_SET: &str = "masqueraded";
 /// uses packet marks and the connection mark, but not conntrack labels, in router namespaces.
 pub const HAIRPIN_LABEL: u8 = 127;
 
-/// Our chains and how many rules each holds (see [`render::full`]).
+/// Our chains and how many rules each holds (see [`render::definition`]).
 const EXPECTED_CHAINS: &[(&str, usize)] = &[("prerouting", 3), ("postrouting", 2)];
 
-/// Programs router namespaces through libnftables.
+/// Our sets: name, required flags, key length, data length (bytes, register-aligned).
+const EXPECTED_SETS: &[(&str, u32, u32, u32)] = &[
+    (FORWARDS_MAP, NFT_SET_MAP, 12, 8),
+    (RESTRICTED_SET, 0, 12, 0),
+    (ALLOWED_SET, NFT_SET_INTERVAL, 16, 0),
+    (MASQUERADE_SET, 0, 16, 0),
+];
+
+/// What a namespace holds of ours.
+#[derive(Debug, PartialEq, Eq)]
+enum Shape {
+    Absent,
+    Intact,
+    /// Our table exists but is not what we write; the reason says how.
+    Broken(String),
+}
+
+fn shape(s: &Structure) -> Shape {
+    if !s.table {
+        return Shape::Absent;
+    }
+    for (name, flags, key_len, data_len) in EXPECTED_SETS {
+        match s.sets.get(*name) {
+            None => return Shape::Broken(format!("set {name} is missing")),
+            Some(SetInfo {
+                flags: f,
+                key_len: k,
+                data_len: d,
+            }) => {
+                if f & flags != *flags || k != key_len || d != data_len {
+                    return Shape::Broken(format!("set {name} is not declared as ours"));
+                }
+            }
+        }
+    }
+    for (chain, rules) in &s.rules {
+        let expected = EXPECTED_CHAINS
+            .iter()
+            .find(|(c, _)| c == chain)
+            .map(|(_, n)| *n);
+        if expected != Some(rules.len()) {
+            return Shape::Broken(format!(
+                "chain {chain} has {} rules, expected {}",
+                rules.len(),
+                expected.unwrap_or(0)
+            ));
+        }
+        let prefix = render::RULE_COMMENT_PREFIX.as_bytes();
+        if rules
+            .iter()
+            .any(|userdata| !userdata.windows(prefix.len()).any(|w| w == prefix))
+        {
+            return Shape::Broken(format!("chain {chain} holds a rule that is not ours"));
+        }
+    }
+    for (chain, _) in EXPECTED_CHAINS {
+        if !s.rules.contains_key(*chain) {
+            return Shape::Broken(format!("chain {chain} has no rules"));
+        }
+    }
+    Shape::Intact
+}
+
+/// Programs router namespaces through libnftables and nfnetlink.
 pub struct NftBackend {
     lib: &'static LibNftables,
 }
@@ -45,22 +115,25 @@ impl NftBackend {
         Ok(NftBackend { lib })
     }
 
-    /// Runs one nft script as one transaction inside `namespace`.
-    fn run(
-        &self,
-        namespace: &RouterNamespace,
-        script: &str,
-        json: bool,
-    ) -> Result<String, DataplaneError> {
-        trace!(%namespace, script, "nft transaction");
-        let lib = self.lib;
-        netns::run_in(namespace, || lib.context(json).run(script))?.map_err(|message| {
-            DataplaneError::Rejected {
-                backend: "nftables",
-                namespace: namespace.to_string(),
-                message: message.trim().to_string(),
-            }
-        })
+    /// Runs an nft script as one transaction in the calling thread's namespace.
+    fn run_script(&self, script: &str) -> Result<(), String> {
+        trace!(script, "nft transaction");
+        self.lib.context().run(script).map(drop)
+    }
+}
+
+fn rejected(namespace: &RouterNamespace, message: impl ToString) -> DataplaneError {
+    DataplaneError::Rejected {
+        backend: "nftables",
+        namespace: namespace.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn read_back_error(namespace: &RouterNamespace, e: impl ToString) -> DataplaneError {
+    DataplaneError::ReadBack {
+        namespace: namespace.to_string(),
+        message: e.to_string(),
     }
 }
 
@@ -74,51 +147,56 @@ impl Backend for NftBackend {
         namespace: &RouterNamespace,
         rules: &RuleSet,
     ) -> Result<(), DataplaneError> {
-        debug!(%namespace, forwards = rules.forwards.len(), "nftables full sync");
-        self.run(namespace, &render::full(rules), false).map(drop)
+        let structure = sockets::with(namespace, |s| NftSocket::new(s).structure())?
+            .map_err(|e| read_back_error(namespace, e))?;
+        let shape = shape(&structure);
+        debug!(%namespace, forwards = rules.forwards.len(), ?shape, "nftables full sync");
+        let script = match shape {
+            // The common case: replace every element in one transaction.
+            Shape::Intact => None,
+            // Nothing of ours yet: create the definition, then the elements. Two transactions,
+            // but nothing was forwarded before the first one either.
+            Shape::Absent => Some(render::definition(&RuleSet::default())),
+            // Someone changed our table: replace it whole, atomically (the slow path).
+            Shape::Broken(_) => Some(render::full(rules)),
+        };
+        if let Some(script) = &script {
+            netns::run_in(namespace, || self.run_script(script))?
+                .map_err(|m| rejected(namespace, m))?;
+        }
+        if matches!(shape, Shape::Broken(_)) {
+            return Ok(());
+        }
+        sockets::with(namespace, |s| {
+            NftSocket::new(s).apply(&wire::replace_ops(rules))
+        })?
+        .map_err(|e| rejected(namespace, e))
     }
 
     fn update(&self, namespace: &RouterNamespace, changes: &Changes) -> Result<(), DataplaneError> {
-        let script = render::update(changes);
-        if script.is_empty() {
+        let ops = wire::change_ops(changes);
+        if ops.is_empty() {
             return Ok(());
         }
-        self.run(namespace, &script, false).map(drop)
+        sockets::with(namespace, |s| NftSocket::new(s).apply(&ops))?
+            .map_err(|e| rejected(namespace, e))
     }
 
     fn read_back(&self, namespace: &RouterNamespace) -> Result<Option<RuleSet>, DataplaneError> {
-        let lib = self.lib;
-        // Both listings in one visit to the namespace; asking for the table list first tells a
-        // missing table apart from a failure without reading nft's error text.
-        let table = netns::run_in(namespace, || {
-            let mut ctx = lib.context(true);
-            if !readback::has_table(&ctx.run("list tables ip")?)? {
-                return Ok(None);
-            }
-            ctx.run(&format!("list table ip {TABLE}")).map(Some)
+        let read = sockets::with(namespace, |s| {
+            let mut socket = NftSocket::new(s);
+            let structure = socket.structure()?;
+            Ok(match shape(&structure) {
+                Shape::Absent => Ok(None),
+                Shape::Broken(detail) => Err(detail),
+                Shape::Intact => Ok(Some(socket.read_rules()?)),
+            })
         })?
-        .map_err(|message: String| DataplaneError::ReadBack {
+        .map_err(|e| read_back_error(namespace, e))?;
+        read.map_err(|detail| DataplaneError::Drift {
             namespace: namespace.to_string(),
-            message,
-        })?;
-        let Some(table) = table else { return Ok(None) };
-        let listing = readback::parse(&table).map_err(|message| DataplaneError::ReadBack {
-            namespace: namespace.to_string(),
-            message,
-        })?;
-        for (chain, expected) in EXPECTED_CHAINS {
-            let found = listing.chain_rules.get(*chain).copied();
-            if found != Some(*expected) {
-                return Err(DataplaneError::Drift {
-                    namespace: namespace.to_string(),
-                    detail: match found {
-                        None => format!("chain {chain} is missing"),
-                        Some(n) => format!("chain {chain} has {n} rules, expected {expected}"),
-                    },
-                });
-            }
-        }
-        Ok(Some(listing.rules))
+            detail,
+        })
     }
 
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {
@@ -126,6 +204,7 @@ impl Backend for NftBackend {
             // The router is gone and its namespace with it: nothing of ours remains.
             return Ok(());
         }
-        self.run(namespace, &render::remove(), false).map(drop)
+        netns::run_in(namespace, || self.run_script(&render::remove()))?
+            .map_err(|m| rejected(namespace, m))
     }
 }

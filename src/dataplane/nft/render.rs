@@ -19,6 +19,9 @@ use std::fmt::Write;
 use super::{ALLOWED_SET, FORWARDS_MAP, HAIRPIN_LABEL, MASQUERADE_SET, RESTRICTED_SET, TABLE};
 use crate::dataplane::{Changes, ExternalKey, MasqueradeKey, RuleSet, Target};
 
+/// Start of the comment of every rule we write.
+pub const RULE_COMMENT_PREFIX: &str = "praas:";
+
 /// Prefix of the device that carries a Neutron router's external gateway port.
 pub const GATEWAY_DEVICE_PREFIX: &str = "qg-";
 
@@ -51,9 +54,17 @@ fn elements(out: &mut String, indent: &str, items: impl Iterator<Item = String>)
 /// `table ... {}` followed by `delete table` makes the replacement work whether or not the
 /// table exists, without a window in which the namespace has no forwards.
 pub fn full(rules: &RuleSet) -> String {
+    format!(
+        "table ip {TABLE} {{}}\ndelete table ip {TABLE}\n{}",
+        definition(rules)
+    )
+}
+
+/// The table with its sets, chains and rules, and the elements of `rules`, to be added to a
+/// namespace that does not have it. Every rule carries a comment starting with
+/// [`RULE_COMMENT_PREFIX`], by which read-back recognizes our rules.
+pub fn definition(rules: &RuleSet) -> String {
     let mut out = String::with_capacity(256 + rules.forwards.len() * 48);
-    let _ = writeln!(out, "table ip {TABLE} {{}}");
-    let _ = writeln!(out, "delete table ip {TABLE}");
     let _ = writeln!(out, "table ip {TABLE} {{");
 
     let _ = writeln!(out, "\tmap {FORWARDS_MAP} {{");
@@ -110,15 +121,18 @@ pub fn full(rules: &RuleSet) -> String {
     // translated and reaches nothing behind the router.
     let _ = writeln!(
         out,
-        "\t\t{tuple} @{RESTRICTED_SET} {tuple} . ip saddr != @{ALLOWED_SET} return"
+        "\t\t{tuple} @{RESTRICTED_SET} {tuple} . ip saddr != @{ALLOWED_SET} return comment \"{RULE_COMMENT_PREFIX} source not allowed\""
     );
     // Flows from behind the router (hairpin) are labelled so that postrouting can rewrite their
     // source: otherwise the VM would answer its neighbour directly, bypassing the reverse DNAT.
     let _ = writeln!(
         out,
-        "\t\tiifname != \"{GATEWAY_DEVICE_PREFIX}*\" {tuple} @{FORWARDS_MAP} ct label set {HAIRPIN_LABEL}"
+        "\t\tiifname != \"{GATEWAY_DEVICE_PREFIX}*\" {tuple} @{FORWARDS_MAP} ct label set {HAIRPIN_LABEL} comment \"{RULE_COMMENT_PREFIX} hairpin\""
     );
-    let _ = writeln!(out, "\t\tdnat ip to {tuple} map @{FORWARDS_MAP}");
+    let _ = writeln!(
+        out,
+        "\t\tdnat ip to {tuple} map @{FORWARDS_MAP} comment \"{RULE_COMMENT_PREFIX} forward\""
+    );
     let _ = writeln!(out, "\t}}");
 
     let _ = writeln!(out, "\tchain postrouting {{");
@@ -128,11 +142,11 @@ pub fn full(rules: &RuleSet) -> String {
     );
     let _ = writeln!(
         out,
-        "\t\tct status dnat ct label {HAIRPIN_LABEL} masquerade"
+        "\t\tct status dnat ct label {HAIRPIN_LABEL} masquerade comment \"{RULE_COMMENT_PREFIX} hairpin\""
     );
     let _ = writeln!(
         out,
-        "\t\tct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @{MASQUERADE_SET} masquerade"
+        "\t\tct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @{MASQUERADE_SET} masquerade comment \"{RULE_COMMENT_PREFIX} masquerade\""
     );
     let _ = writeln!(out, "\t}}");
     let _ = writeln!(out, "}}");
@@ -271,14 +285,14 @@ table ip praas {
 	}
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
-		ip daddr . meta l4proto . th dport @restricted ip daddr . meta l4proto . th dport . ip saddr != @allowed_sources return
-		iifname != "qg-*" ip daddr . meta l4proto . th dport @forwards ct label set 127
-		dnat ip to ip daddr . meta l4proto . th dport map @forwards
+		ip daddr . meta l4proto . th dport @restricted ip daddr . meta l4proto . th dport . ip saddr != @allowed_sources return comment "praas: source not allowed"
+		iifname != "qg-*" ip daddr . meta l4proto . th dport @forwards ct label set 127 comment "praas: hairpin"
+		dnat ip to ip daddr . meta l4proto . th dport map @forwards comment "praas: forward"
 	}
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		ct status dnat ct label 127 masquerade
-		ct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @masqueraded masquerade
+		ct status dnat ct label 127 masquerade comment "praas: hairpin"
+		ct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @masqueraded masquerade comment "praas: masquerade"
 	}
 }
 "#;
