@@ -15,10 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use praas::dataplane::conntrack::Conntrack;
-use praas::dataplane::nft::NftBackend;
+use praas::dataplane::nft::libnft::LibNftables;
+use praas::dataplane::nft::{render, NftBackend};
 use praas::dataplane::sync::RouterSync;
-use praas::dataplane::{Backend, Forward, PortRange, Protocol, RouterNamespace, RuleSet};
+use praas::dataplane::{
+    netns, Backend, Changes, ExternalKey, Forward, PortRange, Protocol, RouterNamespace, RuleSet,
+    Target,
+};
 use praas::simnode::{self, SimNode, SimNodeOptions, GATEWAY_IP};
+use socket2::{Domain, SockAddr, Socket, Type};
 
 const FIRST_PORT: u16 = 10_000;
 
@@ -187,6 +192,88 @@ fn ours_add_one(b: &mut Bench) {
     );
 }
 
+/// The same table applied three ways: a spawned `nft -f` (in the namespace with
+/// `ip netns exec`), libnftables in-process, and PRaaS's nfnetlink batch.
+fn apply_methods(b: &mut Bench) {
+    let lib = LibNftables::get().expect("libnftables");
+    let backend = NftBackend::new().unwrap();
+    let rules = RuleSet::from_forwards(&forwards(10_000, GATEWAY_IP)).unwrap();
+    let text = render::full(&rules);
+    let file = std::env::temp_dir().join(format!("praas-bench-{}.nft", std::process::id()));
+    std::fs::write(&file, &text).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    let one = "add element ip praas forwards { 203.0.113.10 . tcp . 40000 : 10.0.0.2 . 22 }\n";
+    let remove_one = "delete element ip praas forwards { 203.0.113.10 . tcp . 40000 }\n";
+    let reps = b.reps(5);
+    let (mut spawn_full, mut lib_full, mut spawn_one, mut lib_one, mut ours_one) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..reps {
+        let ns = Namespaces::new("methods", 2);
+        let (a, c) = (ns.0[0].clone(), ns.router(1));
+        spawn_full.push(
+            time(|| simnode::run(&["ip", "netns", "exec", &a, "nft", "-f", &file], None).unwrap())
+                .0,
+        );
+        lib_full.push(time(|| netns::run_in(&c, || lib.context().run(&text).unwrap()).unwrap()).0);
+        for _ in 0..10 {
+            spawn_one.push(
+                time(|| {
+                    simnode::run(&["ip", "netns", "exec", &a, "nft", one.trim()], None).unwrap()
+                })
+                .0,
+            );
+            simnode::run(&["ip", "netns", "exec", &a, "nft", remove_one.trim()], None).unwrap();
+            lib_one.push(time(|| netns::run_in(&c, || lib.context().run(one).unwrap()).unwrap()).0);
+            netns::run_in(&c, || lib.context().run(remove_one).unwrap()).unwrap();
+            let key = ExternalKey {
+                ip: GATEWAY_IP,
+                protocol: Protocol::Tcp,
+                port: 40000,
+            };
+            let target = Target {
+                ip: Ipv4Addr::new(10, 0, 0, 2),
+                port: 22,
+            };
+            let add = Changes {
+                add_forwards: vec![(key, target)],
+                ..Default::default()
+            };
+            let del = Changes {
+                remove_forwards: vec![(key, target)],
+                ..Default::default()
+            };
+            ours_one.push(time(|| backend.update(&c, &add).unwrap()).0);
+            backend.update(&c, &del).unwrap();
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    b.row(
+        "apply 10,000 forwards: spawned `ip netns exec … nft -f`",
+        ms(median(spawn_full)),
+        "median; text parsed by nft",
+    );
+    b.row(
+        "apply 10,000 forwards: libnftables in-process (same text)",
+        ms(median(lib_full)),
+        "median; no process, same parser",
+    );
+    b.row(
+        "add 1 element at 10,000: spawned `ip netns exec … nft`",
+        ms(median(spawn_one)),
+        "median",
+    );
+    b.row(
+        "add 1 element at 10,000: libnftables in-process",
+        ms(median(lib_one)),
+        "median; includes entering the namespace",
+    );
+    b.row(
+        "add 1 element at 10,000: PRaaS nfnetlink batch",
+        ms(median(ours_one)),
+        "median; kept socket, no thread switch",
+    );
+}
+
 fn neutron_restore_input(forwards: &[Forward], with_header: bool) -> String {
     let mut s = String::from("*nat\n");
     if with_header {
@@ -320,14 +407,25 @@ fn original_program(b: &mut Bench) {
     );
 }
 
-/// Median TCP connect time from the client namespace to the gateway's last mapped port.
+/// Median TCP connect time from the client namespace to the gateway's last mapped port. The
+/// sockets are made in advance in one visit to the namespace, so that only `connect` (the
+/// handshake through the router) is timed.
 fn connect_median(node: &SimNode, port: u16, samples: usize) -> Duration {
     let dst = SocketAddrV4::new(GATEWAY_IP, port);
     // Warm up ARP and caches.
     SimNode::connect(&node.client_ns, None, dst).expect("connect through the router");
-    median(
+    let sockets: Vec<Socket> = netns::run_in_path(&netns::path_of(&node.client_ns), || {
         (0..samples)
-            .map(|_| time(|| SimNode::connect(&node.client_ns, None, dst).expect("connect")).0)
+            .map(|_| Socket::new(Domain::IPV4, Type::STREAM, None))
+            .collect::<std::io::Result<Vec<_>>>()
+    })
+    .unwrap()
+    .unwrap();
+    let addr = SockAddr::from(dst);
+    median(
+        sockets
+            .iter()
+            .map(|s| time(|| s.connect(&addr).expect("connect")).0)
             .collect(),
     )
 }
@@ -453,8 +551,9 @@ fn main() {
     };
     let only = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
     type Stage = (&'static str, fn(&mut Bench));
-    let stages: [Stage; 6] = [
+    let stages: [Stage; 7] = [
         ("program", ours_program),
+        ("methods", apply_methods),
         ("add-one", ours_add_one),
         ("neutron", neutron_program),
         ("original", original_program),

@@ -1,5 +1,6 @@
 //! `praas`: one binary, a subcommand per role.
 
+use std::io::IsTerminal;
 use std::net::SocketAddrV4;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "praas=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

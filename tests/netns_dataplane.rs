@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::{forward, kernel_tests_enabled};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::{RouterSync, SyncMode};
-use praas::dataplane::{Driver, Forward, NamespaceKind, Protocol, RuleSet};
+use praas::dataplane::{DataplaneError, Driver, Forward, NamespaceKind, Protocol, RuleSet};
 use praas::simnode::{
     self, SimNode, SimNodeOptions, CLIENT_SOURCES, GATEWAY_IP, INTERNAL_GATEWAY, UPSTREAM_IP,
 };
@@ -417,4 +417,79 @@ fn every_namespace_of_a_node_is_deleted_with_it() {
     for ns in names {
         assert!(!praas::dataplane::netns::exists(&ns), "{ns} left behind");
     }
+}
+
+#[test]
+fn a_foreign_rule_in_our_chain_is_detected_and_our_table_rewritten() {
+    if !kernel_tests_enabled("foreign_rule") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let _tcp = node.serve_tcp(0, 22).unwrap();
+    let desired = rules(&[forward("ssh", Protocol::Tcp, "4000", node.vms[0].ip, "22")]);
+    sync.sync(&node.router_ns, &desired).unwrap();
+    let ns = node.router_ns.name();
+    // Someone puts a rule of their own in front of ours, sending the port elsewhere.
+    let nft = |args: &[&str]| {
+        let mut all = vec!["ip", "netns", "exec", ns, "nft"];
+        all.extend_from_slice(args);
+        simnode::run(&all, None).unwrap()
+    };
+    nft(&[
+        "insert",
+        "rule",
+        "ip",
+        "praas",
+        "prerouting",
+        "tcp",
+        "dport",
+        "4000",
+        "dnat",
+        "to",
+        "10.0.0.99",
+    ]);
+    let err = sync.verify(&node.router_ns).unwrap_err();
+    assert!(matches!(err, DataplaneError::Drift { .. }), "{err}");
+    assert_eq!(
+        sync.sync(&node.router_ns, &desired).unwrap().mode,
+        SyncMode::Full
+    );
+    sync.verify(&node.router_ns).unwrap();
+    let listing = nft(&["list", "table", "ip", "praas"]);
+    assert!(!listing.contains("10.0.0.99"), "{listing}");
+    SimNode::tcp_exchange(&node.client_ns, None, gw(4000), "x").unwrap();
+}
+
+#[test]
+fn a_namespace_created_again_under_the_same_name_is_programmed_again() {
+    if !kernel_tests_enabled("recreated_namespace") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let desired = rules(&[forward("ssh", Protocol::Tcp, "4000", node.vms[0].ip, "22")]);
+    sync.sync(&node.router_ns, &desired).unwrap();
+    // The L3 agent deletes the router's namespace and creates it again (e.g. on a resync):
+    // the socket kept for the old namespace must not be used for the new one.
+    let ns = node.router_ns.name();
+    simnode::run(&["ip", "netns", "del", ns], None).unwrap();
+    simnode::run(&["ip", "netns", "add", ns], None).unwrap();
+    let err = sync.verify(&node.router_ns).unwrap_err();
+    assert!(matches!(err, DataplaneError::Drift { .. }), "{err}");
+    assert_eq!(
+        sync.sync(&node.router_ns, &desired).unwrap().mode,
+        SyncMode::Full
+    );
+    let listing = simnode::run(
+        &[
+            "ip", "netns", "exec", ns, "nft", "list", "map", "ip", "praas", "forwards",
+        ],
+        None,
+    )
+    .unwrap();
+    assert!(
+        listing.contains("203.0.113.10 . tcp . 4000 : 10.0.0.5 . 22"),
+        "{listing}"
+    );
 }

@@ -14,7 +14,7 @@
 //! same external port that was translated elsewhere (after a re-point, to the new target) or not
 //! at all is left alone.
 //!
-//! The method is kube-proxy's (kubernetes/kubernetes#135399): per call, ONE dump of the
+//! The method is the one proposed for kube-proxy (kubernetes/kubernetes#135399): per call, ONE dump of the
 //! namespace's IPv4 conntrack table, matched in user space against a hash set built from the
 //! stale forwards, then one `IPCTNL_MSG_CT_DELETE` per match carrying the entry's original tuple
 //! (and its zone and id, so that exactly the dumped entry goes), sent in batches whose
@@ -812,11 +812,6 @@ mod tests {
 
     use std::process::Command;
 
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
-    }
-
     /// A namespace this test created; deleted on drop, also when the test panics.
     struct TestNamespace(String);
 
@@ -868,8 +863,7 @@ mod tests {
     }
 
     fn kernel_test_namespace(name: String) -> Option<TestNamespace> {
-        if !is_root() {
-            eprintln!("skipped: needs root");
+        if !crate::simnode::kernel_tests_enabled("conntrack") {
             return None;
         }
         if Command::new("conntrack").arg("--version").output().is_err() {

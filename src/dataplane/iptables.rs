@@ -1140,10 +1140,6 @@ mod netns_tests {
 
     use super::*;
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     /// A namespace of our own, deleted when dropped, even when the test panics.
     struct TestNamespace(RouterNamespace);
 
@@ -1236,8 +1232,7 @@ mod netns_tests {
 
     #[test]
     fn full_sync_update_read_back_remove() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
+        if !crate::simnode::kernel_tests_enabled("iptables") {
             return;
         }
         let ns = TestNamespace::new();
@@ -1325,8 +1320,7 @@ mod netns_tests {
 
     #[test]
     fn update_without_our_chains_fails_so_that_sync_rewrites() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
+        if !crate::simnode::kernel_tests_enabled("iptables") {
             return;
         }
         let ns = TestNamespace::new();
@@ -1341,8 +1335,7 @@ mod netns_tests {
 
     #[test]
     fn missing_namespace_and_missing_binaries() {
-        if !is_root() {
-            eprintln!("skipped: needs root");
+        if !crate::simnode::kernel_tests_enabled("iptables") {
             return;
         }
         let gone = RouterNamespace::named(format!("praas-ipt-test-{}-gone", std::process::id()));
