@@ -493,3 +493,45 @@ fn a_namespace_created_again_under_the_same_name_is_programmed_again() {
         "{listing}"
     );
 }
+
+#[test]
+fn single_element_lookups_find_exactly_what_the_kernel_holds() {
+    use praas::dataplane::netlink::sockets;
+    use praas::dataplane::nft::wire::{self, NftSocket};
+    if !kernel_tests_enabled("element_lookup") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let vm = node.vms[0].ip;
+    let mut restricted = forward("ssh", Protocol::Tcp, "4000", vm, "22");
+    restricted.allowed_cidrs = vec![
+        "198.51.100.0/24".parse().unwrap(),
+        "192.0.2.7/32".parse().unwrap(),
+    ];
+    let mut masq = forward("dns", Protocol::Udp, "4001:4002", vm, "53");
+    masq.masquerade = true;
+    let held = rules(&[restricted, masq]);
+    sync.sync(&node.router_ns, &held).unwrap();
+    // Ask for everything held plus elements that are not there, in every set.
+    let absent = rules(&[{
+        let mut f = forward("absent", Protocol::Tcp, "4999", vm, "2222");
+        f.allowed_cidrs = vec!["203.0.113.0/28".parse().unwrap()];
+        f.masquerade = true;
+        f
+    }]);
+    for ((set, present), (_, missing)) in wire::elements_of(&held)
+        .into_iter()
+        .zip(wire::elements_of(&absent))
+    {
+        let mut wanted = present.clone();
+        wanted.extend(missing);
+        let mut found = sockets::with(&node.router_ns, |s| NftSocket::new(s).lookup(set, &wanted))
+            .unwrap()
+            .unwrap();
+        found.sort();
+        let mut present = present;
+        present.sort();
+        assert_eq!(found, present, "set {set}");
+    }
+}

@@ -135,6 +135,18 @@ pub trait Backend: Send + Sync {
     /// Reads back what the kernel holds: `None` when our rules are absent from the namespace.
     fn read_back(&self, namespace: &RouterNamespace) -> Result<Option<RuleSet>, DataplaneError>;
 
+    /// Reads back like [`Backend::read_back`], knowing what should be there. A backend whose
+    /// listing can miss elements (nftables: a dump racing a hash resize) checks the elements it
+    /// did not see one by one, so that what is returned is what the kernel holds.
+    fn read_back_expecting(
+        &self,
+        namespace: &RouterNamespace,
+        expected: &RuleSet,
+    ) -> Result<Option<RuleSet>, DataplaneError> {
+        let _ = expected;
+        self.read_back(namespace)
+    }
+
     /// Removes everything we own from `namespace`. Absent rules are not an error.
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError>;
 }

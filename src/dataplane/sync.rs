@@ -13,10 +13,6 @@ use tracing::{debug, info, warn};
 
 use super::{Backend, Changes, DataplaneError, ExternalKey, RouterNamespace, RuleSet, Target};
 
-/// How often a difference found by verification is read again before it counts as drift.
-const VERIFY_ATTEMPTS: usize = 3;
-const VERIFY_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// Deletes conntrack entries of forwards that no longer exist.
 pub trait FlowCleaner: Send + Sync {
     /// Deletes the flows that were translated by `stale` forwards; returns how many.
@@ -187,26 +183,7 @@ impl RouterSync {
         namespace: &RouterNamespace,
         expected: &RuleSet,
     ) -> Result<(), DataplaneError> {
-        // A dump of a hash set that the kernel is resizing (it shrinks sets in the background
-        // after large changes) can miss elements: the walk restarts between the dump's parts.
-        // A difference is therefore confirmed by reading again before it counts as drift.
-        let mut result = self.compare(namespace, expected);
-        for _ in 1..VERIFY_ATTEMPTS {
-            if !matches!(result, Err(DataplaneError::Drift { .. })) {
-                break;
-            }
-            std::thread::sleep(VERIFY_RETRY_DELAY);
-            result = self.compare(namespace, expected);
-        }
-        result
-    }
-
-    fn compare(
-        &self,
-        namespace: &RouterNamespace,
-        expected: &RuleSet,
-    ) -> Result<(), DataplaneError> {
-        match self.backend.read_back(namespace)? {
+        match self.backend.read_back_expecting(namespace, expected)? {
             None => Err(DataplaneError::Drift {
                 namespace: namespace.to_string(),
                 detail: "our table is missing".into(),

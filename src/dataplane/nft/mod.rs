@@ -122,6 +122,44 @@ impl NftBackend {
     }
 }
 
+impl NftBackend {
+    /// Reads our table back. With `expected`, elements the dumps did not show are looked up one
+    /// by one (see [`wire::NftSocket::lookup`]).
+    fn read(
+        &self,
+        namespace: &RouterNamespace,
+        expected: Option<&RuleSet>,
+    ) -> Result<Option<RuleSet>, DataplaneError> {
+        let read = sockets::with(namespace, |s| {
+            let mut socket = NftSocket::new(s);
+            let structure = socket.structure()?;
+            let mut rules = match shape(&structure) {
+                Shape::Absent => return Ok(Ok(None)),
+                Shape::Broken(detail) => return Ok(Err(detail)),
+                Shape::Intact => socket.read_rules()?,
+            };
+            if let Some(expected) = expected.filter(|e| **e != rules) {
+                let seen = wire::elements_of(&rules);
+                for ((set, wanted), (_, seen)) in wire::elements_of(expected).into_iter().zip(seen) {
+                    let seen: std::collections::HashSet<&[u8]> = seen.iter().map(|e| e.key.as_slice()).collect();
+                    let unseen: Vec<_> = wanted.into_iter().filter(|e| !seen.contains(e.key.as_slice())).collect();
+                    if !unseen.is_empty() {
+                        let found = socket.lookup(set, &unseen)?;
+                        debug!(%namespace, set, unseen = unseen.len(), found = found.len(), "looked up elements a dump did not show");
+                        wire::decode_all(&mut rules, set, &found)?;
+                    }
+                }
+            }
+            Ok(Ok(Some(rules)))
+        })?
+        .map_err(|e| read_back_error(namespace, e))?;
+        read.map_err(|detail| DataplaneError::Drift {
+            namespace: namespace.to_string(),
+            detail,
+        })
+    }
+}
+
 fn rejected(namespace: &RouterNamespace, message: impl ToString) -> DataplaneError {
     DataplaneError::Rejected {
         backend: "nftables",
@@ -183,20 +221,15 @@ impl Backend for NftBackend {
     }
 
     fn read_back(&self, namespace: &RouterNamespace) -> Result<Option<RuleSet>, DataplaneError> {
-        let read = sockets::with(namespace, |s| {
-            let mut socket = NftSocket::new(s);
-            let structure = socket.structure()?;
-            Ok(match shape(&structure) {
-                Shape::Absent => Ok(None),
-                Shape::Broken(detail) => Err(detail),
-                Shape::Intact => Ok(Some(socket.read_rules()?)),
-            })
-        })?
-        .map_err(|e| read_back_error(namespace, e))?;
-        read.map_err(|detail| DataplaneError::Drift {
-            namespace: namespace.to_string(),
-            detail,
-        })
+        self.read(namespace, None)
+    }
+
+    fn read_back_expecting(
+        &self,
+        namespace: &RouterNamespace,
+        expected: &RuleSet,
+    ) -> Result<Option<RuleSet>, DataplaneError> {
+        self.read(namespace, Some(expected))
     }
 
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {

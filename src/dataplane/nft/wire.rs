@@ -61,6 +61,11 @@ pub const NFT_SET_MAP: u32 = 0x8;
 /// field is 16 bits, and an element takes at most 56 bytes.
 const ELEMENTS_PER_MESSAGE: usize = 1000;
 
+/// Single-element lookups sent in one datagram. Every lookup is answered by two messages (the
+/// element or an error, and an acknowledgement), each costing ≈ 1 KiB of receive-buffer
+/// accounting however small it is: 64 stay well inside the default 208 KiB.
+const LOOKUPS_PER_SEND: usize = 64;
+
 fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
 }
@@ -490,33 +495,94 @@ impl<'a> NftSocket<'a> {
         );
         let mut out = Vec::new();
         netlink::dump(self.socket, &req, seq, |msg| {
-            for attr in attrs(msg.payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
-                let (ty, payload) = attr?;
-                if ty != NFTA_SET_ELEM_LIST_ELEMENTS {
-                    continue;
-                }
-                for elem in attrs(payload) {
-                    let (_, elem) = elem?;
-                    out.push(parse_element(elem)?);
-                }
-            }
+            out.extend(element_list(msg.payload)?);
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Asks the kernel for specific elements, one request each, and returns those it holds (with
+    /// their data). Used for elements that a dump did not show: a dump of a hash set that the
+    /// kernel is resizing can miss elements, a lookup cannot.
+    pub fn lookup(&mut self, set: &str, wanted: &[RawElement]) -> io::Result<Vec<RawElement>> {
+        let mut found = Vec::new();
+        for chunk in wanted.chunks(LOOKUPS_PER_SEND) {
+            let first = self.socket.seq.wrapping_add(1);
+            let mut buf = Vec::new();
+            for e in chunk {
+                let seq = self.socket.next_seq();
+                let key = RawElement {
+                    key: e.key.clone(),
+                    key_end: e.key_end.clone(),
+                    data: None,
+                };
+                encode_elements(
+                    &mut buf,
+                    NFT_MSG_GETSETELEM,
+                    NLM_F_REQUEST | NLM_F_ACK,
+                    seq,
+                    set,
+                    &[key],
+                );
+            }
+            self.socket.send(&buf)?;
+            let mut answered = vec![false; chunk.len()];
+            let mut pending = chunk.len();
+            while pending > 0 {
+                for msg in messages(self.socket.recv()?) {
+                    let msg = msg?;
+                    let index = msg.seq.wrapping_sub(first) as usize;
+                    if index >= chunk.len() {
+                        continue;
+                    }
+                    if msg.msg_type == NLMSG_ERROR {
+                        if !std::mem::replace(&mut answered[index], true) {
+                            pending -= 1;
+                            match parse_error(msg.payload)? {
+                                0 | libc::ENOENT => {}
+                                errno => return Err(io::Error::from_raw_os_error(errno)),
+                            }
+                        }
+                    } else if msg.msg_type == nft_type(NFT_MSG_NEWSETELEM) {
+                        found.extend(element_list(msg.payload)?);
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Reads every element of our sets back into a rule set.
     pub fn read_rules(&mut self) -> io::Result<RuleSet> {
         let mut rules = RuleSet::default();
         for (set, _) in elements_of(&RuleSet::default()) {
-            for e in self.elements(set)? {
-                decode_into(&mut rules, set, &e).map_err(|what| {
-                    invalid(format!("set {set}: element {:02x?}: {what}", e.key))
-                })?;
-            }
+            decode_all(&mut rules, set, &self.elements(set)?)?;
         }
         Ok(rules)
     }
+}
+
+/// The elements of an element-list message (NEWSETELEM as the kernel sends it).
+fn element_list(payload: &[u8]) -> io::Result<Vec<RawElement>> {
+    let mut out = Vec::new();
+    for attr in attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
+        let (ty, payload) = attr?;
+        if ty == NFTA_SET_ELEM_LIST_ELEMENTS {
+            for elem in attrs(payload) {
+                out.push(parse_element(elem?.1)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decodes raw elements of `set` into `rules`.
+pub fn decode_all(rules: &mut RuleSet, set: &str, elements: &[RawElement]) -> io::Result<()> {
+    for e in elements {
+        decode_into(rules, set, e)
+            .map_err(|what| invalid(format!("set {set}: element {:02x?}: {what}", e.key)))?;
+    }
+    Ok(())
 }
 
 fn string(payload: &[u8]) -> String {
