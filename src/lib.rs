@@ -1,2 +1,3 @@
 pub mod dataplane;
+pub mod process;
 pub mod simnode;

@@ -19,7 +19,7 @@
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -28,6 +28,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol as SockProtocol, SockAddr, Socket, Type};
 
 use crate::dataplane::{netns, NamespaceKind, RouterNamespace};
+use crate::process::{self, RunError};
 
 /// Gateway address of the simulated router.
 pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -112,45 +113,13 @@ fn unique_suffix() -> String {
     format!("{:05x}{:04x}", std::process::id() & 0xfffff, n & 0xffff)
 }
 
-/// Runs a command, with `input` on stdin if given.
+/// Runs a command, with `input` on stdin if given, and returns its stdout.
 pub fn run(args: &[&str], input: Option<&str>) -> Result<String, SimNodeError> {
     let command = args.join(" ");
-    let mut child = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| SimNodeError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|source| SimNodeError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| SimNodeError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(SimNodeError::Command {
-            command,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().into(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    process::run(args[0], &args[1..], input).map_err(|e| match e {
+        RunError::Spawn(source) => SimNodeError::Spawn { command, source },
+        RunError::Failed(stderr) => SimNodeError::Command { command, stderr },
+    })
 }
 
 /// Runs an `ip -batch` script (one command per line).

@@ -34,13 +34,12 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::mem;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use tracing::debug;
 
-use super::netlink::*;
+use super::netlink::{self, *};
 use super::sync::FlowCleaner;
 use super::{DataplaneError, ExternalKey, RouterNamespace, Target};
 
@@ -337,85 +336,12 @@ fn parse_entry(payload: &[u8]) -> io::Result<Option<Entry>> {
     })
 }
 
-/// Handles one datagram of the dump answering `seq`; returns whether the dump is complete.
-fn handle_dump_datagram(
-    datagram: &[u8],
-    seq: u32,
-    on_entry: &mut impl FnMut(Entry),
-) -> io::Result<bool> {
-    for msg in messages(datagram) {
-        let msg = msg?;
-        if msg.seq != seq {
-            continue; // not ours (nothing else should be talking to this socket)
-        }
-        match msg.msg_type {
-            NLMSG_NOOP => {}
-            NLMSG_DONE => {
-                // The payload of DONE is the dump's final status, negative on failure.
-                return match msg.payload.get(..4).map(parse_error).transpose()? {
-                    Some(errno) if errno > 0 => Err(io::Error::from_raw_os_error(errno)),
-                    _ => Ok(true),
-                };
-            }
-            NLMSG_ERROR => match parse_error(msg.payload)? {
-                0 => {}
-                errno => return Err(io::Error::from_raw_os_error(errno)),
-            },
-            NLMSG_OVERRUN => return Err(invalid("netlink overrun during the conntrack dump")),
-            _ => {
-                if let Some(entry) = parse_entry(msg.payload)? {
-                    on_entry(entry);
-                }
-            }
-        }
+/// Hands the entries of one dump message to `on_entry` (those cleanup handles).
+fn on_dump_message(msg: &Message<'_>, on_entry: &mut impl FnMut(Entry)) -> io::Result<()> {
+    if let Some(entry) = parse_entry(msg.payload)? {
+        on_entry(entry);
     }
-    Ok(false)
-}
-
-/// Outcome of a batch of deletes, filled in as acknowledgements arrive.
-struct Acks {
-    first_seq: u32,
-    answered: Vec<bool>,
-    pending: usize,
-    deleted: usize,
-    already_gone: usize,
-    first_error: Option<i32>,
-}
-
-impl Acks {
-    fn new(first_seq: u32, count: usize) -> Self {
-        Acks {
-            first_seq,
-            answered: vec![false; count],
-            pending: count,
-            deleted: 0,
-            already_gone: 0,
-            first_error: None,
-        }
-    }
-
-    /// Takes in the acknowledgements of one datagram.
-    fn handle_datagram(&mut self, datagram: &[u8]) -> io::Result<()> {
-        for msg in messages(datagram) {
-            let msg = msg?;
-            if msg.msg_type != NLMSG_ERROR {
-                continue;
-            }
-            let index = msg.seq.wrapping_sub(self.first_seq) as usize;
-            if index >= self.answered.len() || mem::replace(&mut self.answered[index], true) {
-                continue; // not one of this batch, or a duplicate
-            }
-            self.pending -= 1;
-            match parse_error(msg.payload)? {
-                0 => self.deleted += 1,
-                libc::ENOENT => self.already_gone += 1,
-                errno => {
-                    self.first_error.get_or_insert(errno);
-                }
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// The conntrack requests, on the shared netlink socket.
@@ -425,13 +351,9 @@ impl Socket {
         let seq = self.next_seq();
         let mut request = Vec::with_capacity(NLMSG_HDRLEN + NFGENMSG_LEN);
         encode_dump_request(&mut request, seq);
-        self.send(&request)?;
-        loop {
-            let datagram = self.recv()?;
-            if handle_dump_datagram(datagram, seq, &mut on_entry)? {
-                return Ok(());
-            }
-        }
+        netlink::dump(self, &request, seq, |msg| {
+            on_dump_message(msg, &mut on_entry)
+        })
     }
 
     /// Deletes `entries` in batches; returns (deleted, already gone). Every batch is sent even
@@ -447,14 +369,15 @@ impl Socket {
                 encode_delete(&mut request, seq, entry);
             }
             self.send(&request)?;
-            let mut acks = Acks::new(first_seq, batch.len());
-            while acks.pending > 0 {
-                let datagram = self.recv()?;
-                acks.handle_datagram(datagram)?;
+            for errno in netlink::read_acks(self, first_seq, batch.len())? {
+                match errno {
+                    0 => deleted += 1,
+                    libc::ENOENT => already_gone += 1,
+                    errno => {
+                        first_error.get_or_insert(errno);
+                    }
+                }
             }
-            deleted += acks.deleted;
-            already_gone += acks.already_gone;
-            first_error = first_error.or(acks.first_error);
         }
         match first_error {
             None => Ok((deleted, already_gone)),
@@ -647,11 +570,16 @@ mod tests {
         [tcp, icmp, done].concat()
     }
 
+    /// One datagram of a conntrack dump through the shared dump handling.
+    fn parse_dump(datagram: &[u8], seq: u32, on_entry: &mut impl FnMut(Entry)) -> io::Result<bool> {
+        netlink::dump_datagram(datagram, seq, &mut |msg| on_dump_message(msg, on_entry))
+    }
+
     #[test]
     #[cfg(target_endian = "little")]
     fn a_dump_datagram_is_parsed_into_entries() {
         let mut entries = Vec::new();
-        let done = handle_dump_datagram(&dump_datagram(), 42, &mut |e| entries.push(e)).unwrap();
+        let done = parse_dump(&dump_datagram(), 42, &mut |e| entries.push(e)).unwrap();
         assert!(done);
         assert_eq!(
             entries,
@@ -669,9 +597,9 @@ mod tests {
         let datagram = dump_datagram();
         let without_done = &datagram[..datagram.len() - 20];
         let mut count = 0;
-        assert!(!handle_dump_datagram(without_done, 42, &mut |_| count += 1).unwrap());
+        assert!(!parse_dump(without_done, 42, &mut |_| count += 1).unwrap());
         assert_eq!(count, 1);
-        assert!(!handle_dump_datagram(&datagram, 43, &mut |_| count += 1).unwrap());
+        assert!(!parse_dump(&datagram, 43, &mut |_| count += 1).unwrap());
         assert_eq!(count, 1);
     }
 
@@ -684,17 +612,14 @@ mod tests {
             let mut truncated = datagram[..172].to_vec();
             truncated[0] = cut as u8;
             truncated.truncate(cut.max(NLMSG_HDRLEN));
-            assert!(
-                handle_dump_datagram(&truncated, 42, &mut |_| {}).is_err(),
-                "{cut}"
-            );
+            assert!(parse_dump(&truncated, 42, &mut |_| {}).is_err(), "{cut}");
         }
         let mut bad = datagram.clone();
         bad[20] = 200; // CTA_TUPLE_ORIG claims more than the message holds
-        assert!(handle_dump_datagram(&bad, 42, &mut |_| {}).is_err());
+        assert!(parse_dump(&bad, 42, &mut |_| {}).is_err());
         let mut bad = datagram;
         bad[0] = 10; // shorter than a header
-        assert!(handle_dump_datagram(&bad, 42, &mut |_| {}).is_err());
+        assert!(parse_dump(&bad, 42, &mut |_| {}).is_err());
     }
 
     #[test]
@@ -706,13 +631,13 @@ mod tests {
             0xff, 0xff, 0xff, 0xff, // -EPERM
             20, 0, 0, 0,  0x01, 0x01,  0x01, 0x03,  42, 0, 0, 0,  0, 0, 0, 0,
         ];
-        let err = handle_dump_datagram(eperm, 42, &mut |_| {}).unwrap_err();
+        let err = parse_dump(eperm, 42, &mut |_| {}).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EPERM));
     }
 
     #[test]
     #[cfg(target_endian = "little")]
-    fn acks_count_deletions_and_treat_enoent_as_gone() {
+    fn acks_are_matched_by_sequence_number() {
         let ack = |seq: u32, error: i32| -> Vec<u8> {
             let mut m = Vec::new();
             m.extend_from_slice(&36u32.to_ne_bytes());
@@ -736,15 +661,8 @@ mod tests {
         acks.handle_datagram(&datagram).unwrap();
         assert_eq!(acks.pending, 1);
         acks.handle_datagram(&ack(2, 0)).unwrap();
-        assert_eq!(
-            (
-                acks.pending,
-                acks.deleted,
-                acks.already_gone,
-                acks.first_error
-            ),
-            (0, 2, 1, Some(libc::EPERM))
-        );
+        assert_eq!(acks.pending, 0);
+        assert_eq!(acks.errors, vec![0, libc::ENOENT, libc::EPERM, 0]);
     }
 
     #[test]

@@ -76,9 +76,8 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use tracing::{debug, trace};
@@ -89,6 +88,7 @@ use super::{
     netns, Backend, Changes, DataplaneError, ExternalKey, MasqueradeKey, Protocol, RouterNamespace,
     RuleSet, Target,
 };
+use crate::process::{run, RunError};
 
 /// Name of this backend in logs and errors.
 const BACKEND: &str = "iptables";
@@ -683,50 +683,6 @@ fn apply_checked(state: &mut RuleSet, changes: &Changes) -> Result<(), String> {
     Ok(())
 }
 
-/// Why running a program failed.
-enum RunError {
-    /// It could not be started (not installed, not executable).
-    Spawn(io::Error),
-    /// It ran and failed; its stderr, trimmed (or its exit status when stderr is empty).
-    Failed(String),
-}
-
-/// Runs `program` with `args`, feeding it `input`, and returns its stdout.
-fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String, RunError> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(RunError::Spawn)?;
-    let stdin = child.stdin.take();
-    // Write from a second thread so that a child filling its output pipes cannot deadlock us.
-    // A write error means the child exited early; its exit status says why.
-    let output = std::thread::scope(|scope| {
-        if let (Some(mut stdin), Some(input)) = (stdin, input) {
-            scope.spawn(move || {
-                let _ = stdin.write_all(input.as_bytes());
-            });
-        }
-        child.wait_with_output()
-    })
-    .map_err(|e| RunError::Failed(format!("waiting for {program}: {e}")))?;
-    if output.status.success() {
-        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-    Err(RunError::Failed(if stderr.is_empty() {
-        format!("{program} failed: {}", output.status)
-    } else {
-        stderr
-    }))
-}
-
 /// Programs router namespaces with `iptables-restore`, in the original PRaaS chain layout.
 pub struct IptablesBackend {
     restore: &'static str,
@@ -1135,7 +1091,7 @@ COMMIT
 /// Tests against real namespaces; they need root and skip themselves otherwise.
 #[cfg(test)]
 mod netns_tests {
-    use std::process::Command;
+    use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;

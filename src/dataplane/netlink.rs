@@ -383,35 +383,87 @@ pub fn kernel_address() -> libc::sockaddr_nl {
     addr
 }
 
-/// Reads the answers to `count` acknowledged requests sent with consecutive sequence numbers
-/// from `first_seq`. Returns the errno of the first request the kernel refused, if any.
-pub fn read_acks(socket: &mut Socket, first_seq: u32, count: usize) -> io::Result<Option<i32>> {
-    let mut answered = vec![false; count];
-    let (mut pending, mut first_error) = (count, None);
-    while pending > 0 {
-        for msg in messages(socket.recv()?) {
+/// Answers to acknowledged requests sent with consecutive sequence numbers, filled in as their
+/// datagrams arrive: per request, 0 for success or the errno the kernel refused it with.
+pub struct Acks {
+    first_seq: u32,
+    answered: Vec<bool>,
+    pub pending: usize,
+    pub errors: Vec<i32>,
+}
+
+impl Acks {
+    pub fn new(first_seq: u32, count: usize) -> Self {
+        Acks {
+            first_seq,
+            answered: vec![false; count],
+            pending: count,
+            errors: vec![0; count],
+        }
+    }
+
+    /// Takes in the acknowledgements of one datagram; others' and duplicates are ignored.
+    pub fn handle_datagram(&mut self, datagram: &[u8]) -> io::Result<()> {
+        for msg in messages(datagram) {
             let msg = msg?;
             if msg.msg_type != NLMSG_ERROR {
                 continue;
             }
-            let index = msg.seq.wrapping_sub(first_seq) as usize;
-            if index >= count || mem::replace(&mut answered[index], true) {
-                continue; // not one of these requests, or a duplicate
+            let index = msg.seq.wrapping_sub(self.first_seq) as usize;
+            if index >= self.answered.len() || mem::replace(&mut self.answered[index], true) {
+                continue;
             }
-            pending -= 1;
-            match parse_error(msg.payload)? {
-                0 => {}
-                errno => {
-                    first_error.get_or_insert(errno);
-                }
-            }
+            self.pending -= 1;
+            self.errors[index] = parse_error(msg.payload)?;
         }
+        Ok(())
     }
-    Ok(first_error)
 }
 
-/// Sends a dump request and hands every answering message (of type other than the control
-/// messages) to `on_message`, until the kernel says the dump is done.
+/// Reads the answers to `count` acknowledged requests sent with consecutive sequence numbers
+/// from `first_seq`: per request, 0 or the errno it was refused with.
+pub fn read_acks(socket: &mut Socket, first_seq: u32, count: usize) -> io::Result<Vec<i32>> {
+    let mut acks = Acks::new(first_seq, count);
+    while acks.pending > 0 {
+        acks.handle_datagram(socket.recv()?)?;
+    }
+    Ok(acks.errors)
+}
+
+/// Handles one datagram of the dump answering `seq`, handing every message that is not a
+/// control message to `on_message`; returns whether the dump is complete.
+pub fn dump_datagram(
+    datagram: &[u8],
+    seq: u32,
+    on_message: &mut impl FnMut(&Message<'_>) -> io::Result<()>,
+) -> io::Result<bool> {
+    for msg in messages(datagram) {
+        let msg = msg?;
+        if msg.seq != seq {
+            continue; // not ours (nothing else should be talking to this socket)
+        }
+        match msg.msg_type {
+            NLMSG_NOOP => {}
+            NLMSG_DONE => {
+                // The payload of DONE is the dump's final status, negative on failure.
+                return match msg.payload.get(..4).map(parse_error).transpose()? {
+                    Some(errno) if errno > 0 => Err(io::Error::from_raw_os_error(errno)),
+                    _ => Ok(true),
+                };
+            }
+            NLMSG_ERROR => match parse_error(msg.payload)? {
+                0 => {}
+                errno => return Err(io::Error::from_raw_os_error(errno)),
+            },
+            NLMSG_OVERRUN => return Err(invalid("netlink overrun during a dump")),
+            _ => on_message(&msg)?,
+        }
+    }
+    Ok(false)
+}
+
+/// Sends a dump request and hands every answering message to `on_message` until the kernel
+/// says the dump is done.
 pub fn dump(
     socket: &mut Socket,
     request: &[u8],
@@ -419,29 +471,8 @@ pub fn dump(
     mut on_message: impl FnMut(&Message<'_>) -> io::Result<()>,
 ) -> io::Result<()> {
     socket.send(request)?;
-    loop {
-        for msg in messages(socket.recv()?) {
-            let msg = msg?;
-            if msg.seq != seq {
-                continue;
-            }
-            match msg.msg_type {
-                NLMSG_NOOP => {}
-                NLMSG_DONE => {
-                    return match msg.payload.get(..4).map(parse_error).transpose()? {
-                        Some(errno) if errno > 0 => Err(io::Error::from_raw_os_error(errno)),
-                        _ => Ok(()),
-                    };
-                }
-                NLMSG_ERROR => match parse_error(msg.payload)? {
-                    0 => {}
-                    errno => return Err(io::Error::from_raw_os_error(errno)),
-                },
-                NLMSG_OVERRUN => return Err(invalid("netlink overrun during a dump")),
-                _ => on_message(&msg)?,
-            }
-        }
-    }
+    while !dump_datagram(socket.recv()?, seq, &mut on_message)? {}
+    Ok(())
 }
 
 /// One open `NETLINK_NETFILTER` socket per namespace, kept for the life of the process.

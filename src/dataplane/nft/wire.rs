@@ -387,7 +387,10 @@ impl<'a> NftSocket<'a> {
         self.socket.seq = first.wrapping_add(acked as u32 + 1);
         self.socket.reserve_send_buffer(batch.len() * 2 + 65536)?;
         self.socket.send(&batch)?;
-        match netlink::read_acks(self.socket, first.wrapping_add(1), acked)? {
+        match netlink::read_acks(self.socket, first.wrapping_add(1), acked)?
+            .into_iter()
+            .find(|e| *e != 0)
+        {
             None => Ok(()),
             Some(errno) => Err(io::Error::from_raw_os_error(errno)),
         }
