@@ -1,3 +1,4 @@
 pub mod dataplane;
 pub mod process;
 pub mod simnode;
+pub mod store;

@@ -1,0 +1,694 @@
+//! The store: PAT mappings in SQL, the source of truth of the service.
+//!
+//! SQLite by default (one file, the all-in-one node), MariaDB/MySQL when several nodes share
+//! the state, chosen by an OpenStack-style `[database] connection` URL. Both go through sqlx's
+//! `Any` driver with the same queries; the schema has one migration directory per dialect
+//! (`migrations/`). Uniqueness of external ports and internal sockets is enforced by the
+//! database: every claimed port is a row under a primary key, so concurrent requests and
+//! overlapping ranges can never both succeed.
+
+pub mod allocate;
+pub mod model;
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use chrono::{SecondsFormat, Utc};
+use ipnet::Ipv4Net;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+use tokio::sync::Mutex;
+
+pub use allocate::{Policy, Strategy};
+pub use model::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
+
+use crate::dataplane::{PortRange, Protocol};
+
+/// How many candidates an allocation tries before it reports the range exhausted: each failure
+/// means another request took the port in between, and the next candidate is re-read.
+const ALLOCATION_ATTEMPTS: usize = 16;
+
+/// Errors of the store, each saying what conflicted with what.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{protocol} port {port} of router {router_id} is already used by mapping {mapping_id}"
+    )]
+    ExternalPortInUse {
+        router_id: String,
+        protocol: Protocol,
+        port: u16,
+        mapping_id: String,
+    },
+
+    #[error("{ip}:{port}/{protocol} behind router {router_id} is already mapped by mapping {mapping_id}")]
+    InternalSocketMapped {
+        router_id: String,
+        ip: Ipv4Addr,
+        protocol: Protocol,
+        port: u16,
+        mapping_id: String,
+    },
+
+    #[error("no {len} free {protocol} port(s) left in range {range} on router {router_id}")]
+    RangeExhausted {
+        router_id: String,
+        protocol: Protocol,
+        range: PortRange,
+        len: u32,
+    },
+
+    #[error("mapping {id} does not exist")]
+    NotFound { id: String },
+
+    #[error("invalid database connection {url:?}: {reason}")]
+    Connection { url: String, reason: String },
+
+    #[error("stored mapping {id} cannot be read: {reason}")]
+    Corrupt { id: String, reason: String },
+
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+
+    #[error("database schema migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Which SQL server is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    MySql,
+}
+
+/// Translates an OpenStack (SQLAlchemy) database URL into one sqlx understands.
+///
+/// `sqlite:////abs/path.db` (absolute), `sqlite:///relative.db`, `sqlite://` (in memory),
+/// `mysql+pymysql://user:pass@host/db`, `mysql://…`, `mariadb://…`.
+pub fn translate_url(url: &str) -> Result<(String, Dialect), StoreError> {
+    let bad = |reason: &str| StoreError::Connection {
+        url: redact(url),
+        reason: reason.into(),
+    };
+    if url == "sqlite::memory:" || url == "sqlite://" {
+        return Ok(("sqlite::memory:".into(), Dialect::Sqlite));
+    }
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        // SQLAlchemy: three slashes then a relative path, four for an absolute one.
+        let path = rest
+            .strip_prefix('/')
+            .ok_or_else(|| bad("expected sqlite:///relative or sqlite:////absolute"))?;
+        let (path, _) = path.split_once('?').unwrap_or((path, ""));
+        if path.is_empty() {
+            return Err(bad("no database file"));
+        }
+        return Ok((format!("sqlite://{path}?mode=rwc"), Dialect::Sqlite));
+    }
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("not a URL"))?;
+    match scheme.split('+').next() {
+        Some("mysql") | Some("mariadb") => {
+            // Driver parameters of the Python world (charset, ...) mean nothing here.
+            let (base, _) = rest.split_once('?').unwrap_or((rest, ""));
+            if !base.contains('/') {
+                return Err(bad("no database name"));
+            }
+            Ok((format!("mysql://{base}"), Dialect::MySql))
+        }
+        _ => Err(bad("unsupported database (use sqlite or mysql)")),
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// The mapping store.
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+    /// SQLite has one writer at a time; serializing writers here turns "database is locked"
+    /// into waiting. MariaDB's row locks need no such thing.
+    sqlite_writer: Option<Mutex<()>>,
+}
+
+impl Store {
+    /// Connects to the database named by an OpenStack-style URL.
+    pub async fn open(connection: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, dialect) = translate_url(connection)?;
+        let mut options = AnyPoolOptions::new();
+        if dialect == Dialect::Sqlite {
+            options = options
+                // An in-memory database exists once per connection: keep exactly one.
+                .max_connections(if url.contains(":memory:") { 1 } else { 8 })
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok(())
+                    })
+                });
+        }
+        let pool = options.connect(&url).await?;
+        Ok(Store {
+            pool,
+            dialect,
+            sqlite_writer: (dialect == Dialect::Sqlite).then(|| Mutex::new(())),
+        })
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Brings the schema up to date (`praas db-sync`). Idempotent.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
+            Dialect::MySql => sqlx::migrate!("migrations/mysql").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
+    }
+
+    /// Creates a mapping, allocating its external ports from `policy` unless they are given.
+    pub async fn create(&self, new: NewMapping, policy: &Policy) -> Result<Mapping, StoreError> {
+        let _writer = self.writer().await;
+        let id = uuid::Uuid::new_v4().to_string();
+        match new.external_ports {
+            ExternalPorts::Explicit(ports) => self.insert(&id, &new, ports).await,
+            ExternalPorts::Allocate { len } => {
+                let mut last_conflict = None;
+                for _ in 0..ALLOCATION_ATTEMPTS {
+                    let used = self
+                        .used_ports(&new.router_id, new.protocol, policy.range)
+                        .await?;
+                    let Some(ports) =
+                        allocate::candidates(policy, &used, len, &mut rand::thread_rng())
+                            .first()
+                            .copied()
+                    else {
+                        break;
+                    };
+                    match self.insert(&id, &new, ports).await {
+                        // Another request took a port in between, or the two transactions
+                        // deadlocked on each other's port rows (InnoDB): try again.
+                        Err(e @ StoreError::ExternalPortInUse { .. }) => last_conflict = Some(e),
+                        Err(StoreError::Database(e)) if is_deadlock(&e) => {
+                            last_conflict = Some(e.into())
+                        }
+                        other => return other,
+                    }
+                }
+                tracing::debug!(conflict = ?last_conflict, "allocation gave up");
+                Err(StoreError::RangeExhausted {
+                    router_id: new.router_id.clone(),
+                    protocol: new.protocol,
+                    range: policy.range,
+                    len,
+                })
+            }
+        }
+    }
+
+    async fn used_ports(
+        &self,
+        router_id: &str,
+        protocol: Protocol,
+        range: PortRange,
+    ) -> Result<BTreeSet<u16>, StoreError> {
+        let rows = sqlx::query("SELECT port FROM external_ports WHERE router_id = ? AND protocol = ? AND port >= ? AND port <= ?")
+            .bind(router_id)
+            .bind(protocol.as_str())
+            .bind(i64::from(range.first()))
+            .bind(i64::from(range.last()))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<i64, _>(0)? as u16))
+            .collect()
+    }
+
+    async fn insert(
+        &self,
+        id: &str,
+        new: &NewMapping,
+        external: PortRange,
+    ) -> Result<Mapping, StoreError> {
+        let at = now();
+        let mapping = Mapping {
+            id: id.to_string(),
+            project_id: new.project_id.clone(),
+            router_id: new.router_id.clone(),
+            distributed: new.distributed,
+            external_ip_address: new.external_ip_address,
+            protocol: new.protocol,
+            external_ports: external,
+            internal_ip_address: new.internal_ip_address,
+            internal_port_id: new.internal_port_id.clone(),
+            internal_ports: new.internal_ports,
+            description: new.description.clone(),
+            allowed_cidrs: new.allowed_cidrs.clone(),
+            masquerade: new.masquerade,
+            status: Status::Pending,
+            status_reason: None,
+            created_at: at.clone(),
+            updated_at: at,
+        };
+        let mut tx = self.pool.begin().await?;
+        claim_external(&mut tx, &mapping).await?;
+        claim_internal(&mut tx, &mapping).await?;
+        sqlx::query(
+            "INSERT INTO mappings (id, project_id, router_id, distributed, external_ip_address, protocol, \
+             external_port_first, external_port_last, internal_ip_address, internal_port_id, internal_port_first, \
+             internal_port_last, description, allowed_cidrs, masquerade, status, status_reason, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&mapping.id)
+        .bind(&mapping.project_id)
+        .bind(&mapping.router_id)
+        .bind(i64::from(mapping.distributed))
+        .bind(mapping.external_ip_address.to_string())
+        .bind(mapping.protocol.as_str())
+        .bind(i64::from(mapping.external_ports.first()))
+        .bind(i64::from(mapping.external_ports.last()))
+        .bind(mapping.internal_ip_address.to_string())
+        .bind(mapping.internal_port_id.clone())
+        .bind(i64::from(mapping.internal_ports.first()))
+        .bind(i64::from(mapping.internal_ports.last()))
+        .bind(&mapping.description)
+        .bind(cidrs_to_text(&mapping.allowed_cidrs))
+        .bind(i64::from(mapping.masquerade))
+        .bind(mapping.status.as_str())
+        .bind(mapping.status_reason.clone())
+        .bind(&mapping.created_at)
+        .bind(&mapping.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(mapping)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM mappings WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Mappings matching `filter`, in id order.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Mapping>, StoreError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM mappings WHERE 1 = 1");
+        let mut binds: Vec<Bind> = vec![];
+        let mut eq = |column: &str, value: Option<String>| {
+            if let Some(v) = value {
+                sql += &format!(" AND {column} = ?");
+                binds.push(Bind::Text(v));
+            }
+        };
+        eq("project_id", filter.project_id.clone());
+        eq("router_id", filter.router_id.clone());
+        eq("internal_port_id", filter.internal_port_id.clone());
+        eq(
+            "internal_ip_address",
+            filter.internal_ip_address.map(|ip| ip.to_string()),
+        );
+        eq("protocol", filter.protocol.map(|p| p.as_str().to_string()));
+        if let Some(port) = filter.external_port {
+            sql += " AND external_port_first <= ? AND external_port_last >= ?";
+            binds.push(Bind::Int(i64::from(port)));
+            binds.push(Bind::Int(i64::from(port)));
+        }
+        if let Some(marker) = &filter.marker {
+            sql += " AND id > ?";
+            binds.push(Bind::Text(marker.clone()));
+        }
+        sql += " ORDER BY id";
+        if let Some(limit) = filter.limit {
+            sql += &format!(" LIMIT {limit}");
+        }
+        let mut query = sqlx::query(&sql);
+        for b in binds {
+            query = match b {
+                Bind::Text(s) => query.bind(s),
+                Bind::Int(i) => query.bind(i),
+            };
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(from_row)
+            .collect()
+    }
+
+    /// Changes a mapping. Port changes re-claim ports under the same guarantees as a create;
+    /// the mapping goes back to `PENDING` until the dataplane confirms it.
+    pub async fn update(&self, id: &str, update: &MappingUpdate) -> Result<Mapping, StoreError> {
+        let _writer = self.writer().await;
+        let mut mapping = self
+            .get(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { id: id.into() })?;
+        let external_changed = update
+            .external_ports
+            .is_some_and(|p| p != mapping.external_ports);
+        let internal_changed = update
+            .internal_ports
+            .is_some_and(|p| p != mapping.internal_ports)
+            || update
+                .internal_ip_address
+                .is_some_and(|ip| ip != mapping.internal_ip_address);
+        if let Some(p) = update.external_ports {
+            mapping.external_ports = p;
+        }
+        if let Some(p) = update.internal_ports {
+            mapping.internal_ports = p;
+        }
+        if let Some(ip) = update.internal_ip_address {
+            mapping.internal_ip_address = ip;
+        }
+        if let Some(d) = &update.description {
+            mapping.description = d.clone();
+        }
+        if let Some(c) = &update.allowed_cidrs {
+            mapping.allowed_cidrs = c.clone();
+        }
+        if let Some(m) = update.masquerade {
+            mapping.masquerade = m;
+        }
+        mapping.status = Status::Pending;
+        mapping.status_reason = None;
+        mapping.updated_at = now();
+        let mut tx = self.pool.begin().await?;
+        if external_changed {
+            sqlx::query("DELETE FROM external_ports WHERE mapping_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            claim_external(&mut tx, &mapping).await?;
+        }
+        if internal_changed {
+            sqlx::query("DELETE FROM internal_sockets WHERE mapping_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            claim_internal(&mut tx, &mapping).await?;
+        }
+        sqlx::query(
+            "UPDATE mappings SET external_port_first = ?, external_port_last = ?, internal_ip_address = ?, \
+             internal_port_first = ?, internal_port_last = ?, description = ?, allowed_cidrs = ?, masquerade = ?, \
+             status = ?, status_reason = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(i64::from(mapping.external_ports.first()))
+        .bind(i64::from(mapping.external_ports.last()))
+        .bind(mapping.internal_ip_address.to_string())
+        .bind(i64::from(mapping.internal_ports.first()))
+        .bind(i64::from(mapping.internal_ports.last()))
+        .bind(&mapping.description)
+        .bind(cidrs_to_text(&mapping.allowed_cidrs))
+        .bind(i64::from(mapping.masquerade))
+        .bind(mapping.status.as_str())
+        .bind(mapping.status_reason.clone())
+        .bind(&mapping.updated_at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(mapping)
+    }
+
+    /// Deletes a mapping and frees its ports; returns what was deleted.
+    pub async fn delete(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
+        let _writer = self.writer().await;
+        let Some(mapping) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let mut tx = self.pool.begin().await?;
+        for table in ["external_ports", "internal_sockets"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE mapping_id = ?"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM mappings WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        bump_generation(&mut tx).await?;
+        tx.commit().await?;
+        Ok(Some(mapping))
+    }
+
+    /// Records what the dataplane made of mappings. Does not bump the generation: a status is
+    /// an outcome of programming, not a change to program.
+    pub async fn set_status(
+        &self,
+        ids: &[String],
+        status: Status,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let _writer = self.writer().await;
+        for id in ids {
+            sqlx::query("UPDATE mappings SET status = ?, status_reason = ? WHERE id = ? AND (status <> ? OR status_reason IS NOT NULL)")
+                .bind(status.as_str())
+                .bind(reason.map(str::to_string))
+                .bind(id)
+                .bind(status.as_str())
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A counter that every change to the mappings increases.
+    pub async fn generation(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT value FROM generation WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+const COLUMNS: &str = "id, project_id, router_id, distributed, external_ip_address, protocol, external_port_first, \
+     external_port_last, internal_ip_address, internal_port_id, internal_port_first, internal_port_last, description, \
+     allowed_cidrs, masquerade, status, status_reason, created_at, updated_at";
+
+async fn bump_generation(tx: &mut Transaction<'_, Any>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE generation SET value = value + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// SQLSTATE 40001: the server chose this transaction as a deadlock victim.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("40001"))
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Claims every external port of `m`; a port already claimed names its owner.
+async fn claim_external(tx: &mut Transaction<'_, Any>, m: &Mapping) -> Result<(), StoreError> {
+    for port in m.external_ports.iter() {
+        let inserted = sqlx::query("INSERT INTO external_ports (router_id, protocol, port, mapping_id) VALUES (?, ?, ?, ?)")
+            .bind(&m.router_id)
+            .bind(m.protocol.as_str())
+            .bind(i64::from(port))
+            .bind(&m.id)
+            .execute(&mut **tx)
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                let owner = sqlx::query("SELECT mapping_id FROM external_ports WHERE router_id = ? AND protocol = ? AND port = ?")
+                    .bind(&m.router_id)
+                    .bind(m.protocol.as_str())
+                    .bind(i64::from(port))
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|r| r.try_get::<String, _>(0))
+                    .transpose()?
+                    .unwrap_or_default();
+                return Err(StoreError::ExternalPortInUse {
+                    router_id: m.router_id.clone(),
+                    protocol: m.protocol,
+                    port,
+                    mapping_id: owner,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Claims the internal sockets of `m` (one per distinct internal port).
+async fn claim_internal(tx: &mut Transaction<'_, Any>, m: &Mapping) -> Result<(), StoreError> {
+    let ip = m.internal_ip_address.to_string();
+    for port in m.internal_ports.iter() {
+        let inserted = sqlx::query("INSERT INTO internal_sockets (router_id, protocol, ip, port, mapping_id) VALUES (?, ?, ?, ?, ?)")
+            .bind(&m.router_id)
+            .bind(m.protocol.as_str())
+            .bind(&ip)
+            .bind(i64::from(port))
+            .bind(&m.id)
+            .execute(&mut **tx)
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                let owner = sqlx::query(
+                    "SELECT mapping_id FROM internal_sockets WHERE router_id = ? AND protocol = ? AND ip = ? AND port = ?",
+                )
+                .bind(&m.router_id)
+                .bind(m.protocol.as_str())
+                .bind(&ip)
+                .bind(i64::from(port))
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(|r| r.try_get::<String, _>(0))
+                .transpose()?
+                .unwrap_or_default();
+                return Err(StoreError::InternalSocketMapped {
+                    router_id: m.router_id.clone(),
+                    ip: m.internal_ip_address,
+                    protocol: m.protocol,
+                    port,
+                    mapping_id: owner,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn cidrs_to_text(cidrs: &[Ipv4Net]) -> String {
+    cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn from_row(row: &AnyRow) -> Result<Mapping, StoreError> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
+    let text = |c: &str| row.try_get::<String, _>(c).map_err(StoreError::from);
+    let int = |c: &str| row.try_get::<i64, _>(c).map_err(StoreError::from);
+    let port = |c: &str| -> Result<u16, StoreError> {
+        let v = int(c)?;
+        u16::try_from(v).map_err(|_| corrupt(format!("{c} = {v} is not a port")))
+    };
+    let range = |a: &str, b: &str| -> Result<PortRange, StoreError> {
+        PortRange::new(port(a)?, port(b)?).map_err(corrupt)
+    };
+    let ip = |c: &str| -> Result<Ipv4Addr, StoreError> {
+        let v = text(c)?;
+        v.parse()
+            .map_err(|_| corrupt(format!("{c} = {v:?} is not an IPv4 address")))
+    };
+    let cidrs = text("allowed_cidrs")?;
+    Ok(Mapping {
+        project_id: text("project_id")?,
+        router_id: text("router_id")?,
+        distributed: int("distributed")? != 0,
+        external_ip_address: ip("external_ip_address")?,
+        protocol: Protocol::from_str(&text("protocol")?).map_err(|e| corrupt(e.to_string()))?,
+        external_ports: range("external_port_first", "external_port_last")?,
+        internal_ip_address: ip("internal_ip_address")?,
+        internal_port_id: row.try_get::<Option<String>, _>("internal_port_id")?,
+        internal_ports: range("internal_port_first", "internal_port_last")?,
+        description: text("description")?,
+        allowed_cidrs: cidrs
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| corrupt(format!("allowed CIDR {s:?}")))
+            })
+            .collect::<Result<_, _>>()?,
+        masquerade: int("masquerade")? != 0,
+        status: text("status")?.parse().map_err(corrupt)?,
+        status_reason: row.try_get::<Option<String>, _>("status_reason")?,
+        created_at: text("created_at")?,
+        updated_at: text("updated_at")?,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openstack_urls_translate() {
+        assert_eq!(
+            translate_url("sqlite:////var/lib/praas/praas.db")
+                .unwrap()
+                .0,
+            "sqlite:///var/lib/praas/praas.db?mode=rwc"
+        );
+        assert_eq!(
+            translate_url("sqlite:///praas.db").unwrap().0,
+            "sqlite://praas.db?mode=rwc"
+        );
+        assert_eq!(translate_url("sqlite://").unwrap().0, "sqlite::memory:");
+        let (url, dialect) =
+            translate_url("mysql+pymysql://praas:secret@127.0.0.1/praas?charset=utf8").unwrap();
+        assert_eq!(
+            (url.as_str(), dialect),
+            ("mysql://praas:secret@127.0.0.1/praas", Dialect::MySql)
+        );
+        assert!(translate_url("postgresql://x@y/z").is_err());
+        let err = translate_url("mysql://praas:secret@host")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("***") && !err.contains("secret"), "{err}");
+    }
+}
