@@ -5,12 +5,19 @@ use std::net::SocketAddrV4;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use praas::agent::Agent;
+use praas::api::{self, AppState};
+use praas::config::{self, Allocation, AuthStrategy, Config};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::RouterSync;
 use praas::dataplane::{Driver, Forward, Protocol, RuleSet};
+use praas::openstack::NamespaceDirectory;
 use praas::simnode::{SimNode, SimNodeOptions, GATEWAY_IP, UPSTREAM_IP};
+use praas::store::{Policy, Store, Strategy};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +32,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The API, the agent and the store in one process: the embedded default for a single
+    /// network node (SQLite unless `[database] connection` says otherwise).
+    AllInOne {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config_file: PathBuf,
+    },
+    /// The REST API alone (the agents program the namespaces).
+    Server {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config_file: PathBuf,
+    },
+    /// The agent alone: programs this node's router namespaces from the shared store.
+    Agent {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config_file: PathBuf,
+    },
+    /// Creates or upgrades the database schema.
+    DbSync {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config_file: PathBuf,
+    },
     /// Build a simulated network node in throwaway namespaces, forward a port of the router's
     /// gateway to a VM and show connections going through it (needs root).
     Demo {
@@ -46,6 +74,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { driver } => demo(driver),
+        Command::AllInOne { config_file } => {
+            runtime().and_then(|rt| rt.block_on(serve(&config_file, true, true)))
+        }
+        Command::Server { config_file } => {
+            runtime().and_then(|rt| rt.block_on(serve(&config_file, true, false)))
+        }
+        Command::Agent { config_file } => {
+            runtime().and_then(|rt| rt.block_on(serve(&config_file, false, true)))
+        }
+        Command::DbSync { config_file } => {
+            runtime().and_then(|rt| rt.block_on(db_sync(&config_file)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +93,108 @@ fn main() -> ExitCode {
             eprintln!("praas: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn load(path: &Path) -> Result<Config> {
+    config::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+async fn open_store(cfg: &Config) -> Result<Store> {
+    let store = Store::open(&cfg.database.connection)
+        .await
+        .context("opening the database")?;
+    store
+        .migrate()
+        .await
+        .context("migrating the database schema")?;
+    Ok(store)
+}
+
+async fn db_sync(path: &Path) -> Result<()> {
+    let cfg = load(path)?;
+    open_store(&cfg).await?;
+    println!("database schema is up to date");
+    Ok(())
+}
+
+/// Runs the API and/or the agent until interrupted.
+async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
+    let cfg = load(path)?;
+    if api_role {
+        match cfg.praas.auth_strategy {
+            AuthStrategy::Keystone => bail!(
+                "auth_strategy = keystone: Keystone token validation is not available in this build yet; \
+                 set auth_strategy = noauth in [praas] for development"
+            ),
+            AuthStrategy::Noauth => tracing::warn!(
+                "auth_strategy = noauth: requests are NOT authenticated; callers name their project and roles \
+                 in X-Project-Id / X-Roles headers. Development only."
+            ),
+        }
+    }
+    let store = Arc::new(open_store(&cfg).await?);
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    if agent_role && cfg.dataplane.enabled {
+        let backend = cfg
+            .dataplane
+            .driver
+            .backend()
+            .context("starting the dataplane")?;
+        let sync = Arc::new(RouterSync::new(Arc::from(backend), Arc::new(Conntrack)));
+        let agent = Agent::new(
+            store.clone(),
+            sync,
+            changed.clone(),
+            cfg.dataplane.resync_period(),
+        );
+        tracing::info!(driver = ?cfg.dataplane.driver, "agent started");
+        tasks.spawn(async move {
+            agent.run().await;
+            Ok(())
+        });
+    }
+    if api_role {
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            directory: Arc::new(NamespaceDirectory),
+            policy: Policy {
+                range: cfg.praas.router_port_range,
+                strategy: match cfg.praas.port_allocation {
+                    Allocation::Random => Strategy::Random,
+                    Allocation::Sequential => Strategy::Sequential,
+                },
+            },
+            changed,
+        });
+        let addr = cfg.praas.listen_addr();
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        tracing::info!(%addr, "API listening");
+        tasks.spawn(async move {
+            axum::serve(listener, api::router(state))
+                .await
+                .context("serving the API")
+        });
+    }
+    if tasks.is_empty() {
+        bail!("nothing to run: the agent needs [dataplane] enabled = true");
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("interrupted; stopping");
+            Ok(())
+        }
+        Some(done) = tasks.join_next() => done.context("a task panicked")?,
     }
 }
 

@@ -4,10 +4,13 @@ use std::io::{self, Write};
 use std::process::{Command, Stdio};
 
 /// Why running a program failed.
+#[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// It could not be started (not installed, not executable).
-    Spawn(io::Error),
+    #[error("could not start it")]
+    Spawn(#[source] io::Error),
     /// It ran and failed; its stderr, trimmed (or its exit status when stderr is empty).
+    #[error("{0}")]
     Failed(String),
 }
 

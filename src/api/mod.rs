@@ -1,0 +1,162 @@
+//! The HTTP API (axum): REST API v1 (`/v1/mappings`, documented by `/v1/openapi.json`), the
+//! original Proxy CLI protocol (`/router_pat`, `/pat/...`), and `/healthz` / `/readyz`.
+
+pub mod error;
+pub mod legacy;
+pub mod openapi;
+pub mod v1;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::Notify;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::openstack::RouterDirectory;
+use crate::store::{Policy, Store};
+
+/// Largest request body accepted (a mapping is well under 1 KiB).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The header carrying each request's id, as OpenStack services name it.
+pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-openstack-request-id");
+
+/// What the handlers share.
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub directory: Arc<dyn RouterDirectory>,
+    pub policy: Policy,
+    /// Woken after every change to the mappings, so that a local agent programs it at once.
+    pub changed: Arc<Notify>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Who is calling, and what they may do.
+///
+/// Without Keystone (`auth_strategy = noauth`, for development) the caller is taken from the
+/// `X-Project-Id` and `X-Roles` headers, the way Neutron's noauth mode does; with Keystone it
+/// will come from the validated token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub project_id: String,
+    pub roles: Vec<String>,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.has("admin")
+    }
+
+    pub fn can_write(&self) -> bool {
+        self.is_admin() || self.has("member")
+    }
+
+    pub fn can_read(&self) -> bool {
+        self.can_write() || self.has("reader")
+    }
+
+    fn has(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Whether the caller may see mappings of `project_id`.
+    pub fn sees(&self, project_id: &str) -> bool {
+        self.is_admin() || self.project_id == project_id
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+        };
+        let project_id = header("x-project-id")
+            .filter(|p| !p.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        let roles = header("x-roles")
+            .unwrap_or("member,reader")
+            .split(',')
+            .map(|r| r.trim().to_ascii_lowercase())
+            .filter(|r| !r.is_empty())
+            .collect();
+        Ok(Caller { project_id, roles })
+    }
+}
+
+/// Request ids of the form OpenStack uses: `req-<uuid>`.
+#[derive(Clone, Copy)]
+struct OpenStackRequestId;
+
+impl MakeRequestId for OpenStackRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&format!("req-{}", uuid::Uuid::new_v4()))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The whole HTTP service.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .merge(v1::routes())
+        .merge(legacy::routes())
+        .route("/v1/openapi.json", get(openapi::serve))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER.clone()))
+        .layer(SetRequestIdLayer::new(
+            REQUEST_ID_HEADER.clone(),
+            OpenStackRequestId,
+        ))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<SharedState>) -> Result<impl IntoResponse, ApiError> {
+    state.store.ping().await.map_err(|e| {
+        tracing::warn!(error = ?e, "not ready: store");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the mapping store does not answer",
+        )
+    })?;
+    Ok(Json(serde_json::json!({"status": "ready"})))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such resource")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this resource",
+    )
+}

@@ -1,0 +1,21 @@
+//! The OpenAPI 3.1 document of API v1, generated from the handlers' annotations and served at
+//! `/v1/openapi.json`; a test checks it against the real routes.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::error::{ErrorBody, ErrorDetail};
+use super::v1;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "PRaaS", description = "Port forwarding through OpenStack routers' gateway addresses"),
+    paths(v1::create, v1::list, v1::show, v1::update, v1::remove),
+    components(schemas(ErrorBody, ErrorDetail, v1::MappingView, v1::CreateMapping, v1::UpdateMapping, v1::MappingList)),
+    tags((name = "mappings", description = "PAT mappings on routers' gateways"))
+)]
+pub struct ApiDoc;
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

@@ -1,0 +1,899 @@
+//! The service's configuration file, `/etc/praas/praas.conf` by default.
+//!
+//! The format is the INI dialect of the original PRaaS (Python's `ConfigParser`) and of
+//! OpenStack services (oslo.config):
+//!
+//! - `[section]` headers; `key = value` lines (`key: value` is accepted too, as `ConfigParser`
+//!   did). Keys are case-insensitive, section names are not.
+//! - Whole-line comments start with `#` or `;`. A `#` or `;` that starts a value or follows
+//!   whitespace inside it starts an inline comment: the original's sample file was written as
+//!   `port_app = 3000 #RESTful API default run on port 3000`. A value therefore cannot contain
+//!   ` #` or ` ;`; `;` or `#` glued to other characters (as in a database password) is kept.
+//! - No quoting, no escapes and no continuation lines: every value is one line of plain text.
+//! - Keys before the first section header belong to `[praas]`, because the original's README
+//!   shows its three keys without a header.
+//!
+//! Unknown sections, unknown keys and a key given twice are errors, so that a typo is reported
+//! when the service starts instead of silently leaving a default in place. Every error names
+//! the line, the section and the key, and says what was expected.
+//!
+//! Every key is optional; `etc/praas.conf` in the source tree documents each one with its
+//! default.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::dataplane::{Driver, PortRange};
+
+/// Where the service looks for its configuration when no path is given.
+pub const DEFAULT_PATH: &str = "/etc/praas/praas.conf";
+
+/// Longest accepted period, for `second_monitoring` and `resync_interval`. A period of more
+/// than a day is certainly a typo, and the bound keeps timer arithmetic far from overflow.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
+
+/// The whole configuration. `Config::default()` is what an empty file gives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    pub praas: PraasSection,
+    pub database: DatabaseSection,
+    pub dataplane: DataplaneSection,
+    pub openstack: OpenStackSection,
+}
+
+/// `[praas]`: the API and the allocation of router ports. The first three keys are the
+/// original's, with the original's meaning and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PraasSection {
+    /// TCP port of the HTTP API (original key; default 3000).
+    pub port_app: u16,
+    /// Address the HTTP API listens on (default 0.0.0.0, all IPv4 addresses, as the original).
+    pub bind_address: IpAddr,
+    /// Router ports that are handed out for new mappings (original key; default 4000:4100).
+    pub router_port_range: PortRange,
+    /// Seconds between two rounds of the monitor, which removes the mappings of deleted VMs
+    /// (original key; default 30).
+    pub second_monitoring: u64,
+    /// How a free router port is picked from `router_port_range`.
+    pub port_allocation: Allocation,
+    /// Who may call the API.
+    pub auth_strategy: AuthStrategy,
+}
+
+impl Default for PraasSection {
+    fn default() -> Self {
+        PraasSection {
+            port_app: 3000,
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            router_port_range: PortRange::new(4000, 4100).expect("4000:4100 is a valid port range"),
+            second_monitoring: 30,
+            port_allocation: Allocation::default(),
+            auth_strategy: AuthStrategy::default(),
+        }
+    }
+}
+
+impl PraasSection {
+    /// The socket the HTTP API listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind_address, self.port_app)
+    }
+
+    /// The period of the monitor.
+    pub fn monitoring_interval(&self) -> Duration {
+        Duration::from_secs(self.second_monitoring)
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseSection {
+    /// Database URL in OpenStack's notation: `sqlite:////absolute/path.db` (four slashes for an
+    /// absolute path) or `mysql://user:password@host/praas`.
+    pub connection: String,
+}
+
+impl Default for DatabaseSection {
+    fn default() -> Self {
+        DatabaseSection {
+            connection: "sqlite:////var/lib/praas/praas.db".to_string(),
+        }
+    }
+}
+
+/// `[dataplane]`: how the rules are programmed into the router namespaces of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneSection {
+    /// `nftables` (default) or `iptables` (the original's chain layout).
+    pub driver: Driver,
+    /// Seconds between two full resyncs, which rewrite every namespace from the database and
+    /// repair whatever was changed behind our back (default 300).
+    pub resync_interval: u64,
+    /// `false` runs the API without touching namespaces, on a node that hosts no routers.
+    pub enabled: bool,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        DataplaneSection {
+            driver: Driver::default(),
+            resync_interval: 300,
+            enabled: true,
+        }
+    }
+}
+
+impl DataplaneSection {
+    /// The period of the full resync.
+    pub fn resync_period(&self) -> Duration {
+        Duration::from_secs(self.resync_interval)
+    }
+}
+
+/// `[openstack]`: how the service reaches Keystone, Neutron and Nova.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenStackSection {
+    /// The `clouds.yaml` file. Unset: the file named by `OS_CLIENT_CONFIG_FILE`, as the
+    /// original found it.
+    pub clouds_file: Option<PathBuf>,
+    /// Name of the entry of `clouds.yaml` to use (default `openstack`, the original's name).
+    pub cloud: String,
+}
+
+impl Default for OpenStackSection {
+    fn default() -> Self {
+        OpenStackSection {
+            clouds_file: None,
+            cloud: "openstack".to_string(),
+        }
+    }
+}
+
+/// How the router port of a new mapping is chosen from `router_port_range`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Allocation {
+    /// A random free port, as the original did: ports are not guessable from the order in
+    /// which mappings were created.
+    #[default]
+    Random,
+    /// The lowest free port: predictable, easier to read in listings and firewall rules.
+    Sequential,
+}
+
+impl Allocation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Allocation::Random => "random",
+            Allocation::Sequential => "sequential",
+        }
+    }
+}
+
+impl fmt::Display for Allocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Allocation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "random" => Ok(Allocation::Random),
+            "sequential" => Ok(Allocation::Sequential),
+            _ => Err("expected random or sequential".to_string()),
+        }
+    }
+}
+
+/// Who may call the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AuthStrategy {
+    /// Every request carries a Keystone token, and a project acts only on its own routers.
+    /// The original had no authentication at all; this closes that hole by default.
+    #[default]
+    Keystone,
+    /// No authentication: anyone who reaches the API acts as an administrator. Only for tests
+    /// and for an API bound to a trusted address.
+    Noauth,
+}
+
+impl AuthStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthStrategy::Keystone => "keystone",
+            AuthStrategy::Noauth => "noauth",
+        }
+    }
+}
+
+impl fmt::Display for AuthStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuthStrategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "keystone" => Ok(AuthStrategy::Keystone),
+            "noauth" => Ok(AuthStrategy::Noauth),
+            _ => Err("expected keystone or noauth".to_string()),
+        }
+    }
+}
+
+/// What is wrong with a configuration file. Line numbers count from 1.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("line {line}: {reason}")]
+    Syntax { line: usize, reason: String },
+
+    #[error("line {line}: invalid value {value:?} for {key} in [{section}]: {reason}")]
+    Invalid {
+        line: usize,
+        section: &'static str,
+        key: String,
+        value: String,
+        reason: String,
+    },
+
+    #[error("line {line}: unknown key {key:?} in [{section}] (known keys: {known})")]
+    Unknown {
+        line: usize,
+        section: &'static str,
+        key: String,
+        known: String,
+    },
+
+    #[error("line {line}: unknown section [{section}] (known sections: {known})")]
+    UnknownSection {
+        line: usize,
+        section: String,
+        known: String,
+    },
+
+    #[error("line {line}: {key} is set a second time in [{section}] (first on line {first})")]
+    Duplicate {
+        line: usize,
+        first: usize,
+        section: &'static str,
+        key: String,
+    },
+}
+
+/// Reads and parses the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text)
+}
+
+/// Parses the text of a configuration file. Keys that are absent keep their defaults.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut config = Config::default();
+    // Keys before any header belong to [praas] (the original's README shows no header).
+    let mut section = Section::Praas;
+    // Line where each (section, key) was first set.
+    let mut seen: HashMap<(Section, String), usize> = HashMap::new();
+
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix('[') {
+            let Some((name, after)) = rest.split_once(']') else {
+                return Err(ConfigError::Syntax {
+                    line,
+                    reason: format!("section header {trimmed:?} lacks its closing `]`"),
+                });
+            };
+            if !strip_inline_comment(after).trim().is_empty() {
+                return Err(ConfigError::Syntax {
+                    line,
+                    reason: format!(
+                        "unexpected text {:?} after the section header",
+                        after.trim()
+                    ),
+                });
+            }
+            let name = name.trim();
+            section = Section::from_name(name).ok_or_else(|| ConfigError::UnknownSection {
+                line,
+                section: name.to_string(),
+                known: Section::ALL
+                    .iter()
+                    .map(|s| format!("[{}]", s.name()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+            continue;
+        }
+        let Some(separator) = trimmed.find(['=', ':']) else {
+            return Err(ConfigError::Syntax {
+                line,
+                reason: format!(
+                    "expected `key = value`, `[section]` or a comment, found {trimmed:?}"
+                ),
+            });
+        };
+        let key = trimmed[..separator].trim().to_ascii_lowercase();
+        if key.is_empty() {
+            return Err(ConfigError::Syntax {
+                line,
+                reason: format!("missing key before `{}`", &trimmed[separator..=separator]),
+            });
+        }
+        let value = strip_inline_comment(&trimmed[separator + 1..]).trim();
+
+        if !section.keys().contains(&key.as_str()) {
+            return Err(ConfigError::Unknown {
+                line,
+                section: section.name(),
+                key,
+                known: section.keys().join(", "),
+            });
+        }
+        if let Some(&first) = seen.get(&(section, key.clone())) {
+            return Err(ConfigError::Duplicate {
+                line,
+                first,
+                section: section.name(),
+                key,
+            });
+        }
+        seen.insert((section, key.clone()), line);
+        set(&mut config, section, &key, value, line)?;
+    }
+    Ok(config)
+}
+
+/// Cuts an inline comment off a value: a `#` or `;` at the start of the value or after
+/// whitespace. A `#` or `;` glued to other text (a password, a URL fragment) is kept.
+fn strip_inline_comment(value: &str) -> &str {
+    let mut previous_is_space = true;
+    for (i, c) in value.char_indices() {
+        if (c == '#' || c == ';') && previous_is_space {
+            return &value[..i];
+        }
+        previous_is_space = c.is_whitespace();
+    }
+    value
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Section {
+    Praas,
+    Database,
+    Dataplane,
+    OpenStack,
+}
+
+impl Section {
+    const ALL: [Section; 4] = [
+        Section::Praas,
+        Section::Database,
+        Section::Dataplane,
+        Section::OpenStack,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Section::Praas => "praas",
+            Section::Database => "database",
+            Section::Dataplane => "dataplane",
+            Section::OpenStack => "openstack",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Section::Praas => &[
+                "port_app",
+                "bind_address",
+                "router_port_range",
+                "second_monitoring",
+                "port_allocation",
+                "auth_strategy",
+            ],
+            Section::Database => &["connection"],
+            Section::Dataplane => &["driver", "resync_interval", "enabled"],
+            Section::OpenStack => &["clouds_file", "cloud"],
+        }
+    }
+}
+
+/// Stores one value, already known to be a key of `section`.
+fn set(
+    config: &mut Config,
+    section: Section,
+    key: &str,
+    value: &str,
+    line: usize,
+) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        line,
+        section: section.name(),
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    match (section, key) {
+        (Section::Praas, "port_app") => {
+            config.praas.port_app = parse_port(value).map_err(invalid)?
+        }
+        (Section::Praas, "bind_address") => {
+            config.praas.bind_address = value
+                .parse()
+                .map_err(|_| invalid("expected an IPv4 or IPv6 address".into()))?
+        }
+        (Section::Praas, "router_port_range") => {
+            config.praas.router_port_range = parse_port_range(value).map_err(invalid)?
+        }
+        (Section::Praas, "second_monitoring") => {
+            config.praas.second_monitoring = parse_seconds(value).map_err(invalid)?
+        }
+        (Section::Praas, "port_allocation") => {
+            config.praas.port_allocation = value.parse().map_err(invalid)?
+        }
+        (Section::Praas, "auth_strategy") => {
+            config.praas.auth_strategy = value.parse().map_err(invalid)?
+        }
+        (Section::Database, "connection") => {
+            config.database.connection = parse_database_url(value).map_err(invalid)?
+        }
+        (Section::Dataplane, "driver") => {
+            config.dataplane.driver = value.to_ascii_lowercase().parse().map_err(invalid)?
+        }
+        (Section::Dataplane, "resync_interval") => {
+            config.dataplane.resync_interval = parse_seconds(value).map_err(invalid)?
+        }
+        (Section::Dataplane, "enabled") => {
+            config.dataplane.enabled = parse_bool(value).map_err(invalid)?
+        }
+        (Section::OpenStack, "clouds_file") => {
+            config.openstack.clouds_file = parse_optional_path(value).map_err(invalid)?
+        }
+        (Section::OpenStack, "cloud") => {
+            if value.is_empty() {
+                return Err(invalid(
+                    "expected the name of a cloud of clouds.yaml".into(),
+                ));
+            }
+            config.openstack.cloud = value.to_string()
+        }
+        // `parse` only calls `set` with a key from `Section::keys`; this arm is reached only
+        // if that table and this match disagree.
+        _ => {
+            return Err(ConfigError::Unknown {
+                line,
+                section: section.name(),
+                key: key.to_string(),
+                known: section.keys().join(", "),
+            })
+        }
+    }
+    Ok(())
+}
+
+fn parse_port(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(0) => Err("port 0 cannot be listened on (expected 1-65535)".into()),
+        Ok(port) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+        _ => Err("expected a port number (1-65535)".into()),
+    }
+}
+
+fn parse_port_range(value: &str) -> Result<PortRange, String> {
+    if value.is_empty() {
+        return Err("expected a port range such as 4000:4100".into());
+    }
+    value.parse::<PortRange>()
+}
+
+fn parse_seconds(value: &str) -> Result<u64, String> {
+    let seconds = value
+        .parse::<u64>()
+        .ok()
+        .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| "expected a whole number of seconds".to_string())?;
+    if seconds == 0 {
+        return Err("must be at least 1 second".into());
+    }
+    if seconds > MAX_INTERVAL_SECS {
+        return Err(format!(
+            "must be at most {MAX_INTERVAL_SECS} seconds (one day)"
+        ));
+    }
+    Ok(seconds)
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false (also yes/no, on/off, 1/0)".into()),
+    }
+}
+
+/// Checks the shape `scheme://rest`; the database layer decides which schemes it supports.
+fn parse_database_url(value: &str) -> Result<String, String> {
+    let shape_ok = value.split_once("://").is_some_and(|(scheme, rest)| {
+        !scheme.is_empty()
+            && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+            && !rest.is_empty()
+    });
+    if shape_ok {
+        Ok(value.to_string())
+    } else {
+        Err(
+            "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
+             mysql://praas:password@controller/praas"
+                .into(),
+        )
+    }
+}
+
+/// An empty value means "not set". A relative path would depend on the directory the service
+/// was started from, so only absolute paths are accepted.
+fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(value);
+    if path.is_absolute() {
+        Ok(Some(path))
+    } else {
+        Err("expected an absolute path".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid_key(text: &str) -> String {
+        match parse(text) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an invalid value error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_originals_and_ours() {
+        let c = Config::default();
+        assert_eq!(c.praas.port_app, 3000);
+        assert_eq!(c.praas.bind_address, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(c.praas.router_port_range.to_string(), "4000:4100");
+        assert_eq!(c.praas.second_monitoring, 30);
+        assert_eq!(c.praas.port_allocation, Allocation::Random);
+        assert_eq!(c.praas.auth_strategy, AuthStrategy::Keystone);
+        assert_eq!(c.database.connection, "sqlite:////var/lib/praas/praas.db");
+        assert_eq!(c.dataplane.driver, Driver::Nftables);
+        assert_eq!(c.dataplane.resync_interval, 300);
+        assert!(c.dataplane.enabled);
+        assert_eq!(c.openstack.clouds_file, None);
+        assert_eq!(c.openstack.cloud, "openstack");
+        assert_eq!(c.praas.listen_addr().to_string(), "0.0.0.0:3000");
+        assert_eq!(c.praas.monitoring_interval(), Duration::from_secs(30));
+        assert_eq!(c.dataplane.resync_period(), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(
+            parse("\n  \n# only a comment\n").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn the_sample_file_gives_the_defaults() {
+        assert_eq!(
+            parse(include_str!("../etc/praas.conf")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn the_originals_file_parses_verbatim_without_a_header() {
+        let original = "# praas.conf\n\
+            port_app = 3000 #RESTful API default run on port 3000\n\
+            router_port_range = 4000:4100 #Specific router port range using for pat agent\n\
+            second_monitoring = 30 #Specific period working of monitor agent.\n";
+        let c = parse(original).unwrap();
+        assert_eq!(c.praas.port_app, 3000);
+        assert_eq!(
+            c.praas.router_port_range,
+            PortRange::new(4000, 4100).unwrap()
+        );
+        assert_eq!(c.praas.second_monitoring, 30);
+    }
+
+    #[test]
+    fn the_originals_file_parses_with_its_praas_header() {
+        let c = parse(
+            "[praas]\nport_app = 3001\nrouter_port_range = 5000:5100\nsecond_monitoring = 10\n",
+        )
+        .unwrap();
+        assert_eq!(c.praas.port_app, 3001);
+        assert_eq!(
+            c.praas.router_port_range,
+            PortRange::new(5000, 5100).unwrap()
+        );
+        assert_eq!(c.praas.second_monitoring, 10);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = parse(
+            "[praas]\n\
+             port_app = 8080\n\
+             bind_address = ::1\n\
+             router_port_range = 10000\n\
+             second_monitoring = 5\n\
+             port_allocation = sequential\n\
+             auth_strategy = noauth\n\
+             [database]\n\
+             connection = mysql+pymysql://praas:s3cr;t#@db/praas\n\
+             [dataplane]\n\
+             driver = iptables\n\
+             resync_interval = 60\n\
+             enabled = no\n\
+             [openstack]\n\
+             clouds_file = /etc/openstack/clouds.yaml\n\
+             cloud = admin\n",
+        )
+        .unwrap();
+        assert_eq!(c.praas.listen_addr().to_string(), "[::1]:8080");
+        assert_eq!(c.praas.router_port_range, PortRange::single(10000).unwrap());
+        assert_eq!(c.praas.second_monitoring, 5);
+        assert_eq!(c.praas.port_allocation, Allocation::Sequential);
+        assert_eq!(c.praas.auth_strategy, AuthStrategy::Noauth);
+        assert_eq!(
+            c.database.connection,
+            "mysql+pymysql://praas:s3cr;t#@db/praas"
+        );
+        assert_eq!(c.dataplane.driver, Driver::Iptables);
+        assert_eq!(c.dataplane.resync_interval, 60);
+        assert!(!c.dataplane.enabled);
+        assert_eq!(
+            c.openstack.clouds_file.as_deref(),
+            Some(Path::new("/etc/openstack/clouds.yaml"))
+        );
+        assert_eq!(c.openstack.cloud, "admin");
+    }
+
+    #[test]
+    fn inline_comments_after_hash_or_semicolon_are_ignored() {
+        let c = parse(
+            "[praas] ; the API\n\
+             port_app = 3100 ; comment\n\
+             second_monitoring = 7\t# tab before the comment\n\
+             [openstack]\n\
+             clouds_file = # unset, the empty value\n\
+             cloud = mycloud #name\n",
+        )
+        .unwrap();
+        assert_eq!(c.praas.port_app, 3100);
+        assert_eq!(c.praas.second_monitoring, 7);
+        assert_eq!(c.openstack.clouds_file, None);
+        assert_eq!(c.openstack.cloud, "mycloud");
+    }
+
+    #[test]
+    fn booleans_accept_the_usual_spellings_in_any_case() {
+        for (text, expected) in [
+            ("true", true),
+            ("TRUE", true),
+            ("Yes", true),
+            ("1", true),
+            ("on", true),
+            ("false", false),
+            ("False", false),
+            ("NO", false),
+            ("0", false),
+            ("off", false),
+        ] {
+            let c = parse(&format!("[dataplane]\nenabled = {text}\n")).unwrap();
+            assert_eq!(c.dataplane.enabled, expected, "{text}");
+        }
+        let err = parse("[dataplane]\nenabled = maybe\n").unwrap_err();
+        assert!(err.to_string().contains("enabled"), "{err}");
+        assert!(err.to_string().contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn keys_are_case_insensitive_and_separators_may_be_colons() {
+        let c = parse("[praas]\nPort_App: 3002\nrouter_port_range: 4000:4010\n").unwrap();
+        assert_eq!(c.praas.port_app, 3002);
+        assert_eq!(
+            c.praas.router_port_range,
+            PortRange::new(4000, 4010).unwrap()
+        );
+    }
+
+    #[test]
+    fn crlf_line_ends_and_a_bom_are_accepted() {
+        let c = parse("\u{feff}[praas]\r\nport_app = 3003\r\n").unwrap();
+        assert_eq!(c.praas.port_app, 3003);
+    }
+
+    #[test]
+    fn each_invalid_value_names_its_key() {
+        for (text, key) in [
+            ("port_app = 0", "port_app"),
+            ("port_app = 65536", "port_app"),
+            ("port_app = +3000", "port_app"),
+            ("port_app =", "port_app"),
+            ("bind_address = localhost", "bind_address"),
+            ("router_port_range = 4100:4000", "router_port_range"),
+            ("router_port_range = 0:10", "router_port_range"),
+            ("router_port_range = 4000-4100", "router_port_range"),
+            ("router_port_range =", "router_port_range"),
+            ("second_monitoring = 0", "second_monitoring"),
+            ("second_monitoring = -1", "second_monitoring"),
+            ("second_monitoring = 1.5", "second_monitoring"),
+            ("second_monitoring = 86401", "second_monitoring"),
+            ("port_allocation = lowest", "port_allocation"),
+            ("auth_strategy = none", "auth_strategy"),
+            ("[database]\nconnection = /var/lib/praas.db", "connection"),
+            ("[database]\nconnection =", "connection"),
+            ("[dataplane]\ndriver = ebpf", "driver"),
+            ("[dataplane]\nresync_interval = 0", "resync_interval"),
+            ("[dataplane]\nenabled = 2", "enabled"),
+            ("[openstack]\nclouds_file = clouds.yaml", "clouds_file"),
+            ("[openstack]\ncloud =", "cloud"),
+        ] {
+            assert_eq!(invalid_key(text), key, "{text}");
+            let message = parse(text).unwrap_err().to_string();
+            assert!(message.contains(key), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_value_error_says_where_and_why() {
+        let err = parse("[praas]\n\nsecond_monitoring = 0 # never\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "line 3: invalid value \"0\" for second_monitoring in [praas]: \
+             must be at least 1 second"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_known_ones_listed() {
+        let err = parse("[praas]\nport_ap = 3000\n").unwrap_err();
+        match &err {
+            ConfigError::Unknown {
+                section, key, line, ..
+            } => {
+                assert_eq!((*section, key.as_str(), *line), ("praas", "port_ap", 2));
+            }
+            other => panic!("expected an unknown key, got {other:?}"),
+        }
+        assert!(err.to_string().contains("port_app"), "{err}");
+        // A key of another section is unknown where it stands.
+        assert!(matches!(
+            parse("[database]\nport_app = 3000\n"),
+            Err(ConfigError::Unknown {
+                section: "database",
+                ..
+            })
+        ));
+        // Keys before any header are [praas] keys.
+        assert!(matches!(
+            parse("connection = sqlite:////x.db\n"),
+            Err(ConfigError::Unknown {
+                section: "praas",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unknown_sections_are_rejected() {
+        let err = parse("[DEFAULT]\n").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::UnknownSection { line: 1, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("[DEFAULT]"), "{err}");
+        assert!(matches!(
+            parse("[Praas]\nport_app = 1\n"),
+            Err(ConfigError::UnknownSection { .. })
+        ));
+    }
+
+    #[test]
+    fn a_key_set_twice_is_rejected() {
+        let err = parse("port_app = 1\n[praas]\nport_app = 2\n").unwrap_err();
+        match err {
+            ConfigError::Duplicate {
+                line, first, key, ..
+            } => assert_eq!((line, first, key.as_str()), (3, 1, "port_app")),
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn repeating_a_section_header_is_allowed() {
+        let c =
+            parse("[praas]\nport_app = 1\n[dataplane]\n[praas]\nsecond_monitoring = 2\n").unwrap();
+        assert_eq!((c.praas.port_app, c.praas.second_monitoring), (1, 2));
+    }
+
+    #[test]
+    fn malformed_lines_are_syntax_errors_with_line_numbers() {
+        for (text, line) in [
+            ("[praas\n", 1),
+            ("[praas] extra\n", 1),
+            ("\nport_app 3000\n", 2),
+            ("[praas]\n= 3000\n", 2),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Syntax { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
+                other => panic!("expected a syntax error for {text:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn load_names_the_file_it_cannot_read() {
+        let path = Path::new("/nonexistent/praas/praas.conf");
+        let err = load(path).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(
+            err.to_string().contains("/nonexistent/praas/praas.conf"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_reads_a_file() {
+        let dir = std::env::temp_dir().join(format!("praas-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("praas.conf");
+        std::fs::write(&path, "[praas]\nport_app = 3999\n").unwrap();
+        let c = load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.praas.port_app, 3999);
+    }
+
+    #[test]
+    fn enum_names_round_trip() {
+        for a in [Allocation::Random, Allocation::Sequential] {
+            assert_eq!(a.to_string().parse::<Allocation>().unwrap(), a);
+        }
+        for s in [AuthStrategy::Keystone, AuthStrategy::Noauth] {
+            assert_eq!(s.to_string().parse::<AuthStrategy>().unwrap(), s);
+        }
+    }
+}

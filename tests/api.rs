@@ -1,0 +1,790 @@
+//! API v1 in-process: real router, real SQLite store, router facts from a static directory.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use praas::api::{self, AppState};
+use praas::dataplane::PortRange;
+use praas::openstack::{RouterInfo, StaticDirectory};
+use praas::store::{Policy, Store, Strategy};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const R1: &str = "11111111-1111-4111-8111-111111111111";
+const R2: &str = "22222222-2222-4222-8222-222222222222";
+const R_NO_GW: &str = "33333333-3333-4333-8333-333333333333";
+
+fn directory() -> StaticDirectory {
+    let router = |id: &str, project: &str, gw: Option<&str>, subnet: &str| RouterInfo {
+        id: id.into(),
+        project_id: Some(project.into()),
+        gateway_ip: gw.map(|g| g.parse().unwrap()),
+        distributed: false,
+        subnets: vec![subnet.parse().unwrap()],
+    };
+    StaticDirectory {
+        routers: vec![
+            router(R1, "p1", Some("203.0.113.10"), "10.0.0.0/24"),
+            router(R2, "p2", Some("203.0.113.20"), "10.2.0.0/24"),
+            router(R_NO_GW, "p1", None, "10.3.0.0/24"),
+        ],
+        ports: vec![("port-a".into(), vec!["10.0.0.5".parse().unwrap()])],
+    }
+}
+
+async fn app_with(range: (u16, u16)) -> Router {
+    let dir = std::env::temp_dir().join(format!("praas-api-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let state = AppState {
+        store: Arc::new(store),
+        directory: Arc::new(directory()),
+        policy: Policy {
+            range: PortRange::new(range.0, range.1).unwrap(),
+            strategy: Strategy::Sequential,
+        },
+        changed: Default::default(),
+    };
+    api::router(Arc::new(state))
+}
+
+async fn app() -> Router {
+    app_with((4000, 4100)).await
+}
+
+/// Who calls: (project, roles).
+const MEMBER_P1: (&str, &str) = ("p1", "member,reader");
+const READER_P1: (&str, &str) = ("p1", "reader");
+const MEMBER_P2: (&str, &str) = ("p2", "member,reader");
+const ADMIN: (&str, &str) = ("admin-project", "admin,member,reader");
+
+async fn call(
+    app: &Router,
+    who: (&str, &str),
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-project-id", who.0)
+        .header("x-roles", who.1);
+    let body = match body {
+        Some(b) => {
+            req = req.header("content-type", "application/json");
+            Body::from(b.to_string())
+        }
+        None => Body::empty(),
+    };
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    (status, value)
+}
+
+fn mapping(fields: Value) -> Value {
+    json!({ "mapping": fields })
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {v}"))
+}
+
+#[tokio::test]
+async fn create_allocates_a_port_from_the_range_and_shows_the_mapping() {
+    let app = app().await;
+    let (status, body) = call(&app, MEMBER_P1, Method::POST, "/v1/mappings",
+        Some(mapping(json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22, "description": "ssh"})))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let m = &body["mapping"];
+    assert_eq!(m["external_port"], 4000);
+    assert_eq!(m["external_ip_address"], "203.0.113.10");
+    assert_eq!(m["protocol"], "tcp");
+    assert_eq!(m["status"], "PENDING");
+    assert_eq!(m["project_id"], "p1");
+    let id = m["id"].as_str().unwrap();
+    let (status, shown) = call(
+        &app,
+        READER_P1,
+        Method::GET,
+        &format!("/v1/mappings/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!((status, &shown["mapping"]), (StatusCode::OK, m));
+}
+
+#[tokio::test]
+async fn the_router_is_found_from_the_address_or_the_port() {
+    let app = app().await;
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"internal_port_id": "port-a", "internal_port": 80, "protocol": "udp"}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["mapping"]["router_id"], R1);
+    assert_eq!(body["mapping"]["internal_ip_address"], "10.0.0.5");
+}
+
+#[tokio::test]
+async fn conflicts_and_checks_answer_with_the_right_status_and_code() {
+    let app = app_with((4000, 4001)).await;
+    let ssh = json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22});
+    let (_, first) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(ssh.clone())),
+    )
+    .await;
+    let first_id = first["mapping"]["id"].as_str().unwrap().to_string();
+
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(ssh)),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "internal_socket_mapped")
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&first_id),
+        "{body}"
+    );
+
+    let (status, body) = call(&app, MEMBER_P1, Method::POST, "/v1/mappings",
+        Some(mapping(json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22, "external_port": 4000})))).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "external_port_in_use")
+    );
+
+    call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
+        )),
+    )
+    .await;
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.7", "internal_port": 22}),
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "port_range_exhausted")
+    );
+
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R_NO_GW, "internal_ip_address": "10.3.0.5", "internal_port": 22}),
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "router_has_no_gateway")
+    );
+
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "192.0.2.9", "internal_port": 22}),
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn explicit_ports_outside_the_range_are_for_admins_only() {
+    let app = app().await;
+    let req = mapping(
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22, "external_port": 2222}),
+    );
+    let (status, _) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(req.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = call(&app, ADMIN, Method::POST, "/v1/mappings", Some(req)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        body["mapping"]["project_id"], "p1",
+        "the mapping belongs to the router's project"
+    );
+}
+
+#[tokio::test]
+async fn other_projects_see_nothing_and_readers_cannot_write() {
+    let app = app().await;
+    let (_, created) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
+        )),
+    )
+    .await;
+    let id = created["mapping"]["id"].as_str().unwrap();
+    let uri = format!("/v1/mappings/{id}");
+    for method in [Method::GET, Method::DELETE] {
+        let (status, _) = call(&app, MEMBER_P2, method, &uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let (status, _) = call(
+        &app,
+        MEMBER_P2,
+        Method::PUT,
+        &uri,
+        Some(mapping(json!({"description": "x"}))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = call(&app, MEMBER_P2, Method::GET, "/v1/mappings", None).await;
+    assert_eq!(list["mappings"], json!([]));
+    let (_, list) = call(
+        &app,
+        MEMBER_P2,
+        Method::GET,
+        "/v1/mappings?project_id=p1",
+        None,
+    )
+    .await;
+    assert_eq!(list["mappings"], json!([]));
+    // Another project's router is not found either.
+    let (status, _) = call(
+        &app,
+        MEMBER_P2,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Readers read, but do not write.
+    let (status, _) = call(
+        &app,
+        READER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(&app, READER_P1, Method::DELETE, &uri, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, list) = call(&app, READER_P1, Method::GET, "/v1/mappings", None).await;
+    assert_eq!(list["mappings"].as_array().unwrap().len(), 1);
+    let (_, list) = call(&app, ADMIN, Method::GET, "/v1/mappings", None).await;
+    assert_eq!(list["mappings"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn update_and_delete() {
+    let app = app().await;
+    let (_, created) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
+        )),
+    )
+    .await;
+    let uri = format!(
+        "/v1/mappings/{}",
+        created["mapping"]["id"].as_str().unwrap()
+    );
+    let (status, body) = call(&app, MEMBER_P1, Method::PUT, &uri,
+        Some(mapping(json!({"external_port": 4050, "allowed_cidrs": ["198.51.100.0/24"], "masquerade": true})))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["mapping"]["external_port"], 4050);
+    assert_eq!(body["mapping"]["allowed_cidrs"], json!(["198.51.100.0/24"]));
+    let (status, _) = call(
+        &app,
+        MEMBER_P1,
+        Method::PUT,
+        &uri,
+        Some(mapping(json!({"internal_port_range": "22:23"}))),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "1 external port cannot map to 2 internal ones"
+    );
+    let (status, body) = call(&app, MEMBER_P1, Method::DELETE, &uri, None).await;
+    assert_eq!((status, body), (StatusCode::NO_CONTENT, Value::Null));
+    let (status, _) = call(&app, MEMBER_P1, Method::GET, &uri, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn listing_filters_and_pages() {
+    let app = app().await;
+    for i in 0..5 {
+        call(&app, MEMBER_P1, Method::POST, "/v1/mappings",
+            Some(mapping(json!({"router_id": R1, "internal_ip_address": format!("10.0.0.{}", 10 + i), "internal_port": 22,
+                "protocol": if i % 2 == 0 { "tcp" } else { "udp" }})))).await;
+    }
+    let (_, udp) = call(
+        &app,
+        MEMBER_P1,
+        Method::GET,
+        "/v1/mappings?protocol=udp",
+        None,
+    )
+    .await;
+    assert_eq!(udp["mappings"].as_array().unwrap().len(), 2);
+    let (_, one) = call(
+        &app,
+        MEMBER_P1,
+        Method::GET,
+        "/v1/mappings?internal_ip_address=10.0.0.12",
+        None,
+    )
+    .await;
+    assert_eq!(one["mappings"].as_array().unwrap().len(), 1);
+    let (_, page) = call(&app, MEMBER_P1, Method::GET, "/v1/mappings?limit=3", None).await;
+    let page = page["mappings"].as_array().unwrap();
+    assert_eq!(page.len(), 3);
+    let marker = page[2]["id"].as_str().unwrap();
+    let (_, rest) = call(
+        &app,
+        MEMBER_P1,
+        Method::GET,
+        &format!("/v1/mappings?limit=3&marker={marker}"),
+        None,
+    )
+    .await;
+    assert_eq!(rest["mappings"].as_array().unwrap().len(), 2);
+    let (status, body) = call(&app, MEMBER_P1, Method::GET, "/v1/mappings?limit=0", None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (status, _) = call(
+        &app,
+        MEMBER_P1,
+        Method::GET,
+        "/v1/mappings?colour=blue",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn client_mistakes_get_json_errors_never_500() {
+    let app = app().await;
+    let send = |body: Body, content_type: &str| {
+        let app = app.clone();
+        let req = Request::post("/v1/mappings")
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
+        async move {
+            let resp = app.oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).expect("a JSON error body"),
+            )
+        }
+    };
+    let (status, body) = send(Body::from("{not json"), "application/json").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (status, body) = send(
+        Body::from(r#"{"mapping": {"internal_port": 22, "colour": 1}}"#),
+        "application/json",
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (status, body) = send(Body::from("{}"), "text/plain").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let big = format!(
+        r#"{{"mapping": {{"description": "{}"}}}}"#,
+        "x".repeat(api::MAX_BODY_BYTES)
+    );
+    let (status, body) = send(Body::from(big), "application/json").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 0}),
+        )),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (status, body) = call(&app, MEMBER_P1, Method::GET, "/nowhere", None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, body) = call(&app, MEMBER_P1, Method::PATCH, "/v1/mappings", None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_health_endpoints_answer() {
+    let app = app().await;
+    for uri in ["/healthz", "/readyz", "/nowhere"] {
+        let resp = app
+            .clone()
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let id = resp
+            .headers()
+            .get("x-openstack-request-id")
+            .expect("request id")
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(id.starts_with("req-"), "{id}");
+        if uri != "/nowhere" {
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_routes() {
+    let app = app().await;
+    let (status, doc) = call(&app, READER_P1, Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let mut documented = vec![];
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        [
+            "DELETE /v1/mappings/{id}",
+            "GET /v1/mappings",
+            "GET /v1/mappings/{id}",
+            "POST /v1/mappings",
+            "PUT /v1/mappings/{id}"
+        ]
+    );
+    // Every documented operation is routed: nothing answers with the router's own 404/405.
+    for op in &documented {
+        let (method, path) = op.split_once(' ').unwrap();
+        let uri = path.replace("{id}", "00000000-0000-4000-8000-000000000000");
+        let (status, body) = call(
+            &app,
+            MEMBER_P1,
+            method.parse().unwrap(),
+            &uri,
+            Some(json!({"mapping": {}})),
+        )
+        .await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{op}");
+        if status == StatusCode::NOT_FOUND {
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("mapping"),
+                "{op} is not routed: {body}"
+            );
+        }
+    }
+}
+
+/// The original Proxy CLI protocol, on the same store as v1.
+#[tokio::test]
+async fn the_original_proxy_cli_protocol_round_trip() {
+    let app = app().await;
+    let q = |path: &str, params: &str| {
+        format!("{path}?{params}&router_id=qrouter-{R1}&gateway=203.0.113.10")
+    };
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &q("/pat/create", "server_ip=10.0.0.5&create_server_port=22"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(
+        body["create_router_port"], "4000",
+        "ports are strings, as the original sent them"
+    );
+    assert_eq!(body["create_server_port"], "22");
+
+    let (_, again) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &q("/pat/create", "server_ip=10.0.0.5&create_server_port=22"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (
+            again["status"].as_str(),
+            again["created_router_port"].as_str()
+        ),
+        (Some("CREATED"), Some("4000"))
+    );
+
+    let (_, listing) = call(
+        &app,
+        READER_P1,
+        Method::GET,
+        &format!("/router_pat?router_id=qrouter-{R1}"),
+        None,
+    )
+    .await;
+    assert_eq!(listing, json!({"10.0.0.5:22": "4000"}));
+    let (_, listing) = call(
+        &app,
+        READER_P1,
+        Method::GET,
+        &format!("/router_server_pat?router_id=qrouter-{R1}&server_ip=10.0.0.5"),
+        None,
+    )
+    .await;
+    assert_eq!(listing, json!({"22": "4000"}));
+    // The same mapping through v1, and one made through v1 in the old listing.
+    let (_, v1) = call(&app, READER_P1, Method::GET, "/v1/mappings", None).await;
+    assert_eq!(v1["mappings"][0]["external_port"], 4000);
+    call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 80}),
+        )),
+    )
+    .await;
+    let (_, listing) = call(
+        &app,
+        READER_P1,
+        Method::GET,
+        &format!("/router_pat?router_id=qrouter-{R1}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        listing,
+        json!({"10.0.0.5:22": "4000", "10.0.0.6:80": "4001"})
+    );
+
+    let (_, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &q(
+            "/pat/modify",
+            "server_ip=10.0.0.5&modify_server_port=22&modify_router_port=4001",
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(body["status"], "USED", "{body}");
+    let (_, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &q(
+            "/pat/modify",
+            "server_ip=10.0.0.5&modify_server_port=22&modify_router_port=4050",
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(
+        (
+            body["modified_router_port"].as_str(),
+            body["modify_router_port"].as_str()
+        ),
+        (Some("4000"), Some("4050"))
+    );
+
+    let (_, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &q("/pat/remove", "server_ip=10.0.0.5&remove_server_port=22"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (body["status"].as_str(), body["remove_router_port"].as_str()),
+        (Some("REMOVED"), Some("4050"))
+    );
+    let (_, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &q("/pat/remove", "server_ip=10.0.0.5&remove_server_port=22"),
+        None,
+    )
+    .await;
+    assert_eq!(body["status"], "NO CREATED");
+    let (_, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &q(
+            "/pat/modify",
+            "server_ip=10.0.0.5&modify_server_port=22&modify_router_port=4060",
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(body["status"], "NO CREATED");
+}
+
+#[tokio::test]
+async fn the_original_protocol_refuses_what_v1_refuses() {
+    let app = app().await;
+    let create = format!("/pat/create?server_ip=10.0.0.5&create_server_port=22&router_id=qrouter-{R1}&gateway=203.0.113.10");
+    let (status, body) = call(&app, READER_P1, Method::POST, &create, None).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::FORBIDDEN, Some("ERROR"))
+    );
+    // Another project cannot use the router.
+    let (status, body) = call(&app, MEMBER_P2, Method::POST, &create, None).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ERROR")),
+        "{body}"
+    );
+    // A wrong gateway, an address off the router's subnets, a bad port, a missing parameter.
+    let wrong_gw = format!("/pat/create?server_ip=10.0.0.5&create_server_port=22&router_id=qrouter-{R1}&gateway=203.0.113.99");
+    let (_, body) = call(&app, MEMBER_P1, Method::POST, &wrong_gw, None).await;
+    assert_eq!(body["status"], "ERROR");
+    let off_subnet = format!("/pat/create?server_ip=192.0.2.5&create_server_port=22&router_id=qrouter-{R1}&gateway=203.0.113.10");
+    let (_, body) = call(&app, MEMBER_P1, Method::POST, &off_subnet, None).await;
+    assert_eq!(body["status"], "ERROR");
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        &create.replace("create_server_port=22", "create_server_port=70000"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("ERROR"))
+    );
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/pat/create?server_ip=10.0.0.5",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("ERROR"))
+    );
+    let (status, _) = call(&app, MEMBER_P1, Method::GET, &create, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (_, v1) = call(&app, ADMIN, Method::GET, "/v1/mappings", None).await;
+    assert_eq!(
+        v1["mappings"],
+        json!([]),
+        "nothing was stored by refused requests"
+    );
+}
