@@ -131,7 +131,8 @@ impl SimNode {
     /// Builds the namespaces, devices, addresses and (optionally) Neutron's rules.
     pub fn new(options: SimNodeOptions) -> Result<SimNode, SimNodeError> {
         let id = unique_suffix();
-        let router_id = format!("5e1f{id}-0000-4000-8000-000000000000");
+        // A valid UUID (as Neutron router ids are), recognisable as ours by its 5e1f prefix.
+        let router_id = format!("5e1f{}-{}-4000-8000-000000000000", &id[1..5], &id[5..]);
         let router_ns = RouterNamespace::for_router(&router_id, options.kind);
         let client_ns = format!("praas-sim-{id}-ext");
         let switch_ns = format!("praas-sim-{id}-sw");
