@@ -141,7 +141,6 @@ async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
         }
     }
     let store = Arc::new(open_store(&cfg).await?);
-    let changed = Arc::new(tokio::sync::Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
     if agent_role && cfg.dataplane.enabled {
         let backend = cfg
@@ -150,12 +149,7 @@ async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
             .backend()
             .context("starting the dataplane")?;
         let sync = Arc::new(RouterSync::new(Arc::from(backend), Arc::new(Conntrack)));
-        let agent = Agent::new(
-            store.clone(),
-            sync,
-            changed.clone(),
-            cfg.dataplane.resync_period(),
-        );
+        let agent = Agent::new(store.clone(), sync, cfg.dataplane.resync_period());
         tracing::info!(driver = ?cfg.dataplane.driver, "agent started");
         tasks.spawn(async move {
             agent.run().await;
@@ -173,7 +167,6 @@ async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
                     Allocation::Sequential => Strategy::Sequential,
                 },
             },
-            changed,
         });
         let addr = cfg.praas.listen_addr();
         let listener = tokio::net::TcpListener::bind(addr)
@@ -257,25 +250,16 @@ async fn demo_async(driver: Driver) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let store = Arc::new(Store::open(&format!("sqlite:///{}/praas.db", dir.display())).await?);
     store.migrate().await?;
-    let changed = Arc::new(tokio::sync::Notify::new());
     let sync = Arc::new(RouterSync::new(
         Arc::from(driver.backend()?),
         Arc::new(Conntrack),
     ));
-    let agent = tokio::spawn(
-        Agent::new(
-            store.clone(),
-            sync,
-            changed.clone(),
-            std::time::Duration::from_secs(300),
-        )
-        .run(),
-    );
+    let agent =
+        tokio::spawn(Agent::new(store.clone(), sync, std::time::Duration::from_secs(300)).run());
     let state = Arc::new(AppState {
         store,
         directory: Arc::new(NamespaceDirectory),
         policy: Policy::default(),
-        changed,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

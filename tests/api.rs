@@ -49,7 +49,6 @@ async fn app_with(range: (u16, u16)) -> Router {
             range: PortRange::new(range.0, range.1).unwrap(),
             strategy: Strategy::Sequential,
         },
-        changed: Default::default(),
     };
     api::router(Arc::new(state))
 }

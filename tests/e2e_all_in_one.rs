@@ -81,20 +81,11 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
             .unwrap(),
     );
     store.migrate().await.unwrap();
-    let changed = Arc::new(tokio::sync::Notify::new());
     let sync = Arc::new(RouterSync::new(
         Arc::from(Driver::Nftables.backend().unwrap()),
         Arc::new(Conntrack),
     ));
-    let agent = tokio::spawn(
-        Agent::new(
-            store.clone(),
-            sync,
-            changed.clone(),
-            Duration::from_secs(300),
-        )
-        .run(),
-    );
+    let agent = tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(300)).run());
     let app = api::router(Arc::new(AppState {
         store,
         directory: Arc::new(NamespaceDirectory),
@@ -102,7 +93,6 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
             range: praas::dataplane::PortRange::new(4000, 4100).unwrap(),
             strategy: Strategy::Sequential,
         },
-        changed,
     }));
 
     let (status, body) = call(&app, Method::POST, "/v1/mappings", Some(json!({"mapping": {

@@ -2,21 +2,22 @@
 //!
 //! It reads every mapping, groups them by router namespace, and hands each namespace's rule set
 //! to [`RouterSync`] (element diffs when it can, a verified rewrite when it must), then records
-//! the outcome as each mapping's status. It runs when the API reports a change (all-in-one), when
-//! the store's generation moves (an agent beside a separate server), and periodically with a
-//! full rewrite and read-back of every namespace, which repairs whatever changed behind its back.
+//! the outcome as each mapping's status. Changes committed by this process (all-in-one) arrive
+//! through the store's change feed and only their routers are reprogrammed; a generation that
+//! moved without them (another process, e.g. a separate server) makes it reconcile everything;
+//! and periodically it rewrites and reads back every namespace, which repairs whatever changed
+//! behind its back.
 //! Namespaces that are not on this node belong to another network node's agent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::dataplane::sync::RouterSync;
 use crate::dataplane::{netns, RouterNamespace, RuleSet};
-use crate::store::{ListFilter, Mapping, Status, Store, StoreError};
+use crate::store::{ChangeFeed, ListFilter, Mapping, Status, Store, StoreError};
 
 /// How often the store's generation is read to notice changes made by another process.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -34,24 +35,56 @@ pub struct PassReport {
 pub struct Agent {
     store: Arc<Store>,
     sync: Arc<RouterSync>,
-    changed: Arc<Notify>,
+    feed: Arc<ChangeFeed>,
     resync_every: Duration,
     /// Namespaces programmed by an earlier pass, so that one whose last mapping went away is
     /// emptied.
     programmed: BTreeSet<RouterNamespace>,
 }
 
+/// What a loop turn has to reconcile.
+#[derive(Debug, PartialEq, Eq)]
+enum Work {
+    Nothing,
+    /// Only these routers changed, and every change since the last pass is accounted for.
+    Routers(BTreeSet<String>),
+    Everything,
+}
+
+/// Decides between a per-router and a full pass. `drained` are the (generation, router) pairs
+/// this process committed; they cover the changes since `seen` exactly when every generation in
+/// `seen+1 ..= current` is among them. Anything else (a change by another process, a failed
+/// read, the first turn) means reconciling everything.
+fn plan(seen: Option<i64>, current: Option<i64>, drained: &[(i64, String)]) -> Work {
+    let (Some(seen), Some(current)) = (seen, current) else {
+        return Work::Everything;
+    };
+    if current < seen {
+        return Work::Everything; // the database was replaced
+    }
+    let local: BTreeSet<i64> = drained.iter().map(|(g, _)| *g).collect();
+    if !(seen + 1..=current).all(|g| local.contains(&g)) {
+        return Work::Everything;
+    }
+    let routers: BTreeSet<String> = drained
+        .iter()
+        .filter(|(g, _)| *g > seen)
+        .map(|(_, r)| r.clone())
+        .collect();
+    if routers.is_empty() {
+        Work::Nothing
+    } else {
+        Work::Routers(routers)
+    }
+}
+
 impl Agent {
-    pub fn new(
-        store: Arc<Store>,
-        sync: Arc<RouterSync>,
-        changed: Arc<Notify>,
-        resync_every: Duration,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, sync: Arc<RouterSync>, resync_every: Duration) -> Self {
+        let feed = store.feed();
         Agent {
             store,
             sync,
-            changed,
+            feed,
             resync_every,
             programmed: BTreeSet::new(),
         }
@@ -59,9 +92,11 @@ impl Agent {
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
-        let mut generation = None;
+        let mut seen: Option<i64> = None;
         let mut last_full = Instant::now();
         loop {
+            // Drain before reading the generation: whatever was drained committed before it.
+            let drained = self.feed.take();
             let current = match self.store.generation().await {
                 Ok(g) => Some(g),
                 Err(e) => {
@@ -69,28 +104,41 @@ impl Agent {
                     None
                 }
             };
-            let full = last_full.elapsed() >= self.resync_every;
-            if full {
+            let mut work = plan(seen, current, &drained);
+            if last_full.elapsed() >= self.resync_every {
+                // Periodic resync: forget what the namespaces hold, rewrite and read back all.
                 self.sync.invalidate_all();
-                last_full = Instant::now();
+                work = Work::Everything;
             }
-            if full || current.is_none() || current != generation {
-                match self.pass().await {
-                    Ok(report) => {
-                        generation = current;
-                        debug!(?report, full, "agent pass");
+            let result = match &work {
+                Work::Nothing => Ok(PassReport::default()),
+                Work::Routers(routers) => self.pass_routers(routers).await,
+                Work::Everything => self.pass().await,
+            };
+            match result {
+                Ok(report) => {
+                    if work == Work::Everything {
+                        last_full = Instant::now();
                     }
-                    Err(e) => warn!(error = ?e, "agent pass failed; retrying"),
+                    if work != Work::Nothing {
+                        debug!(?report, "agent pass");
+                    }
+                    seen = current;
+                }
+                // Nothing is marked as seen: the next turn reconciles everything again.
+                Err(e) => {
+                    warn!(error = ?e, "agent pass failed; retrying");
+                    seen = None;
                 }
             }
             tokio::select! {
-                _ = self.changed.notified() => {}
+                _ = self.feed.changed() => {}
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
             }
         }
     }
 
-    /// One reconciliation of every namespace on this node with the store.
+    /// Reconciles every namespace on this node with the store.
     pub async fn pass(&mut self) -> Result<PassReport, StoreError> {
         let mappings = self.store.list(&ListFilter::default()).await?;
         let mut by_namespace: BTreeMap<RouterNamespace, Vec<Mapping>> = BTreeMap::new();
@@ -100,11 +148,46 @@ impl Agent {
         for gone in &self.programmed {
             by_namespace.entry(gone.clone()).or_default();
         }
+        let report = self.program(by_namespace.into_iter().collect()).await?;
+        Ok(report)
+    }
+
+    /// Reconciles the namespaces of `routers` only.
+    pub async fn pass_routers(
+        &mut self,
+        routers: &BTreeSet<String>,
+    ) -> Result<PassReport, StoreError> {
+        let mut work: BTreeMap<RouterNamespace, Vec<Mapping>> = BTreeMap::new();
+        for router in routers {
+            let filter = ListFilter {
+                router_id: Some(router.clone()),
+                ..Default::default()
+            };
+            for m in self.store.list(&filter).await? {
+                work.entry(m.namespace()).or_default().push(m);
+            }
+            // A router whose last mapping went away: empty the namespace we programmed.
+            for ns in self
+                .programmed
+                .iter()
+                .filter(|ns| ns.name().ends_with(router.as_str()))
+            {
+                work.entry(ns.clone()).or_default();
+            }
+        }
+        self.program(work.into_iter().collect()).await
+    }
+
+    /// Programs each namespace present on this node and records the mappings' statuses.
+    async fn program(
+        &mut self,
+        work: Vec<(RouterNamespace, Vec<Mapping>)>,
+    ) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
-        let mut programmed = BTreeSet::new();
-        for (namespace, mappings) in by_namespace {
+        for (namespace, mappings) in work {
             if !netns::exists(namespace.name()) {
                 report.absent_namespaces += 1;
+                self.programmed.remove(&namespace);
                 continue;
             }
             report.namespaces += 1;
@@ -125,7 +208,11 @@ impl Agent {
             let outcome = tokio::task::spawn_blocking(move || sync.sync(&ns, &rules)).await;
             match outcome {
                 Ok(Ok(outcome)) => {
-                    programmed.insert(namespace.clone());
+                    if mappings.is_empty() {
+                        self.programmed.remove(&namespace);
+                    } else {
+                        self.programmed.insert(namespace.clone());
+                    }
                     let pending: Vec<String> = mappings
                         .iter()
                         .filter(|m| {
@@ -157,7 +244,6 @@ impl Agent {
                 }
             }
         }
-        self.programmed = programmed;
         Ok(report)
     }
 }
@@ -184,5 +270,44 @@ fn rules_of(mappings: &[Mapping]) -> (RuleSet, Vec<(&Mapping, String)>) {
                 mappings.iter().map(|m| (m, reason.clone())).collect(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(pairs: &[(i64, &str)]) -> Vec<(i64, String)> {
+        pairs.iter().map(|(g, r)| (*g, r.to_string())).collect()
+    }
+
+    #[test]
+    fn local_changes_that_account_for_every_generation_reprogram_only_their_routers() {
+        let work = plan(Some(10), Some(12), &d(&[(11, "a"), (12, "b")]));
+        assert_eq!(
+            work,
+            Work::Routers(["a".to_string(), "b".to_string()].into())
+        );
+    }
+
+    #[test]
+    fn a_generation_nobody_here_made_means_everything() {
+        // 12 came from another process.
+        assert_eq!(plan(Some(10), Some(12), &d(&[(11, "a")])), Work::Everything);
+        assert_eq!(plan(Some(10), Some(11), &d(&[])), Work::Everything);
+    }
+
+    #[test]
+    fn the_first_turn_a_failed_read_or_a_replaced_database_mean_everything() {
+        assert_eq!(plan(None, Some(3), &d(&[])), Work::Everything);
+        assert_eq!(plan(Some(3), None, &d(&[])), Work::Everything);
+        assert_eq!(plan(Some(9), Some(3), &d(&[])), Work::Everything);
+    }
+
+    #[test]
+    fn nothing_new_is_nothing_to_do_and_old_entries_are_ignored() {
+        assert_eq!(plan(Some(10), Some(10), &d(&[])), Work::Nothing);
+        // Drained late: already covered by the pass that saw generation 10.
+        assert_eq!(plan(Some(10), Some(10), &d(&[(10, "a")])), Work::Nothing);
     }
 }

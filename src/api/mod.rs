@@ -14,7 +14,6 @@ use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use tokio::sync::Notify;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -36,8 +35,6 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub directory: Arc<dyn RouterDirectory>,
     pub policy: Policy,
-    /// Woken after every change to the mappings, so that a local agent programs it at once.
-    pub changed: Arc<Notify>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -25,7 +25,7 @@ use crate::store::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping
 /// Longest description accepted.
 pub const MAX_DESCRIPTION: usize = 255;
 /// Largest page of a listing.
-pub const MAX_LIMIT: u32 = 1000;
+pub const MAX_LIMIT: u32 = 10_000;
 
 /// `axum::Json` answering its rejections in our error shape.
 #[derive(FromRequest)]
@@ -162,7 +162,7 @@ pub struct ListQuery {
     pub external_port: Option<u16>,
     /// Another project's mappings (admin only).
     pub project_id: Option<String>,
-    /// At most this many (default and maximum 1000).
+    /// At most this many (default and maximum 10,000).
     pub limit: Option<u32>,
     /// The id of the last mapping of the previous page.
     pub marker: Option<String>,
@@ -420,7 +420,6 @@ pub async fn create_mapping(
         masquerade: req.masquerade.unwrap_or(false),
     };
     let mapping = state.store.create(new, &state.policy).await?;
-    state.changed.notify_one();
     tracing::info!(mapping = %mapping.id, project = %mapping.project_id, router = %mapping.router_id,
         external = %mapping.external_ports, internal = %format!("{}:{}", mapping.internal_ip_address, mapping.internal_ports),
         protocol = %mapping.protocol, "mapping created");
@@ -547,7 +546,6 @@ pub async fn update(
         masquerade: req.masquerade,
     };
     let mapping = state.store.update(&id, &update).await?;
-    state.changed.notify_one();
     tracing::info!(mapping = %mapping.id, project = %mapping.project_id, "mapping updated");
     Ok(Json(MappingEnvelope {
         mapping: MappingView::from(&mapping),
@@ -565,7 +563,6 @@ pub async fn remove(
     visible(&state, &caller, &id).await?;
     forbidden_unless(caller.can_write(), "delete mappings")?;
     if state.store.delete(&id).await?.is_some() {
-        state.changed.notify_one();
         tracing::info!(mapping = %id, project = %caller.project_id, "mapping deleted");
     }
     Ok(StatusCode::NO_CONTENT)

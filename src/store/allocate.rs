@@ -64,6 +64,19 @@ pub fn candidates(
     blocks
 }
 
+/// A random block of `len` ports inside the range, free or not.
+pub fn random_block(policy: &Policy, len: u32, rng: &mut impl Rng) -> Option<PortRange> {
+    let (first, last) = (
+        u32::from(policy.range.first()),
+        u32::from(policy.range.last()),
+    );
+    if len == 0 || len > last - first + 1 {
+        return None;
+    }
+    let start = rng.gen_range(first..=last + 1 - len);
+    PortRange::new(start as u16, (start + len - 1) as u16).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +113,16 @@ mod tests {
         let c = candidates(&policy(Strategy::Random), &used, 1, &mut rand::thread_rng());
         assert_eq!(c.len(), 8);
         assert!(c.iter().all(|r| !used.contains(&r.first())));
+    }
+
+    #[test]
+    fn a_random_block_fits_the_range() {
+        let p = policy(Strategy::Random);
+        for _ in 0..1000 {
+            let b = random_block(&p, 3, &mut rand::thread_rng()).unwrap();
+            assert!(p.range.contains(b.first()) && p.range.contains(b.last()) && b.len() == 3);
+        }
+        assert!(random_block(&p, 11, &mut rand::thread_rng()).is_none());
     }
 
     #[test]

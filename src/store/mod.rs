@@ -13,6 +13,7 @@ pub mod model;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{SecondsFormat, Utc};
 use ipnet::Ipv4Net;
@@ -144,6 +145,35 @@ pub struct Store {
     /// SQLite has one writer at a time; serializing writers here turns "database is locked"
     /// into waiting. MariaDB's row locks need no such thing.
     sqlite_writer: Option<Mutex<()>>,
+    feed: Arc<ChangeFeed>,
+}
+
+/// The changes this process committed, for an agent in the same process: (generation, router)
+/// per commit. An agent elsewhere sees only the generation move and reconciles everything.
+#[derive(Default)]
+pub struct ChangeFeed {
+    entries: std::sync::Mutex<Vec<(i64, String)>>,
+    notify: tokio::sync::Notify,
+}
+
+impl ChangeFeed {
+    fn publish(&self, generation: i64, router_id: &str) {
+        self.entries
+            .lock()
+            .unwrap()
+            .push((generation, router_id.to_string()));
+        self.notify.notify_one();
+    }
+
+    /// Everything published since the last call.
+    pub fn take(&self) -> Vec<(i64, String)> {
+        std::mem::take(&mut *self.entries.lock().unwrap())
+    }
+
+    /// Waits for the next publication (or one that happened since the last wait).
+    pub async fn changed(&self) {
+        self.notify.notified().await
+    }
 }
 
 impl Store {
@@ -173,7 +203,13 @@ impl Store {
             pool,
             dialect,
             sqlite_writer: (dialect == Dialect::Sqlite).then(|| Mutex::new(())),
+            feed: Arc::default(),
         })
+    }
+
+    /// This process's changes, as they commit.
+    pub fn feed(&self) -> Arc<ChangeFeed> {
+        self.feed.clone()
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -210,17 +246,33 @@ impl Store {
             ExternalPorts::Explicit(ports) => self.insert(&id, &new, ports).await,
             ExternalPorts::Allocate { len } => {
                 let mut last_conflict = None;
+                // Random allocation first tries a block blindly: in a sparsely used range it is
+                // almost always free, and the database refuses it if not. Only then are the
+                // used ports read, and candidates chosen among the free ones.
+                let blind = match policy.strategy {
+                    Strategy::Random => {
+                        allocate::random_block(policy, len, &mut rand::thread_rng())
+                    }
+                    Strategy::Sequential => None,
+                };
+                if let Some(ports) = blind {
+                    match self.insert(&id, &new, ports).await {
+                        Err(e @ StoreError::ExternalPortInUse { .. }) => last_conflict = Some(e),
+                        Err(StoreError::Database(e)) if is_deadlock(&e) => {
+                            last_conflict = Some(e.into())
+                        }
+                        other => return other,
+                    }
+                }
                 for _ in 0..ALLOCATION_ATTEMPTS {
                     let used = self
                         .used_ports(&new.router_id, new.protocol, policy.range)
                         .await?;
-                    let Some(ports) =
+                    let candidate =
                         allocate::candidates(policy, &used, len, &mut rand::thread_rng())
                             .first()
-                            .copied()
-                    else {
-                        break;
-                    };
+                            .copied();
+                    let Some(ports) = candidate else { break };
                     match self.insert(&id, &new, ports).await {
                         // Another request took a port in between, or the two transactions
                         // deadlocked on each other's port rows (InnoDB): try again.
@@ -316,8 +368,9 @@ impl Store {
         .bind(&mapping.updated_at)
         .execute(&mut *tx)
         .await?;
-        bump_generation(&mut tx).await?;
+        let generation = bump_generation(&mut tx).await?;
         tx.commit().await?;
+        self.feed.publish(generation, &mapping.router_id);
         Ok(mapping)
     }
 
@@ -447,8 +500,9 @@ impl Store {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        bump_generation(&mut tx).await?;
+        let generation = bump_generation(&mut tx).await?;
         tx.commit().await?;
+        self.feed.publish(generation, &mapping.router_id);
         Ok(mapping)
     }
 
@@ -469,8 +523,9 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        bump_generation(&mut tx).await?;
+        let generation = bump_generation(&mut tx).await?;
         tx.commit().await?;
+        self.feed.publish(generation, &mapping.router_id);
         Ok(Some(mapping))
     }
 
@@ -482,16 +537,26 @@ impl Store {
         status: Status,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
-        let _writer = self.writer().await;
-        for id in ids {
-            sqlx::query("UPDATE mappings SET status = ?, status_reason = ? WHERE id = ? AND (status <> ? OR status_reason IS NOT NULL)")
-                .bind(status.as_str())
-                .bind(reason.map(str::to_string))
-                .bind(id)
-                .bind(status.as_str())
-                .execute(&self.pool)
-                .await?;
+        if ids.is_empty() {
+            return Ok(());
         }
+        let _writer = self.writer().await;
+        // One transaction for the lot: a pass of the agent may confirm thousands at once.
+        let mut tx = self.pool.begin().await?;
+        for chunk in ids.chunks(500) {
+            let placeholders = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "UPDATE mappings SET status = ?, status_reason = ? WHERE id IN ({placeholders})"
+            );
+            let mut query = sqlx::query(&sql)
+                .bind(status.as_str())
+                .bind(reason.map(str::to_string));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -513,11 +578,16 @@ const COLUMNS: &str = "id, project_id, router_id, distributed, external_ip_addre
      external_port_last, internal_ip_address, internal_port_id, internal_port_first, internal_port_last, description, \
      allowed_cidrs, masquerade, status, status_reason, created_at, updated_at";
 
-async fn bump_generation(tx: &mut Transaction<'_, Any>) -> Result<(), StoreError> {
+/// Bumps the change counter inside the writing transaction and returns its new value (the
+/// row is locked by the update until the transaction ends, so values are never shared).
+async fn bump_generation(tx: &mut Transaction<'_, Any>) -> Result<i64, StoreError> {
     sqlx::query("UPDATE generation SET value = value + 1 WHERE id = 1")
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    let row = sqlx::query("SELECT value FROM generation WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?)
 }
 
 /// SQLSTATE 40001: the server chose this transaction as a deadlock victim.

@@ -204,7 +204,6 @@ async fn serve(
             check_gateway(&m, gateway)?;
             v1::forbidden_unless(caller.can_write(), "remove mappings")?;
             state.store.delete(&m.id).await?;
-            state.changed.notify_one();
             Ok(protocol::removed(entry(&m, server_port)))
         }
         LegacyRequest::Modify {
@@ -238,10 +237,7 @@ async fn serve(
                 ..Default::default()
             };
             match state.store.update(&m.id, &update).await {
-                Ok(_) => {
-                    state.changed.notify_one();
-                    Ok(protocol::modified(old, new_router_port))
-                }
+                Ok(_) => Ok(protocol::modified(old, new_router_port)),
                 Err(crate::store::StoreError::ExternalPortInUse { .. }) => {
                     Ok(protocol::used(old, new_router_port))
                 }

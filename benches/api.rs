@@ -1,0 +1,290 @@
+//! Mapping service benchmark: create throughput and latency through the API with the agent
+//! programming a real router namespace, listing 10,000 mappings, and the time from `POST`
+//! returning to the rule being in the kernel.
+//!
+//! Run as root: `cargo bench --bench api` (`-- --quick` for fewer mappings). MariaDB is used
+//! when `PRAAS_TEST_MYSQL_URL` (or the loopback test user of `scripts/services`) answers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use praas::agent::Agent;
+use praas::api::{self, AppState};
+use praas::dataplane::conntrack::Conntrack;
+use praas::dataplane::netlink::sockets;
+use praas::dataplane::nft::wire::{self, NftSocket};
+use praas::dataplane::nft::FORWARDS_MAP;
+use praas::dataplane::sync::RouterSync;
+use praas::dataplane::{
+    Driver, ExternalKey, PortRange, Protocol, RouterNamespace, RuleSet, Target,
+};
+use praas::openstack::{RouterInfo, StaticDirectory};
+use praas::simnode;
+use praas::store::{Policy, Store, Strategy};
+use serde_json::json;
+use tower::ServiceExt;
+
+const GATEWAY: &str = "203.0.113.10";
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 * p).ceil() as usize)
+        .saturating_sub(1)
+        .min(v.len() - 1)]
+}
+
+struct Setup {
+    app: Router,
+    store: Arc<Store>,
+    router_id: String,
+    namespace: RouterNamespace,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+async fn setup(connection: &str) -> Setup {
+    let router_id = uuid::Uuid::new_v4().to_string();
+    let namespace = RouterNamespace::named(format!("qrouter-{router_id}"));
+    simnode::run(&["ip", "netns", "add", namespace.name()], None).unwrap();
+    let store = Arc::new(Store::open(connection).await.unwrap());
+    store.migrate().await.unwrap();
+    let sync = Arc::new(RouterSync::new(
+        Arc::from(Driver::Nftables.backend().unwrap()),
+        Arc::new(Conntrack),
+    ));
+    let agent = tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(3600)).run());
+    let directory = StaticDirectory {
+        routers: vec![RouterInfo {
+            id: router_id.clone(),
+            project_id: Some("bench".into()),
+            gateway_ip: Some(GATEWAY.parse().unwrap()),
+            distributed: false,
+            subnets: vec!["10.0.0.0/8".parse().unwrap()],
+        }],
+        ports: vec![],
+    };
+    let app = api::router(Arc::new(AppState {
+        store: store.clone(),
+        directory: Arc::new(directory),
+        policy: Policy {
+            range: PortRange::new(1024, 65000).unwrap(),
+            strategy: Strategy::Random,
+        },
+    }));
+    Setup {
+        app,
+        store,
+        router_id,
+        namespace,
+        agent,
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.agent.abort();
+        sockets::forget(&self.namespace);
+        let _ = simnode::run(&["ip", "netns", "del", self.namespace.name()], None);
+    }
+}
+
+async fn post(app: &Router, router_id: &str, i: usize) -> (StatusCode, serde_json::Value) {
+    let body = json!({"mapping": {"router_id": router_id,
+        "internal_ip_address": format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255), "internal_port": 22}});
+    let req = Request::post("/v1/mappings")
+        .header("content-type", "application/json")
+        .header("x-project-id", "bench")
+        .header("x-roles", "member,reader")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// Whether the kernel holds the forward of `port` (one netlink lookup).
+fn in_kernel(namespace: &RouterNamespace, port: u16, vm: std::net::Ipv4Addr) -> bool {
+    let key = ExternalKey {
+        ip: GATEWAY.parse().unwrap(),
+        protocol: Protocol::Tcp,
+        port,
+    };
+    let rules = RuleSet {
+        forwards: [(key, Target { ip: vm, port: 22 })].into(),
+        ..Default::default()
+    };
+    let wanted = wire::elements_of(&rules).remove(0).1;
+    sockets::with(namespace, |s| {
+        NftSocket::new(s).lookup(FORWARDS_MAP, &wanted)
+    })
+    .ok()
+    .and_then(Result::ok)
+    .is_some_and(|found| !found.is_empty())
+}
+
+async fn bench(
+    label: &str,
+    connection: &str,
+    total: usize,
+    rows: &mut Vec<(String, String, String)>,
+) {
+    let s = setup(connection).await;
+    let concurrency = 16;
+    let started = Instant::now();
+    let mut latencies = Vec::with_capacity(total);
+    let mut next = 0;
+    while next < total {
+        let batch: Vec<_> = (next..(next + concurrency).min(total))
+            .map(|i| {
+                let (app, router) = (s.app.clone(), s.router_id.clone());
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    let (status, body) = post(&app, &router, i).await;
+                    assert_eq!(status, StatusCode::CREATED, "{body}");
+                    t.elapsed()
+                })
+            })
+            .collect();
+        next += batch.len();
+        for b in batch {
+            latencies.push(b.await.unwrap());
+        }
+    }
+    let elapsed = started.elapsed();
+    let rate = total as f64 / elapsed.as_secs_f64();
+    let (p50, p99) = (
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
+    );
+    rows.push((
+        format!("{label}: {total} creates, {concurrency} concurrent, agent programming"),
+        format!("{rate:.0} creates/s"),
+        format!("latency p50 {}, p99 {}", ms(p50), ms(p99)),
+    ));
+
+    // Listing everything, as an admin would.
+    let mut lists = vec![];
+    for _ in 0..5 {
+        let req = Request::get("/v1/mappings?limit=10000")
+            .header("x-project-id", "admin")
+            .header("x-roles", "admin")
+            .body(Body::empty())
+            .unwrap();
+        let t = Instant::now();
+        let resp = s.app.clone().oneshot(req).await.unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        lists.push(t.elapsed());
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["mappings"].as_array().unwrap().len(), total.min(10_000));
+    }
+    rows.push((
+        format!(
+            "{label}: GET /v1/mappings listing {} mappings",
+            total.min(10_000)
+        ),
+        ms(percentile(&mut lists, 0.5)),
+        "median of 5".into(),
+    ));
+
+    // From POST returning to the forward being in the kernel, one mapping at a time.
+    let mut to_kernel = vec![];
+    for i in 0..100 {
+        let n = total + i;
+        let (status, body) = post(&s.app, &s.router_id, n).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let port = body["mapping"]["external_port"].as_u64().unwrap() as u16;
+        let vm = body["mapping"]["internal_ip_address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let t = Instant::now();
+        let ns = s.namespace.clone();
+        tokio::task::spawn_blocking(move || {
+            while !in_kernel(&ns, port, vm) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "forward never reached the kernel"
+                );
+            }
+        })
+        .await
+        .unwrap();
+        to_kernel.push(t.elapsed());
+    }
+    let (p50, p99) = (
+        percentile(&mut to_kernel, 0.5),
+        percentile(&mut to_kernel, 0.99),
+    );
+    rows.push((
+        format!("{label}: POST returned → forward in the kernel (at {total} mappings)"),
+        ms(p50),
+        format!("p50; p99 {}", ms(p99)),
+    ));
+    let _ = s.store;
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        return; // run by `cargo test --all-targets`: nothing to check
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the API benchmark needs root (a router namespace and the dataplane)");
+        std::process::exit(2);
+    }
+    let total = if args.iter().any(|a| a == "--quick") {
+        1_000
+    } else {
+        10_000
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = vec![];
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("praas-bench-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        bench(
+            "SQLite",
+            &format!("sqlite:///{}/praas.db", dir.display()),
+            total,
+            &mut rows,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        let base = std::env::var("PRAAS_TEST_MYSQL_URL").unwrap_or_else(|_| {
+            "mysql://praas_test:praas-test-password@127.0.0.1/praas_test".into()
+        });
+        sqlx::any::install_default_drivers();
+        match sqlx::AnyPool::connect(&base).await {
+            Ok(admin) => {
+                let name = format!("praas_bench_{}", std::process::id());
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+                bench("MariaDB", &url, total, &mut rows).await;
+                sqlx::query(&format!("DROP DATABASE {name}"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+            }
+            Err(e) => eprintln!("MariaDB not reachable at {base} ({e}); its rows are missing"),
+        }
+    });
+    println!("| measurement | result | note |\n|---|---|---|");
+    for (what, figure, note) in rows {
+        println!("| {what} | {figure} | {note} |");
+    }
+}
