@@ -3,7 +3,8 @@
 //! It reads every mapping, groups them by router namespace, and hands each namespace's rule set
 //! to [`RouterSync`] (element diffs when it can, a verified rewrite when it must), then records
 //! the outcome as each mapping's status. Changes committed by this process (all-in-one) arrive
-//! through the store's change feed and only their routers are reprogrammed; a generation that
+//! through the store's change feed: only those mappings are fetched, and only their namespaces
+//! reprogrammed (the agent keeps every namespace's mappings from its last pass); a generation that
 //! moved without them (another process, e.g. a separate server) makes it reconcile everything;
 //! and periodically it rewrites and reads back every namespace, which repairs whatever changed
 //! behind its back.
@@ -37,24 +38,25 @@ pub struct Agent {
     sync: Arc<RouterSync>,
     feed: Arc<ChangeFeed>,
     resync_every: Duration,
-    /// Namespaces programmed by an earlier pass, so that one whose last mapping went away is
-    /// emptied.
-    programmed: BTreeSet<RouterNamespace>,
+    /// The mappings of every namespace, as of the last pass: a change committed by this process
+    /// is applied here by fetching only that mapping, instead of reading every mapping again.
+    /// A namespace stays until it has been emptied in the kernel.
+    known: BTreeMap<RouterNamespace, BTreeMap<String, Mapping>>,
 }
 
 /// What a loop turn has to reconcile.
 #[derive(Debug, PartialEq, Eq)]
 enum Work {
     Nothing,
-    /// Only these routers changed, and every change since the last pass is accounted for.
-    Routers(BTreeSet<String>),
+    /// Only these mappings changed, and every change since the last pass is accounted for.
+    Mappings(BTreeSet<String>),
     Everything,
 }
 
-/// Decides between a per-router and a full pass. `drained` are the (generation, router) pairs
-/// this process committed; they cover the changes since `seen` exactly when every generation in
-/// `seen+1 ..= current` is among them. Anything else (a change by another process, a failed
-/// read, the first turn) means reconciling everything.
+/// Decides between a per-mapping and a full pass. `drained` are the (generation, mapping id)
+/// pairs this process committed; they cover the changes since `seen` exactly when every
+/// generation in `seen+1 ..= current` is among them. Anything else (a change by another
+/// process, a failed read, the first turn) means reconciling everything.
 fn plan(seen: Option<i64>, current: Option<i64>, drained: &[(i64, String)]) -> Work {
     let (Some(seen), Some(current)) = (seen, current) else {
         return Work::Everything;
@@ -66,15 +68,15 @@ fn plan(seen: Option<i64>, current: Option<i64>, drained: &[(i64, String)]) -> W
     if !(seen + 1..=current).all(|g| local.contains(&g)) {
         return Work::Everything;
     }
-    let routers: BTreeSet<String> = drained
+    let ids: BTreeSet<String> = drained
         .iter()
         .filter(|(g, _)| *g > seen)
-        .map(|(_, r)| r.clone())
+        .map(|(_, id)| id.clone())
         .collect();
-    if routers.is_empty() {
+    if ids.is_empty() {
         Work::Nothing
     } else {
-        Work::Routers(routers)
+        Work::Mappings(ids)
     }
 }
 
@@ -86,7 +88,7 @@ impl Agent {
             sync,
             feed,
             resync_every,
-            programmed: BTreeSet::new(),
+            known: BTreeMap::new(),
         }
     }
 
@@ -112,7 +114,7 @@ impl Agent {
             }
             let result = match &work {
                 Work::Nothing => Ok(PassReport::default()),
-                Work::Routers(routers) => self.pass_routers(routers).await,
+                Work::Mappings(ids) => self.pass_mappings(ids).await,
                 Work::Everything => self.pass().await,
             };
             match result {
@@ -141,106 +143,139 @@ impl Agent {
     /// Reconciles every namespace on this node with the store.
     pub async fn pass(&mut self) -> Result<PassReport, StoreError> {
         let mappings = self.store.list(&ListFilter::default()).await?;
-        let mut by_namespace: BTreeMap<RouterNamespace, Vec<Mapping>> = BTreeMap::new();
+        // Namespaces known before keep an (emptied) entry, so that their forwards are removed.
+        let mut known: BTreeMap<RouterNamespace, BTreeMap<String, Mapping>> = self
+            .known
+            .keys()
+            .map(|ns| (ns.clone(), BTreeMap::new()))
+            .collect();
         for m in mappings {
-            by_namespace.entry(m.namespace()).or_default().push(m);
+            known
+                .entry(m.namespace())
+                .or_default()
+                .insert(m.id.clone(), m);
         }
-        for gone in &self.programmed {
-            by_namespace.entry(gone.clone()).or_default();
-        }
-        let report = self.program(by_namespace.into_iter().collect()).await?;
-        Ok(report)
+        self.known = known;
+        let all: BTreeSet<RouterNamespace> = self.known.keys().cloned().collect();
+        self.program(&all).await
     }
 
-    /// Reconciles the namespaces of `routers` only.
-    pub async fn pass_routers(
+    /// Applies the changes of `ids` (fetched one by one) and reprograms their namespaces.
+    pub async fn pass_mappings(
         &mut self,
-        routers: &BTreeSet<String>,
+        ids: &BTreeSet<String>,
     ) -> Result<PassReport, StoreError> {
-        let mut work: BTreeMap<RouterNamespace, Vec<Mapping>> = BTreeMap::new();
-        for router in routers {
-            let filter = ListFilter {
-                router_id: Some(router.clone()),
-                ..Default::default()
-            };
-            for m in self.store.list(&filter).await? {
-                work.entry(m.namespace()).or_default().push(m);
+        let mut touched = BTreeSet::new();
+        for id in ids {
+            for (ns, mappings) in self.known.iter_mut() {
+                if mappings.remove(id).is_some() {
+                    touched.insert(ns.clone());
+                }
             }
-            // A router whose last mapping went away: empty the namespace we programmed.
-            for ns in self
-                .programmed
-                .iter()
-                .filter(|ns| ns.name().ends_with(router.as_str()))
-            {
-                work.entry(ns.clone()).or_default();
+            if let Some(m) = self.store.get(id).await? {
+                touched.insert(m.namespace());
+                self.known
+                    .entry(m.namespace())
+                    .or_default()
+                    .insert(id.clone(), m);
             }
         }
-        self.program(work.into_iter().collect()).await
+        self.program(&touched).await
     }
 
-    /// Programs each namespace present on this node and records the mappings' statuses.
+    /// Programs each of `namespaces` present on this node from `known`, and records the
+    /// mappings' statuses.
     async fn program(
         &mut self,
-        work: Vec<(RouterNamespace, Vec<Mapping>)>,
+        namespaces: &BTreeSet<RouterNamespace>,
     ) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
-        for (namespace, mappings) in work {
+        for namespace in namespaces {
+            let Some(known) = self.known.get(namespace) else {
+                continue;
+            };
             if !netns::exists(namespace.name()) {
                 report.absent_namespaces += 1;
-                self.programmed.remove(&namespace);
+                if known.is_empty() {
+                    self.known.remove(namespace);
+                }
                 continue;
             }
             report.namespaces += 1;
+            let mappings: Vec<&Mapping> = known.values().collect();
             let (rules, invalid) = rules_of(&mappings);
-            for (m, reason) in &invalid {
+            let invalid: Vec<(String, String)> = invalid
+                .into_iter()
+                .map(|(m, r)| (m.id.clone(), r))
+                .collect();
+            let valid: Vec<String> = mappings
+                .iter()
+                .filter(|m| !invalid.iter().any(|(id, _)| *id == m.id))
+                .map(|m| m.id.clone())
+                .collect();
+            let confirm: Vec<String> = mappings
+                .iter()
+                .filter(|m| {
+                    valid.contains(&m.id)
+                        && (m.status != Status::Active || m.status_reason.is_some())
+                })
+                .map(|m| m.id.clone())
+                .collect();
+            let empty = mappings.is_empty();
+            for (id, reason) in &invalid {
                 self.store
-                    .set_status(std::slice::from_ref(&m.id), Status::Error, Some(reason))
+                    .set_status(std::slice::from_ref(id), Status::Error, Some(reason))
                     .await?;
                 report.errors += 1;
             }
-            let valid: Vec<String> = mappings
-                .iter()
-                .filter(|m| !invalid.iter().any(|(i, _)| i.id == m.id))
-                .map(|m| m.id.clone())
-                .collect();
             let sync = self.sync.clone();
             let ns = namespace.clone();
             let outcome = tokio::task::spawn_blocking(move || sync.sync(&ns, &rules)).await;
-            match outcome {
+            let (status, reason) = match outcome {
                 Ok(Ok(outcome)) => {
-                    if mappings.is_empty() {
-                        self.programmed.remove(&namespace);
-                    } else {
-                        self.programmed.insert(namespace.clone());
-                    }
-                    let pending: Vec<String> = mappings
-                        .iter()
-                        .filter(|m| {
-                            valid.contains(&m.id)
-                                && (m.status != Status::Active || m.status_reason.is_some())
-                        })
-                        .map(|m| m.id.clone())
-                        .collect();
-                    self.store
-                        .set_status(&pending, Status::Active, None)
-                        .await?;
-                    report.active += valid.len();
                     if outcome.added + outcome.removed > 0 {
                         info!(%namespace, added = outcome.added, removed = outcome.removed,
                             flows_deleted = outcome.flows_deleted, mode = ?outcome.mode, "namespace programmed");
                     }
+                    report.active += valid.len();
+                    if empty {
+                        self.known.remove(namespace);
+                    }
+                    (Status::Active, None)
                 }
                 Ok(Err(e)) => {
                     warn!(%namespace, error = %e, "programming failed");
                     report.failed_namespaces += 1;
                     report.errors += valid.len();
-                    self.store
-                        .set_status(&valid, Status::Error, Some(&e.to_string()))
-                        .await?;
+                    (Status::Error, Some(e.to_string()))
                 }
                 Err(join) => {
                     warn!(%namespace, error = %join, "programming task failed");
                     report.failed_namespaces += 1;
+                    continue;
+                }
+            };
+            let ids = if status == Status::Active {
+                &confirm
+            } else {
+                &valid
+            };
+            self.store
+                .set_status(ids, status, reason.as_deref())
+                .await?;
+            // Keep our copies in step, so that the next pass does not record them again.
+            if let Some(known) = self.known.get_mut(namespace) {
+                for id in ids {
+                    if let Some(m) = known.get_mut(id) {
+                        m.status = status;
+                        m.status_reason = reason.clone();
+                    }
+                }
+                for (id, r) in &invalid {
+                    if let Some(m) = known.get_mut(id) {
+                        m.status = Status::Error;
+                        m.status_reason = Some(r.clone());
+                    }
                 }
             }
         }
@@ -249,10 +284,10 @@ impl Agent {
 }
 
 /// The rule set of one namespace's mappings, and the mappings that cannot be programmed.
-fn rules_of(mappings: &[Mapping]) -> (RuleSet, Vec<(&Mapping, String)>) {
+fn rules_of<'a>(mappings: &[&'a Mapping]) -> (RuleSet, Vec<(&'a Mapping, String)>) {
     let mut invalid = vec![];
     let mut forwards = vec![];
-    for m in mappings {
+    for &m in mappings {
         let f = m.forward();
         match f.validate() {
             Ok(()) => forwards.push(f),
@@ -267,7 +302,7 @@ fn rules_of(mappings: &[Mapping]) -> (RuleSet, Vec<(&Mapping, String)>) {
             let reason = e.to_string();
             (
                 RuleSet::default(),
-                mappings.iter().map(|m| (m, reason.clone())).collect(),
+                mappings.iter().map(|&m| (m, reason.clone())).collect(),
             )
         }
     }
@@ -282,11 +317,11 @@ mod tests {
     }
 
     #[test]
-    fn local_changes_that_account_for_every_generation_reprogram_only_their_routers() {
+    fn local_changes_that_account_for_every_generation_reprogram_only_their_mappings() {
         let work = plan(Some(10), Some(12), &d(&[(11, "a"), (12, "b")]));
         assert_eq!(
             work,
-            Work::Routers(["a".to_string(), "b".to_string()].into())
+            Work::Mappings(["a".to_string(), "b".to_string()].into())
         );
     }
 

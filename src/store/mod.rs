@@ -148,8 +148,8 @@ pub struct Store {
     feed: Arc<ChangeFeed>,
 }
 
-/// The changes this process committed, for an agent in the same process: (generation, router)
-/// per commit. An agent elsewhere sees only the generation move and reconciles everything.
+/// The changes this process committed, for an agent in the same process: (generation, mapping
+/// id) per commit. An agent elsewhere sees only the generation move and reconciles everything.
 #[derive(Default)]
 pub struct ChangeFeed {
     entries: std::sync::Mutex<Vec<(i64, String)>>,
@@ -370,7 +370,7 @@ impl Store {
         .await?;
         let generation = bump_generation(&mut tx).await?;
         tx.commit().await?;
-        self.feed.publish(generation, &mapping.router_id);
+        self.feed.publish(generation, &mapping.id);
         Ok(mapping)
     }
 
@@ -502,7 +502,7 @@ impl Store {
         .await?;
         let generation = bump_generation(&mut tx).await?;
         tx.commit().await?;
-        self.feed.publish(generation, &mapping.router_id);
+        self.feed.publish(generation, &mapping.id);
         Ok(mapping)
     }
 
@@ -525,7 +525,7 @@ impl Store {
             .await?;
         let generation = bump_generation(&mut tx).await?;
         tx.commit().await?;
-        self.feed.publish(generation, &mapping.router_id);
+        self.feed.publish(generation, &mapping.id);
         Ok(Some(mapping))
     }
 
