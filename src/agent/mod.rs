@@ -204,23 +204,22 @@ impl Agent {
             report.namespaces += 1;
             let mappings: Vec<&Mapping> = known.values().collect();
             let (rules, invalid) = rules_of(&mappings);
-            let invalid: Vec<(String, String)> = invalid
+            let invalid: BTreeMap<String, String> = invalid
                 .into_iter()
                 .map(|(m, r)| (m.id.clone(), r))
                 .collect();
-            let valid: Vec<String> = mappings
+            // Sets, not list scans: a namespace may hold tens of thousands of mappings.
+            let valid: Vec<&Mapping> = mappings
                 .iter()
-                .filter(|m| !invalid.iter().any(|(id, _)| *id == m.id))
+                .copied()
+                .filter(|m| !invalid.contains_key(&m.id))
+                .collect();
+            let confirm: Vec<String> = valid
+                .iter()
+                .filter(|m| m.status != Status::Active || m.status_reason.is_some())
                 .map(|m| m.id.clone())
                 .collect();
-            let confirm: Vec<String> = mappings
-                .iter()
-                .filter(|m| {
-                    valid.contains(&m.id)
-                        && (m.status != Status::Active || m.status_reason.is_some())
-                })
-                .map(|m| m.id.clone())
-                .collect();
+            let valid: Vec<String> = valid.iter().map(|m| m.id.clone()).collect();
             let empty = mappings.is_empty();
             for (id, reason) in &invalid {
                 self.store
