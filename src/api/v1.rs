@@ -122,12 +122,14 @@ pub struct CreateMapping {
     pub router_id: Option<String>,
     /// The VM's port; its fixed address is used when `internal_ip_address` is not given.
     pub internal_port_id: Option<String>,
-    #[schema(value_type = Option<String>, example = "10.0.0.5")]
+    #[schema(value_type = Option<String>, format = Ipv4, example = "10.0.0.5")]
     pub internal_ip_address: Option<Ipv4Addr>,
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: Option<u16>,
     /// `N:M`; as many ports as the external range, or one port for all of them.
     pub internal_port_range: Option<String>,
     /// Chosen from the router's port range when left out.
+    #[schema(minimum = 1, maximum = 65535)]
     pub external_port: Option<u16>,
     pub external_port_range: Option<String>,
     /// `tcp` (default) or `udp`.
@@ -141,8 +143,10 @@ pub struct CreateMapping {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMapping {
+    #[schema(minimum = 1, maximum = 65535)]
     pub external_port: Option<u16>,
     pub external_port_range: Option<String>,
+    #[schema(minimum = 1, maximum = 65535)]
     pub internal_port: Option<u16>,
     pub internal_port_range: Option<String>,
     pub description: Option<String>,
@@ -159,10 +163,12 @@ pub struct ListQuery {
     pub internal_port_id: Option<String>,
     pub internal_ip_address: Option<String>,
     pub protocol: Option<String>,
+    #[param(minimum = 1, maximum = 65535)]
     pub external_port: Option<u16>,
     /// Another project's mappings (admin only).
     pub project_id: Option<String>,
     /// At most this many (default and maximum 10,000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
     /// The id of the last mapping of the previous page.
     pub marker: Option<String>,
@@ -314,7 +320,10 @@ pub fn forbidden_unless(allowed: bool, what: &str) -> Result<(), ApiError> {
         (status = 201, description = "Created", body = MappingEnvelope<MappingView>),
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "Router not found", body = ErrorBody),
+        (status = 403, description = "The caller's role may not create", body = ErrorBody),
         (status = 409, description = "Port in use, socket already mapped, range exhausted, or no gateway", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<SharedState>,
@@ -428,7 +437,8 @@ pub async fn create_mapping(
 
 /// Lists mappings (the caller's project's; admins may ask for any project).
 #[utoipa::path(get, path = "/v1/mappings", tag = "mappings", params(ListQuery),
-    responses((status = 200, description = "Mappings", body = MappingList), (status = 400, body = ErrorBody)))]
+    responses((status = 200, description = "Mappings", body = MappingList), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
 pub async fn list(
     State(state): State<SharedState>,
     caller: Caller,
@@ -457,6 +467,11 @@ pub async fn list(
         .as_deref()
         .map(|p| protocol(Some(p)))
         .transpose()?;
+    if q.external_port == Some(0) {
+        return Err(ApiError::bad_request(
+            "external_port must be between 1 and 65535",
+        ));
+    }
     let limit = q.limit.unwrap_or(MAX_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad_request(format!(
@@ -492,7 +507,8 @@ pub async fn visible(state: &SharedState, caller: &Caller, id: &str) -> Result<M
 
 /// Shows one mapping.
 #[utoipa::path(get, path = "/v1/mappings/{id}", tag = "mappings", params(("id" = String, Path)),
-    responses((status = 200, body = MappingEnvelope<MappingView>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = MappingEnvelope<MappingView>), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 pub async fn show(
     State(state): State<SharedState>,
     caller: Caller,
@@ -509,7 +525,8 @@ pub async fn show(
 #[utoipa::path(put, path = "/v1/mappings/{id}", tag = "mappings", params(("id" = String, Path)),
     request_body = MappingEnvelope<UpdateMapping>,
     responses((status = 200, body = MappingEnvelope<MappingView>), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn update(
     State(state): State<SharedState>,
     caller: Caller,
@@ -554,7 +571,7 @@ pub async fn update(
 
 /// Deletes a mapping; its rules and connections go with it.
 #[utoipa::path(delete, path = "/v1/mappings/{id}", tag = "mappings", params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn remove(
     State(state): State<SharedState>,
     caller: Caller,
