@@ -97,6 +97,18 @@ fn mapping(fields: Value) -> Value {
     json!({ "mapping": fields })
 }
 
+/// `POST /v1/mappings` with `{"mapping": fields}`.
+async fn post(app: &Router, who: (&str, &str), fields: Value) -> (StatusCode, Value) {
+    call(
+        app,
+        who,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(fields)),
+    )
+    .await
+}
+
 fn error_code(v: &Value) -> &str {
     v["error"]["code"]
         .as_str()
@@ -106,8 +118,7 @@ fn error_code(v: &Value) -> &str {
 #[tokio::test]
 async fn create_allocates_a_port_from_the_range_and_shows_the_mapping() {
     let app = app().await;
-    let (status, body) = call(&app, MEMBER_P1, Method::POST, "/v1/mappings",
-        Some(mapping(json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22, "description": "ssh"})))).await;
+    let (status, body) = post(&app, MEMBER_P1, json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22, "description": "ssh"})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let m = &body["mapping"];
     assert_eq!(m["external_port"], 4000);
@@ -130,14 +141,10 @@ async fn create_allocates_a_port_from_the_range_and_shows_the_mapping() {
 #[tokio::test]
 async fn the_router_is_found_from_the_address_or_the_port() {
     let app = app().await;
-    let (status, body) = call(
+    let (status, body) = post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"internal_port_id": "port-a", "internal_port": 80, "protocol": "udp"}),
-        )),
+        json!({"internal_port_id": "port-a", "internal_port": 80, "protocol": "udp"}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -179,31 +186,22 @@ async fn conflicts_and_checks_answer_with_the_right_status_and_code() {
         "{body}"
     );
 
-    let (status, body) = call(&app, MEMBER_P1, Method::POST, "/v1/mappings",
-        Some(mapping(json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22, "external_port": 4000})))).await;
+    let (status, body) = post(&app, MEMBER_P1, json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22, "external_port": 4000})).await;
     assert_eq!(
         (status, error_code(&body)),
         (StatusCode::CONFLICT, "external_port_in_use")
     );
 
-    call(
+    post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
     )
     .await;
-    let (status, body) = call(
+    let (status, body) = post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.7", "internal_port": 22}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.7", "internal_port": 22}),
     )
     .await;
     assert_eq!(
@@ -211,14 +209,10 @@ async fn conflicts_and_checks_answer_with_the_right_status_and_code() {
         (StatusCode::CONFLICT, "port_range_exhausted")
     );
 
-    let (status, body) = call(
+    let (status, body) = post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R_NO_GW, "internal_ip_address": "10.3.0.5", "internal_port": 22}),
-        )),
+        json!({"router_id": R_NO_GW, "internal_ip_address": "10.3.0.5", "internal_port": 22}),
     )
     .await;
     assert_eq!(
@@ -226,14 +220,10 @@ async fn conflicts_and_checks_answer_with_the_right_status_and_code() {
         (StatusCode::CONFLICT, "router_has_no_gateway")
     );
 
-    let (status, body) = call(
+    let (status, body) = post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "192.0.2.9", "internal_port": 22}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "192.0.2.9", "internal_port": 22}),
     )
     .await;
     assert_eq!(
@@ -269,14 +259,10 @@ async fn explicit_ports_outside_the_range_are_for_admins_only() {
 #[tokio::test]
 async fn other_projects_see_nothing_and_readers_cannot_write() {
     let app = app().await;
-    let (_, created) = call(
+    let (_, created) = post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
     )
     .await;
     let id = created["mapping"]["id"].as_str().unwrap();
@@ -306,26 +292,18 @@ async fn other_projects_see_nothing_and_readers_cannot_write() {
     .await;
     assert_eq!(list["mappings"], json!([]));
     // Another project's router is not found either.
-    let (status, _) = call(
+    let (status, _) = post(
         &app,
         MEMBER_P2,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Readers read, but do not write.
-    let (status, _) = call(
+    let (status, _) = post(
         &app,
         READER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22}),
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -340,14 +318,10 @@ async fn other_projects_see_nothing_and_readers_cannot_write() {
 #[tokio::test]
 async fn update_and_delete() {
     let app = app().await;
-    let (_, created) = call(
+    let (_, created) = post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
     )
     .await;
     let uri = format!(
@@ -382,9 +356,8 @@ async fn update_and_delete() {
 async fn listing_filters_and_pages() {
     let app = app().await;
     for i in 0..5 {
-        call(&app, MEMBER_P1, Method::POST, "/v1/mappings",
-            Some(mapping(json!({"router_id": R1, "internal_ip_address": format!("10.0.0.{}", 10 + i), "internal_port": 22,
-                "protocol": if i % 2 == 0 { "tcp" } else { "udp" }})))).await;
+        post(&app, MEMBER_P1, json!({"router_id": R1, "internal_ip_address": format!("10.0.0.{}", 10 + i), "internal_port": 22,
+                "protocol": if i % 2 == 0 { "tcp" } else { "udp" }})).await;
     }
     let (_, udp) = call(
         &app,
@@ -480,14 +453,10 @@ async fn client_mistakes_get_json_errors_never_500() {
         (status, error_code(&body)),
         (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
     );
-    let (status, body) = call(
+    let (status, body) = post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 0}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 0}),
     )
     .await;
     assert_eq!(
@@ -641,14 +610,10 @@ async fn the_original_proxy_cli_protocol_round_trip() {
     // The same mapping through v1, and one made through v1 in the old listing.
     let (_, v1) = call(&app, READER_P1, Method::GET, "/v1/mappings", None).await;
     assert_eq!(v1["mappings"][0]["external_port"], 4000);
-    call(
+    post(
         &app,
         MEMBER_P1,
-        Method::POST,
-        "/v1/mappings",
-        Some(mapping(
-            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 80}),
-        )),
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 80}),
     )
     .await;
     let (_, listing) = call(
