@@ -38,11 +38,44 @@ pub struct Agent {
     sync: Arc<RouterSync>,
     feed: Arc<ChangeFeed>,
     resync_every: Duration,
-    /// The mappings of every namespace, as of the last pass: a change committed by this process
-    /// is applied here by fetching only that mapping, instead of reading every mapping again.
+    /// Every namespace's mappings and rule set, as of the last pass: a change committed by this
+    /// process is applied here by fetching only that mapping and updating only its elements.
     /// A namespace stays until it has been emptied in the kernel.
-    known: BTreeMap<RouterNamespace, BTreeMap<String, Mapping>>,
+    known: BTreeMap<RouterNamespace, NamespaceState>,
 }
+
+/// What the agent knows of one namespace.
+#[derive(Debug, Default)]
+struct NamespaceState {
+    mappings: BTreeMap<String, Mapping>,
+    /// The forwards of the mappings that can be programmed.
+    rules: RuleSet,
+    /// Mappings that cannot be programmed, and why.
+    invalid: BTreeMap<String, String>,
+}
+
+impl NamespaceState {
+    fn upsert(&mut self, m: Mapping) {
+        self.remove(&m.id);
+        if let Err(e) = self.rules.insert_forward(&m.forward()) {
+            self.invalid.insert(m.id.clone(), e.to_string());
+        }
+        self.mappings.insert(m.id.clone(), m);
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        let Some(old) = self.mappings.remove(id) else {
+            return false;
+        };
+        if self.invalid.remove(id).is_none() {
+            self.rules.remove_forward(&old.forward());
+        }
+        true
+    }
+}
+
+/// A mapping's new status and its reason.
+type StatusChange = (String, Status, Option<String>);
 
 /// What a loop turn has to reconcile.
 #[derive(Debug, PartialEq, Eq)]
@@ -144,20 +177,17 @@ impl Agent {
     pub async fn pass(&mut self) -> Result<PassReport, StoreError> {
         let mappings = self.store.list(&ListFilter::default()).await?;
         // Namespaces known before keep an (emptied) entry, so that their forwards are removed.
-        let mut known: BTreeMap<RouterNamespace, BTreeMap<String, Mapping>> = self
+        let mut known: BTreeMap<RouterNamespace, NamespaceState> = self
             .known
             .keys()
-            .map(|ns| (ns.clone(), BTreeMap::new()))
+            .map(|ns| (ns.clone(), NamespaceState::default()))
             .collect();
         for m in mappings {
-            known
-                .entry(m.namespace())
-                .or_default()
-                .insert(m.id.clone(), m);
+            known.entry(m.namespace()).or_default().upsert(m);
         }
         self.known = known;
         let all: BTreeSet<RouterNamespace> = self.known.keys().cloned().collect();
-        self.program(&all).await
+        self.program(&all, None).await
     }
 
     /// Applies the changes of `ids` (fetched one by one) and reprograms their namespaces.
@@ -167,143 +197,125 @@ impl Agent {
     ) -> Result<PassReport, StoreError> {
         let mut touched = BTreeSet::new();
         for id in ids {
-            for (ns, mappings) in self.known.iter_mut() {
-                if mappings.remove(id).is_some() {
+            for (ns, state) in self.known.iter_mut() {
+                if state.remove(id) {
                     touched.insert(ns.clone());
                 }
             }
             if let Some(m) = self.store.get(id).await? {
                 touched.insert(m.namespace());
-                self.known
-                    .entry(m.namespace())
-                    .or_default()
-                    .insert(id.clone(), m);
+                self.known.entry(m.namespace()).or_default().upsert(m);
             }
         }
-        self.program(&touched).await
+        self.program(&touched, Some(ids)).await
     }
 
-    /// Programs each of `namespaces` present on this node from `known`, and records the
-    /// mappings' statuses.
+    /// Programs each of `namespaces` present on this node and records statuses: of the mappings
+    /// in `changed`, or of every mapping whose status is not yet what it should be.
     async fn program(
         &mut self,
         namespaces: &BTreeSet<RouterNamespace>,
+        changed: Option<&BTreeSet<String>>,
     ) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
         for namespace in namespaces {
-            let Some(known) = self.known.get(namespace) else {
+            let Some(state) = self.known.get(namespace) else {
                 continue;
             };
             if !netns::exists(namespace.name()) {
                 report.absent_namespaces += 1;
-                if known.is_empty() {
+                if state.mappings.is_empty() {
                     self.known.remove(namespace);
                 }
                 continue;
             }
             report.namespaces += 1;
-            let mappings: Vec<&Mapping> = known.values().collect();
-            let (rules, invalid) = rules_of(&mappings);
-            let invalid: BTreeMap<String, String> = invalid
-                .into_iter()
-                .map(|(m, r)| (m.id.clone(), r))
-                .collect();
-            // Sets, not list scans: a namespace may hold tens of thousands of mappings.
-            let valid: Vec<&Mapping> = mappings
+            let concerned = |id: &String| changed.is_none_or(|c| c.contains(id));
+            let mut record: Vec<StatusChange> = state
+                .invalid
                 .iter()
-                .copied()
-                .filter(|m| !invalid.contains_key(&m.id))
+                .filter(|(id, reason)| {
+                    concerned(id)
+                        && state.mappings.get(*id).is_some_and(|m| {
+                            m.status != Status::Error || m.status_reason.as_ref() != Some(reason)
+                        })
+                })
+                .map(|(id, reason)| (id.clone(), Status::Error, Some(reason.clone())))
                 .collect();
-            let confirm: Vec<String> = valid
-                .iter()
-                .filter(|m| m.status != Status::Active || m.status_reason.is_some())
-                .map(|m| m.id.clone())
+            report.errors += state.invalid.len();
+            let valid: Vec<&Mapping> = state
+                .mappings
+                .values()
+                .filter(|m| !state.invalid.contains_key(&m.id) && concerned(&m.id))
                 .collect();
-            let valid: Vec<String> = valid.iter().map(|m| m.id.clone()).collect();
-            let empty = mappings.is_empty();
-            for (id, reason) in &invalid {
-                self.store
-                    .set_status(std::slice::from_ref(id), Status::Error, Some(reason))
-                    .await?;
-                report.errors += 1;
-            }
+            let rules = state.rules.clone();
+            let empty = state.mappings.is_empty();
             let sync = self.sync.clone();
             let ns = namespace.clone();
-            let outcome = tokio::task::spawn_blocking(move || sync.sync(&ns, &rules)).await;
-            let (status, reason) = match outcome {
+            match tokio::task::spawn_blocking(move || sync.sync(&ns, &rules)).await {
                 Ok(Ok(outcome)) => {
                     if outcome.added + outcome.removed > 0 {
                         info!(%namespace, added = outcome.added, removed = outcome.removed,
                             flows_deleted = outcome.flows_deleted, mode = ?outcome.mode, "namespace programmed");
                     }
                     report.active += valid.len();
-                    if empty {
-                        self.known.remove(namespace);
-                    }
-                    (Status::Active, None)
+                    record.extend(
+                        valid
+                            .iter()
+                            .filter(|m| m.status != Status::Active || m.status_reason.is_some())
+                            .map(|m| (m.id.clone(), Status::Active, None)),
+                    );
                 }
                 Ok(Err(e)) => {
                     warn!(%namespace, error = %e, "programming failed");
                     report.failed_namespaces += 1;
                     report.errors += valid.len();
-                    (Status::Error, Some(e.to_string()))
+                    let reason = e.to_string();
+                    record.extend(
+                        valid
+                            .iter()
+                            .map(|m| (m.id.clone(), Status::Error, Some(reason.clone()))),
+                    );
                 }
                 Err(join) => {
                     warn!(%namespace, error = %join, "programming task failed");
                     report.failed_namespaces += 1;
                     continue;
                 }
-            };
-            let ids = if status == Status::Active {
-                &confirm
-            } else {
-                &valid
-            };
+            }
+            if empty {
+                self.known.remove(namespace);
+            }
+            self.record(namespace, record).await?;
+        }
+        Ok(report)
+    }
+
+    /// Stores statuses (one transaction per status and reason) and mirrors them in `known`, so
+    /// that the next pass does not record them again.
+    async fn record(
+        &mut self,
+        namespace: &RouterNamespace,
+        record: Vec<StatusChange>,
+    ) -> Result<(), StoreError> {
+        let mut groups: BTreeMap<(Status, Option<String>), Vec<String>> = BTreeMap::new();
+        for (id, status, reason) in record {
+            groups.entry((status, reason)).or_default().push(id);
+        }
+        for ((status, reason), ids) in groups {
             self.store
-                .set_status(ids, status, reason.as_deref())
+                .set_status(&ids, status, reason.as_deref())
                 .await?;
-            // Keep our copies in step, so that the next pass does not record them again.
-            if let Some(known) = self.known.get_mut(namespace) {
-                for id in ids {
-                    if let Some(m) = known.get_mut(id) {
+            if let Some(state) = self.known.get_mut(namespace) {
+                for id in &ids {
+                    if let Some(m) = state.mappings.get_mut(id) {
                         m.status = status;
                         m.status_reason = reason.clone();
                     }
                 }
-                for (id, r) in &invalid {
-                    if let Some(m) = known.get_mut(id) {
-                        m.status = Status::Error;
-                        m.status_reason = Some(r.clone());
-                    }
-                }
             }
         }
-        Ok(report)
-    }
-}
-
-/// The rule set of one namespace's mappings, and the mappings that cannot be programmed.
-fn rules_of<'a>(mappings: &[&'a Mapping]) -> (RuleSet, Vec<(&'a Mapping, String)>) {
-    let mut invalid = vec![];
-    let mut forwards = vec![];
-    for &m in mappings {
-        let f = m.forward();
-        match f.validate() {
-            Ok(()) => forwards.push(f),
-            Err(e) => invalid.push((m, e.to_string())),
-        }
-    }
-    match RuleSet::from_forwards(&forwards) {
-        Ok(rules) => (rules, invalid),
-        // The store keeps external ports unique per router, so this means two gateways
-        // disagree; program nothing of this namespace rather than something arbitrary.
-        Err(e) => {
-            let reason = e.to_string();
-            (
-                RuleSet::default(),
-                mappings.iter().map(|&m| (m, reason.clone())).collect(),
-            )
-        }
+        Ok(())
     }
 }
 

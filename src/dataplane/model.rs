@@ -318,6 +318,47 @@ impl RuleSet {
         self.forwards.is_empty()
     }
 
+    /// Adds one forward's elements. Refused, leaving the set as it was, when the forward is
+    /// invalid or one of its external ports is already forwarded.
+    pub fn insert_forward(&mut self, fwd: &Forward) -> Result<(), DataplaneError> {
+        fwd.validate()?;
+        let single = RuleSet::from_forwards([fwd])?;
+        if let Some(key) = single
+            .forwards
+            .keys()
+            .find(|k| self.forwards.contains_key(k))
+        {
+            return Err(DataplaneError::Conflict {
+                key: *key,
+                first: "another mapping".into(),
+                second: fwd.id.clone(),
+            });
+        }
+        self.forwards.extend(single.forwards);
+        self.restricted.extend(single.restricted);
+        self.allowed.extend(single.allowed);
+        self.masqueraded.extend(single.masqueraded);
+        Ok(())
+    }
+
+    /// Removes the elements `fwd` added with [`RuleSet::insert_forward`]. Elements are owned by
+    /// one forward each: external ports and internal sockets are unique per router.
+    pub fn remove_forward(&mut self, fwd: &Forward) {
+        let Ok(single) = RuleSet::from_forwards([fwd]) else {
+            return;
+        };
+        for key in single.forwards.keys() {
+            self.forwards.remove(key);
+            self.restricted.remove(key);
+        }
+        for item in &single.allowed {
+            self.allowed.remove(item);
+        }
+        for key in &single.masqueraded {
+            self.masqueraded.remove(key);
+        }
+    }
+
     /// What turns `self` (the state the kernel holds) into `desired`.
     pub fn diff(&self, desired: &RuleSet) -> Changes {
         let mut changes = Changes::default();
@@ -522,6 +563,24 @@ mod tests {
         let set = RuleSet::from_forwards([&f]).unwrap();
         assert_eq!(set.allowed.len(), 1);
         assert_eq!(set.restricted.len(), 1);
+    }
+
+    #[test]
+    fn inserting_and_removing_forwards_one_by_one_matches_building_them_together() {
+        let mut a = fwd("a", "4000:4002", "22");
+        a.allowed_cidrs = vec!["198.51.100.0/24".parse().unwrap()];
+        a.masquerade = true;
+        let b = fwd("b", "5000", "80");
+        let mut set = RuleSet::default();
+        set.insert_forward(&a).unwrap();
+        set.insert_forward(&b).unwrap();
+        assert_eq!(set, RuleSet::from_forwards([&a, &b]).unwrap());
+        // A clash is refused and changes nothing.
+        let before = set.clone();
+        assert!(set.insert_forward(&fwd("c", "4002", "443")).is_err());
+        assert_eq!(set, before);
+        set.remove_forward(&a);
+        assert_eq!(set, RuleSet::from_forwards([&b]).unwrap());
     }
 
     #[test]

@@ -10,7 +10,19 @@ use serde::{Deserialize, Serialize};
 use crate::dataplane::{Forward, NamespaceKind, PortRange, Protocol, RouterNamespace};
 
 /// Where a mapping stands between the API and the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Status {
     /// Stored; not yet confirmed in the router namespace.
