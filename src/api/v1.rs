@@ -557,7 +557,6 @@ pub async fn update(
     let update = MappingUpdate {
         external_ports: external,
         internal_ports: internal,
-        internal_ip_address: None,
         description: description(req.description)?,
         allowed_cidrs: req.allowed_cidrs.as_deref().map(cidrs).transpose()?,
         masquerade: req.masquerade,

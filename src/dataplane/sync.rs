@@ -23,19 +23,6 @@ pub trait FlowCleaner: Send + Sync {
     ) -> Result<usize, DataplaneError>;
 }
 
-/// A cleaner that deletes nothing, for backends tested without a kernel.
-pub struct NoFlowCleanup;
-
-impl FlowCleaner for NoFlowCleanup {
-    fn delete_flows(
-        &self,
-        _: &RouterNamespace,
-        _: &[(ExternalKey, Target)],
-    ) -> Result<usize, DataplaneError> {
-        Ok(0)
-    }
-}
-
 /// How a sync reached the desired state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
@@ -87,13 +74,6 @@ impl RouterSync {
             .entry(namespace.clone())
             .or_default()
             .clone()
-    }
-
-    /// Forgets what `namespace` holds, so that its next sync rewrites it whole.
-    pub fn invalidate(&self, namespace: &RouterNamespace) {
-        if let Some(slot) = self.committed.lock().unwrap().get(namespace) {
-            *slot.lock().unwrap() = None;
-        }
     }
 
     /// Forgets every namespace: the next sync of each is a full one (periodic resync).

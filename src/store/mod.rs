@@ -217,10 +217,6 @@ impl Store {
         self.feed.clone()
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.dialect
-    }
-
     /// Brings the schema up to date (`praas db-sync`). Idempotent.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.dialect {
@@ -449,18 +445,12 @@ impl Store {
             .is_some_and(|p| p != mapping.external_ports);
         let internal_changed = update
             .internal_ports
-            .is_some_and(|p| p != mapping.internal_ports)
-            || update
-                .internal_ip_address
-                .is_some_and(|ip| ip != mapping.internal_ip_address);
+            .is_some_and(|p| p != mapping.internal_ports);
         if let Some(p) = update.external_ports {
             mapping.external_ports = p;
         }
         if let Some(p) = update.internal_ports {
             mapping.internal_ports = p;
-        }
-        if let Some(ip) = update.internal_ip_address {
-            mapping.internal_ip_address = ip;
         }
         if let Some(d) = &update.description {
             mapping.description = d.clone();

@@ -147,7 +147,6 @@ pub struct NewMapping {
 pub struct MappingUpdate {
     pub external_ports: Option<PortRange>,
     pub internal_ports: Option<PortRange>,
-    pub internal_ip_address: Option<Ipv4Addr>,
     pub description: Option<String>,
     pub allowed_cidrs: Option<Vec<Ipv4Net>>,
     pub masquerade: Option<bool>,
