@@ -43,7 +43,6 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 struct Setup {
     app: Router,
-    store: Arc<Store>,
     router_id: String,
     namespace: RouterNamespace,
     agent: tokio::task::JoinHandle<()>,
@@ -80,7 +79,6 @@ async fn setup(connection: &str) -> Setup {
     }));
     Setup {
         app,
-        store,
         router_id,
         namespace,
         agent,
@@ -229,7 +227,6 @@ async fn bench(
         ms(p50),
         format!("p50; p99 {}", ms(p99)),
     ));
-    let _ = s.store;
 }
 
 fn main() {

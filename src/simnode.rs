@@ -18,7 +18,6 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -268,13 +267,9 @@ impl SimNode {
         .map(drop)
     }
 
-    fn ns_path(name: &str) -> PathBuf {
-        netns::path_of(name)
-    }
-
     /// Starts a TCP echo server in VM `vm` on `port`.
     pub fn serve_tcp(&self, vm: usize, port: u16) -> io::Result<Server> {
-        let listener = netns::run_in_path(&Self::ns_path(&self.vms[vm].namespace), || {
+        let listener = netns::run_in_path(&netns::path_of(&self.vms[vm].namespace), || {
             TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
         })??;
         Server::tcp(listener)
@@ -282,7 +277,7 @@ impl SimNode {
 
     /// Starts a UDP echo server in VM `vm` on `port`.
     pub fn serve_udp(&self, vm: usize, port: u16) -> io::Result<Server> {
-        let socket = netns::run_in_path(&Self::ns_path(&self.vms[vm].namespace), || {
+        let socket = netns::run_in_path(&netns::path_of(&self.vms[vm].namespace), || {
             UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
         })??;
         Server::udp(socket)
@@ -290,7 +285,7 @@ impl SimNode {
 
     /// Opens a TCP connection from namespace `ns`, from source `src` if given.
     pub fn connect(ns: &str, src: Option<Ipv4Addr>, dst: SocketAddrV4) -> io::Result<Connection> {
-        let socket = netns::run_in_path(&Self::ns_path(ns), || -> io::Result<Socket> {
+        let socket = netns::run_in_path(&netns::path_of(ns), || -> io::Result<Socket> {
             let s = Socket::new(Domain::IPV4, Type::STREAM, Some(SockProtocol::TCP))?;
             if let Some(src) = src {
                 s.bind(&SockAddr::from(SocketAddrV4::new(src, 0)))?;
@@ -324,7 +319,7 @@ impl SimNode {
         dst: SocketAddrV4,
         msg: &str,
     ) -> io::Result<String> {
-        let socket = netns::run_in_path(&Self::ns_path(ns), || {
+        let socket = netns::run_in_path(&netns::path_of(ns), || {
             UdpSocket::bind(SocketAddrV4::new(src.unwrap_or(Ipv4Addr::UNSPECIFIED), 0))
         })??;
         socket.set_read_timeout(Some(IO_TIMEOUT))?;

@@ -330,7 +330,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<MappingEnvelope<CreateMapping>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mapping = create_mapping(&state, &caller, body.mapping).await?;
+    let mapping = create_mapping(&state, &caller, body.mapping, None).await?;
     Ok((
         StatusCode::CREATED,
         Json(MappingEnvelope {
@@ -339,11 +339,13 @@ pub async fn create(
     ))
 }
 
-/// Checks and stores a new mapping (v1 and the original protocol alike).
+/// Checks and stores a new mapping (v1 and the original protocol alike). With
+/// `expected_gateway` (the original protocol sends it), a router with another gateway is refused.
 pub async fn create_mapping(
     state: &SharedState,
     caller: &Caller,
     req: CreateMapping,
+    expected_gateway: Option<Ipv4Addr>,
 ) -> Result<Mapping, ApiError> {
     forbidden_unless(caller.can_write(), "create mappings")?;
     let internal_ports = ports(
@@ -401,6 +403,13 @@ pub async fn create_mapping(
     };
 
     let router = resolve_router(state, caller, req.router_id.as_deref(), internal_ip).await?;
+    if let (Some(expected), Some(gw)) = (expected_gateway, router.gateway_ip) {
+        if expected != gw {
+            return Err(ApiError::bad_request(format!(
+                "gateway {expected} is not the router's gateway ({gw})"
+            )));
+        }
+    }
     let external_ports = match external {
         Some(ext) => {
             check_ranges(ext, internal_ports)?;

@@ -171,19 +171,8 @@ async fn serve(
                 // The original rewrote the client address toward the VM.
                 masquerade: Some(true),
             };
-            // Check the gateway before anything is stored.
-            let router = state
-                .directory
-                .router(req.router_id.as_deref().unwrap_or_default())
-                .await?;
-            if let Some(gw) = router.and_then(|r| r.gateway_ip) {
-                if gw != gateway {
-                    return Err(ApiError::bad_request(format!(
-                        "gateway {gateway} is not the router's gateway ({gw})"
-                    )));
-                }
-            }
-            let m = v1::create_mapping(state, caller, req).await?;
+            // The gateway is checked against the router before anything is stored.
+            let m = v1::create_mapping(state, caller, req, Some(gateway)).await?;
             Ok(protocol::created(entry(&m, server_port)))
         }
         LegacyRequest::Remove {
