@@ -5,6 +5,8 @@
 //! `scripts/services` creates on the loopback server). Without it the MariaDB
 //! half prints why it is skipped; under CI it fails instead.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -42,48 +44,6 @@ fn policy(first: u16, last: u16, strategy: Strategy) -> Policy {
     }
 }
 
-/// A fresh SQLite store in a temporary file.
-async fn sqlite() -> Store {
-    let dir = std::env::temp_dir().join(format!(
-        "praas-store-test-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
-        .await
-        .unwrap();
-    store.migrate().await.unwrap();
-    store
-}
-
-/// A fresh MariaDB store (its own database), or `None` with the reason printed.
-async fn mariadb(test: &str) -> Option<Store> {
-    let base = std::env::var("PRAAS_TEST_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://praas_test:praas-test-password@127.0.0.1/praas_test".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&base).await {
-        Ok(pool) => pool,
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: MariaDB must be reachable in CI at {base}: {e}");
-            }
-            eprintln!("skipped {test} on MariaDB: {base} not reachable ({e})");
-            return None;
-        }
-    };
-    // One database per test, so that tests running in parallel do not see each other.
-    let name = format!("praas_t_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let store = Store::open(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    Some(store)
-}
-
 /// Runs `body` on SQLite and on MariaDB.
 macro_rules! on_both {
     ($name:ident, $body:expr) => {
@@ -92,13 +52,13 @@ macro_rules! on_both {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
-                let store = Arc::new(super::sqlite().await);
+                let store = Arc::new(common::sqlite_store().await);
                 ($body)(store).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn mariadb() {
-                if let Some(store) = super::mariadb(stringify!($name)).await {
+                if let Some(store) = common::mariadb_store(stringify!($name)).await {
                     ($body)(Arc::new(store)).await;
                 }
             }
@@ -271,6 +231,9 @@ on_both!(pagination_and_generation, |store: Arc<Store>| async move {
             .unwrap();
     }
     assert_eq!(store.generation().await.unwrap(), g0 + 5);
+    // Each commit published the counter value it wrote, in order.
+    let published: Vec<i64> = store.feed().take().into_iter().map(|(g, _)| g).collect();
+    assert_eq!(published, ((g0 + 1)..=(g0 + 5)).collect::<Vec<_>>());
     let page1 = store
         .list(&ListFilter {
             limit: Some(2),
@@ -310,4 +273,41 @@ on_both!(pagination_and_generation, |store: Arc<Store>| async move {
     assert_eq!(store.generation().await.unwrap(), g0 + 5);
     // Migrating again is harmless.
     store.migrate().await.unwrap();
+});
+
+on_both!(a_listing_returns_exactly_what_was_stored, |store: Arc<
+    Store,
+>| async move {
+    let p = Policy::default();
+    let mut a = new(None, "10.0.3.1", "8000:8001");
+    a.description = "\"quoted\" \\ back/slash ünïcødé 🚀 \t tab".into();
+    a.internal_port_id = None;
+    a.masquerade = true;
+    a.external_ports = ExternalPorts::Allocate { len: 2 };
+    let a = store.create(a, &p).await.unwrap();
+    let mut b = new(None, "10.0.3.2", "22");
+    b.protocol = Protocol::Udp;
+    b.allowed_cidrs = vec![
+        "192.0.2.0/24".parse().unwrap(),
+        "198.51.100.7/32".parse().unwrap(),
+    ];
+    let b = store.create(b, &p).await.unwrap();
+    store
+        .set_status(
+            std::slice::from_ref(&b.id),
+            praas::store::Status::Error,
+            Some("reason: \"x\""),
+        )
+        .await
+        .unwrap();
+    let mut want = vec![
+        store.get(&a.id).await.unwrap().unwrap(),
+        store.get(&b.id).await.unwrap().unwrap(),
+    ];
+    want.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(store.list(&ListFilter::default()).await.unwrap(), want);
+    assert_eq!(
+        want.iter().find(|m| m.id == a.id).unwrap().description,
+        a.description
+    );
 });

@@ -11,13 +11,14 @@
 //! Namespaces that are not on this node belong to another network node's agent.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::dataplane::sync::RouterSync;
-use crate::dataplane::{netns, RouterNamespace, RuleSet};
+use crate::dataplane::sync::{RouterSync, SyncOutcome};
+use crate::dataplane::{netns, Changes, DataplaneError, Forward, RouterNamespace, RuleSet};
 use crate::store::{ChangeFeed, ListFilter, Mapping, Status, Store, StoreError};
 
 /// How often the store's generation is read to notice changes made by another process.
@@ -42,6 +43,18 @@ pub struct Agent {
     /// process is applied here by fetching only that mapping and updating only its elements.
     /// A namespace stays until it has been emptied in the kernel.
     known: BTreeMap<RouterNamespace, NamespaceState>,
+    counters: Arc<Counters>,
+}
+
+/// What the agent has done since it started (for metrics and tests).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Passes over every mapping: the first, periodic resyncs, and changes the change feed did
+    /// not account for (another process's, or after a failure).
+    pub full_passes: AtomicU64,
+    /// Passes over the mappings this process changed.
+    pub change_passes: AtomicU64,
+    pub failed_passes: AtomicU64,
 }
 
 /// What the agent knows of one namespace.
@@ -52,6 +65,9 @@ struct NamespaceState {
     rules: RuleSet,
     /// Mappings that cannot be programmed, and why.
     invalid: BTreeMap<String, String>,
+    /// The namespace holds exactly `rules`, as the last programming of it succeeded: a change
+    /// can be applied as a difference, without handing over (or diffing) the whole set.
+    in_sync: bool,
 }
 
 impl NamespaceState {
@@ -61,6 +77,12 @@ impl NamespaceState {
             self.invalid.insert(m.id.clone(), e.to_string());
         }
         self.mappings.insert(m.id.clone(), m);
+    }
+
+    /// The forward of mapping `id` as programmed (not of an invalid one).
+    fn programmed(&self, id: &str) -> Option<Forward> {
+        let m = self.mappings.get(id)?;
+        (!self.invalid.contains_key(id)).then(|| m.forward())
     }
 
     fn remove(&mut self, id: &str) -> bool {
@@ -87,9 +109,10 @@ enum Work {
 }
 
 /// Decides between a per-mapping and a full pass. `drained` are the (generation, mapping id)
-/// pairs this process committed; they cover the changes since `seen` exactly when every
+/// pairs this process wrote; they cover the changes since `seen` exactly when every
 /// generation in `seen+1 ..= current` is among them. Anything else (a change by another
-/// process, a failed read, the first turn) means reconciling everything.
+/// process, a failed read, the first turn) means reconciling everything. Entries above
+/// `current` are not visible yet and wait for a later turn.
 fn plan(seen: Option<i64>, current: Option<i64>, drained: &[(i64, String)]) -> Work {
     let (Some(seen), Some(current)) = (seen, current) else {
         return Work::Everything;
@@ -103,7 +126,7 @@ fn plan(seen: Option<i64>, current: Option<i64>, drained: &[(i64, String)]) -> W
     }
     let ids: BTreeSet<String> = drained
         .iter()
-        .filter(|(g, _)| *g > seen)
+        .filter(|(g, _)| *g > seen && *g <= current)
         .map(|(_, id)| id.clone())
         .collect();
     if ids.is_empty() {
@@ -122,16 +145,24 @@ impl Agent {
             feed,
             resync_every,
             known: BTreeMap::new(),
+            counters: Arc::default(),
         }
+    }
+
+    /// The agent's counters, which keep counting once it runs.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
         let mut seen: Option<i64> = None;
+        let mut pending: Vec<(i64, String)> = vec![];
         let mut last_full = Instant::now();
         loop {
-            // Drain before reading the generation: whatever was drained committed before it.
-            let drained = self.feed.take();
+            // Read the generation, then drain: a local change visible in the generation was
+            // published before it committed, so its entry is drained too. Entries not visible
+            // yet (published, not committed when the generation was read) wait for later.
             let current = match self.store.generation().await {
                 Ok(g) => Some(g),
                 Err(e) => {
@@ -139,12 +170,17 @@ impl Agent {
                     None
                 }
             };
-            let mut work = plan(seen, current, &drained);
+            pending.extend(self.feed.take());
+            let mut work = plan(seen, current, &pending);
+            if let Some(current) = current {
+                pending.retain(|(g, _)| *g > current);
+            }
             if last_full.elapsed() >= self.resync_every {
                 // Periodic resync: forget what the namespaces hold, rewrite and read back all.
                 self.sync.invalidate_all();
                 work = Work::Everything;
             }
+            let started = Instant::now();
             let result = match &work {
                 Work::Nothing => Ok(PassReport::default()),
                 Work::Mappings(ids) => self.pass_mappings(ids).await,
@@ -152,16 +188,24 @@ impl Agent {
             };
             match result {
                 Ok(report) => {
-                    if work == Work::Everything {
-                        last_full = Instant::now();
+                    match work {
+                        Work::Everything => {
+                            last_full = Instant::now();
+                            self.counters.full_passes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Work::Mappings(_) => {
+                            self.counters.change_passes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Work::Nothing => {}
                     }
                     if work != Work::Nothing {
-                        debug!(?report, "agent pass");
+                        debug!(?report, elapsed = ?started.elapsed(), "agent pass");
                     }
                     seen = current;
                 }
                 // Nothing is marked as seen: the next turn reconciles everything again.
                 Err(e) => {
+                    self.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
                     warn!(error = ?e, "agent pass failed; retrying");
                     seen = None;
                 }
@@ -190,47 +234,77 @@ impl Agent {
         self.program(&all, None).await
     }
 
-    /// Applies the changes of `ids` (fetched one by one) and reprograms their namespaces.
+    /// Applies the changes of `ids` (fetched in one query) and reprograms their namespaces with
+    /// the difference those mappings make, so that the cost follows the change, not the
+    /// number of mappings on the router.
     pub async fn pass_mappings(
         &mut self,
         ids: &BTreeSet<String>,
     ) -> Result<PassReport, StoreError> {
-        let mut touched = BTreeSet::new();
+        // The forwards of the changed mappings before and after, per namespace. Mappings own
+        // disjoint keys, so the difference of these is the namespace's difference.
+        let mut before: BTreeMap<RouterNamespace, Vec<Forward>> = BTreeMap::new();
+        let mut after: BTreeMap<RouterNamespace, Vec<Forward>> = BTreeMap::new();
+        let list: Vec<String> = ids.iter().cloned().collect();
+        let current = self.store.get_many(&list).await?;
         for id in ids {
             for (ns, state) in self.known.iter_mut() {
+                if let Some(fwd) = state.programmed(id) {
+                    before.entry(ns.clone()).or_default().push(fwd);
+                }
                 if state.remove(id) {
-                    touched.insert(ns.clone());
+                    before.entry(ns.clone()).or_default();
                 }
             }
-            if let Some(m) = self.store.get(id).await? {
-                touched.insert(m.namespace());
-                self.known.entry(m.namespace()).or_default().upsert(m);
+        }
+        for m in current {
+            let (id, ns) = (m.id.clone(), m.namespace());
+            let state = self.known.entry(ns.clone()).or_default();
+            state.upsert(m);
+            let fwd = state.programmed(&id);
+            after.entry(ns).or_default().extend(fwd);
+        }
+        let touched: BTreeSet<RouterNamespace> =
+            before.keys().chain(after.keys()).cloned().collect();
+        let mut deltas = BTreeMap::new();
+        for ns in &touched {
+            let forwards = |m: &BTreeMap<RouterNamespace, Vec<Forward>>| {
+                RuleSet::from_forwards(m.get(ns).map(Vec::as_slice).unwrap_or_default())
+            };
+            // Forwards that were valid together stay valid together; if not, the namespace
+            // gets a whole sync instead.
+            if let (Ok(old), Ok(new)) = (forwards(&before), forwards(&after)) {
+                deltas.insert(ns.clone(), old.diff(&new));
             }
         }
-        self.program(&touched, Some(ids)).await
+        self.program(&touched, Some((ids, &deltas))).await
     }
 
     /// Programs each of `namespaces` present on this node and records statuses: of the mappings
-    /// in `changed`, or of every mapping whose status is not yet what it should be.
+    /// in `changed`, or of every mapping whose status is not yet what it should be. With
+    /// `changed`, a namespace in sync is given only its difference.
     async fn program(
         &mut self,
         namespaces: &BTreeSet<RouterNamespace>,
-        changed: Option<&BTreeSet<String>>,
+        changed: Option<(&BTreeSet<String>, &BTreeMap<RouterNamespace, Changes>)>,
     ) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
+        let changed_ids = changed.map(|(ids, _)| ids);
+        let sync = self.sync.clone();
         for namespace in namespaces {
-            let Some(state) = self.known.get(namespace) else {
+            let Some(state) = self.known.get_mut(namespace) else {
                 continue;
             };
             if !netns::exists(namespace.name()) {
                 report.absent_namespaces += 1;
+                state.in_sync = false;
                 if state.mappings.is_empty() {
                     self.known.remove(namespace);
                 }
                 continue;
             }
             report.namespaces += 1;
-            let concerned = |id: &String| changed.is_none_or(|c| c.contains(id));
+            let concerned = |id: &String| changed_ids.is_none_or(|c| c.contains(id));
             let mut record: Vec<StatusChange> = state
                 .invalid
                 .iter()
@@ -243,17 +317,25 @@ impl Agent {
                 .map(|(id, reason)| (id.clone(), Status::Error, Some(reason.clone())))
                 .collect();
             report.errors += state.invalid.len();
-            let valid: Vec<&Mapping> = state
-                .mappings
-                .values()
-                .filter(|m| !state.invalid.contains_key(&m.id) && concerned(&m.id))
-                .collect();
-            let rules = state.rules.clone();
+            let valid: Vec<&Mapping> = match changed_ids {
+                Some(ids) => ids
+                    .iter()
+                    .filter_map(|id| state.mappings.get(id))
+                    .collect::<Vec<_>>(),
+                None => state.mappings.values().collect::<Vec<_>>(),
+            }
+            .into_iter()
+            .filter(|m| !state.invalid.contains_key(&m.id))
+            .collect();
+            let delta = changed
+                .and_then(|(_, deltas)| deltas.get(namespace))
+                .filter(|_| state.in_sync)
+                .cloned();
             let empty = state.mappings.is_empty();
-            let sync = self.sync.clone();
-            let ns = namespace.clone();
-            match tokio::task::spawn_blocking(move || sync.sync(&ns, &rules)).await {
+            let outcome = apply(&sync, namespace, delta, &state.rules).await;
+            match outcome {
                 Ok(Ok(outcome)) => {
+                    state.in_sync = true;
                     if outcome.added + outcome.removed > 0 {
                         info!(%namespace, added = outcome.added, removed = outcome.removed,
                             flows_deleted = outcome.flows_deleted, mode = ?outcome.mode, "namespace programmed");
@@ -267,6 +349,7 @@ impl Agent {
                     );
                 }
                 Ok(Err(e)) => {
+                    state.in_sync = false;
                     warn!(%namespace, error = %e, "programming failed");
                     report.failed_namespaces += 1;
                     report.errors += valid.len();
@@ -278,6 +361,7 @@ impl Agent {
                     );
                 }
                 Err(join) => {
+                    state.in_sync = false;
                     warn!(%namespace, error = %join, "programming task failed");
                     report.failed_namespaces += 1;
                     continue;
@@ -319,6 +403,26 @@ impl Agent {
     }
 }
 
+/// Programs `namespace` off the runtime's threads: `delta` alone when given and the
+/// namespace's state is known to the sync, else the whole of `rules` (cloned only then).
+async fn apply(
+    sync: &Arc<RouterSync>,
+    namespace: &RouterNamespace,
+    delta: Option<Changes>,
+    rules: &RuleSet,
+) -> Result<Result<SyncOutcome, DataplaneError>, tokio::task::JoinError> {
+    if let Some(delta) = delta {
+        let (s, ns) = (sync.clone(), namespace.clone());
+        match tokio::task::spawn_blocking(move || s.apply_changes(&ns, &delta)).await? {
+            Ok(Some(outcome)) => return Ok(Ok(outcome)),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    let (s, ns, whole) = (sync.clone(), namespace.clone(), rules.clone());
+    tokio::task::spawn_blocking(move || s.sync(&ns, &whole)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +459,15 @@ mod tests {
         assert_eq!(plan(Some(10), Some(10), &d(&[])), Work::Nothing);
         // Drained late: already covered by the pass that saw generation 10.
         assert_eq!(plan(Some(10), Some(10), &d(&[(10, "a")])), Work::Nothing);
+    }
+
+    #[test]
+    fn entries_not_yet_visible_wait() {
+        // 12 is published but its transaction has not committed yet.
+        assert_eq!(
+            plan(Some(10), Some(11), &d(&[(11, "a"), (12, "b")])),
+            Work::Mappings(["a".to_string()].into())
+        );
+        assert_eq!(plan(Some(11), Some(11), &d(&[(12, "b")])), Work::Nothing);
     }
 }

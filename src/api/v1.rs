@@ -74,29 +74,29 @@ pub struct MappingView {
     pub updated_at: String,
 }
 
-impl From<&Mapping> for MappingView {
-    fn from(m: &Mapping) -> Self {
+impl From<Mapping> for MappingView {
+    fn from(m: Mapping) -> Self {
         let single = |r: PortRange| (r.len() == 1).then_some(r.first());
         let range = |r: PortRange| format!("{}:{}", r.first(), r.last());
         MappingView {
-            id: m.id.clone(),
-            project_id: m.project_id.clone(),
-            router_id: m.router_id.clone(),
-            external_ip_address: m.external_ip_address,
             external_port: single(m.external_ports),
             external_port_range: range(m.external_ports),
-            internal_ip_address: m.internal_ip_address,
-            internal_port_id: m.internal_port_id.clone(),
             internal_port: single(m.internal_ports),
             internal_port_range: range(m.internal_ports),
             protocol: m.protocol.as_str().into(),
-            description: m.description.clone(),
             allowed_cidrs: m.allowed_cidrs.iter().map(|c| c.to_string()).collect(),
+            id: m.id,
+            project_id: m.project_id,
+            router_id: m.router_id,
+            external_ip_address: m.external_ip_address,
+            internal_ip_address: m.internal_ip_address,
+            internal_port_id: m.internal_port_id,
+            description: m.description,
             masquerade: m.masquerade,
             status: m.status,
-            status_reason: m.status_reason.clone(),
-            created_at: m.created_at.clone(),
-            updated_at: m.updated_at.clone(),
+            status_reason: m.status_reason,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
         }
     }
 }
@@ -334,7 +334,7 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(MappingEnvelope {
-            mapping: MappingView::from(&mapping),
+            mapping: MappingView::from(mapping),
         }),
     ))
 }
@@ -499,7 +499,7 @@ pub async fn list(
     };
     let mappings = state.store.list(&filter).await?;
     Ok(Json(MappingList {
-        mappings: mappings.iter().map(MappingView::from).collect(),
+        mappings: mappings.into_iter().map(MappingView::from).collect(),
     }))
 }
 
@@ -526,7 +526,7 @@ pub async fn show(
     forbidden_unless(caller.can_read(), "show mappings")?;
     let m = visible(&state, &caller, &id).await?;
     Ok(Json(MappingEnvelope {
-        mapping: MappingView::from(&m),
+        mapping: MappingView::from(m),
     }))
 }
 
@@ -573,7 +573,7 @@ pub async fn update(
     let mapping = state.store.update(&id, &update).await?;
     tracing::info!(mapping = %mapping.id, project = %mapping.project_id, "mapping updated");
     Ok(Json(MappingEnvelope {
-        mapping: MappingView::from(&mapping),
+        mapping: MappingView::from(mapping),
     }))
 }
 

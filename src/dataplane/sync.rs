@@ -124,6 +124,48 @@ impl RouterSync {
         Ok(outcome)
     }
 
+    /// Applies `changes` to `namespace` when what it holds is known, without looking at the
+    /// whole rule set: the caller's cost stays proportional to the change. `changes` must be
+    /// the difference from what the last successful `sync`/`apply_changes` programmed here.
+    /// `Ok(None)` when nothing is known (never synced, or forgotten after a failure or a drift)
+    /// or the update failed: then the caller must `sync` the whole desired set.
+    pub fn apply_changes(
+        &self,
+        namespace: &RouterNamespace,
+        changes: &Changes,
+    ) -> Result<Option<SyncOutcome>, DataplaneError> {
+        let slot = self.slot(namespace);
+        let mut committed = slot.lock().unwrap();
+        let Some(current) = committed.as_mut() else {
+            return Ok(None);
+        };
+        if changes.is_empty() {
+            return Ok(Some(SyncOutcome {
+                mode: SyncMode::Unchanged,
+                added: 0,
+                removed: 0,
+                flows_deleted: 0,
+            }));
+        }
+        match self.backend.update(namespace, changes) {
+            Ok(()) => {
+                current.apply(changes);
+                let flows_deleted = self.clean(namespace, changes);
+                Ok(Some(SyncOutcome {
+                    mode: SyncMode::Incremental,
+                    added: changes.add_forwards.len(),
+                    removed: changes.remove_forwards.len(),
+                    flows_deleted,
+                }))
+            }
+            Err(e) => {
+                warn!(%namespace, error = %e, "incremental update failed; the namespace will be rewritten");
+                *committed = None;
+                Ok(None)
+            }
+        }
+    }
+
     /// Rewrites our table in `namespace`, verifies it, and cleans the flows of forwards that
     /// were in the kernel before but are not desired.
     fn full_sync_locked(
@@ -362,6 +404,38 @@ mod tests {
         assert!(sync.sync(&ns, &rules(&[(4000, 22)])).is_err());
         assert_eq!(
             sync.sync(&ns, &rules(&[(4000, 22)])).unwrap().mode,
+            SyncMode::Full
+        );
+    }
+
+    #[test]
+    fn changes_apply_only_on_top_of_a_known_state() {
+        let (fake, cleaner, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        let delta = rules(&[]).diff(&rules(&[(4000, 22)]));
+        // Nothing programmed yet: the caller is told to sync everything.
+        assert!(sync.apply_changes(&ns, &delta).unwrap().is_none());
+        sync.sync(&ns, &rules(&[(4000, 22)])).unwrap();
+        let delta = rules(&[(4000, 22)]).diff(&rules(&[(4001, 22)]));
+        let out = sync.apply_changes(&ns, &delta).unwrap().unwrap();
+        assert_eq!(
+            (out.mode, out.added, out.removed, out.flows_deleted),
+            (SyncMode::Incremental, 1, 1, 1)
+        );
+        assert_eq!(fake.table(&ns), Some(rules(&[(4001, 22)])));
+        assert_eq!(cleaner.0.lock().unwrap()[0].0.port, 4000);
+        // What was applied is now the known state: a sync to the same set changes nothing.
+        assert_eq!(
+            sync.sync(&ns, &rules(&[(4001, 22)])).unwrap().mode,
+            SyncMode::Unchanged
+        );
+        // A failed update forgets the state, so the next call asks for everything.
+        fake.fail_next_writes(1);
+        let delta = rules(&[(4001, 22)]).diff(&rules(&[(4002, 22)]));
+        assert!(sync.apply_changes(&ns, &delta).unwrap().is_none());
+        assert!(sync.apply_changes(&ns, &delta).unwrap().is_none());
+        assert_eq!(
+            sync.sync(&ns, &rules(&[(4002, 22)])).unwrap().mode,
             SyncMode::Full
         );
     }

@@ -9,10 +9,10 @@
 
 pub mod allocate;
 pub mod model;
+mod row;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use chrono::{SecondsFormat, Utc};
@@ -25,6 +25,7 @@ pub use allocate::{Policy, Strategy};
 pub use model::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 
 use crate::dataplane::{PortRange, Protocol};
+use row::StoredRow;
 
 /// Blind random tries before the used ports are read: with a range a sixth full, eight tries
 /// all collide once in millions of allocations, while reading 10,000 used ports costs
@@ -153,8 +154,14 @@ pub struct Store {
     feed: Arc<ChangeFeed>,
 }
 
-/// The changes this process committed, for an agent in the same process: (generation, mapping
-/// id) per commit. An agent elsewhere sees only the generation move and reconciles everything.
+/// The changes this process makes, for an agent in the same process: (generation, mapping id)
+/// per write. An agent elsewhere sees only the generation move and reconciles everything.
+///
+/// An entry is published just before its transaction commits, so that once a generation is
+/// visible in the database, the entry that wrote it is already here: had it been published
+/// after, a reader could see the generation first, take it for another process's change and
+/// reconcile everything. An entry whose transaction then fails is harmless: readers re-read
+/// the mapping, and they act on an entry only once its generation is visible.
 #[derive(Default)]
 pub struct ChangeFeed {
     entries: std::sync::Mutex<Vec<(i64, String)>>,
@@ -162,12 +169,11 @@ pub struct ChangeFeed {
 }
 
 impl ChangeFeed {
-    fn publish(&self, generation: i64, router_id: &str) {
+    fn publish(&self, generation: i64, mapping_id: &str) {
         self.entries
             .lock()
             .unwrap()
-            .push((generation, router_id.to_string()));
-        self.notify.notify_one();
+            .push((generation, mapping_id.to_string()));
     }
 
     /// Everything published since the last call.
@@ -175,7 +181,7 @@ impl ChangeFeed {
         std::mem::take(&mut *self.entries.lock().unwrap())
     }
 
-    /// Waits for the next publication (or one that happened since the last wait).
+    /// Waits for the next commit of a published change (or one since the last wait).
     pub async fn changed(&self) {
         self.notify.notified().await
     }
@@ -230,6 +236,101 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Ends a writing transaction: commits it when `written` (the generation it wrote) is
+    /// there, publishing the change to the feed first, so that a reader that sees the new
+    /// generation in the database always finds its entry (see [`ChangeFeed`]). On an error it
+    /// rolls back at once: a transaction left for the pool to roll back later keeps its locks
+    /// (InnoDB holds a shared lock on a duplicate key it refused), and every writer near them
+    /// waits. A conflict is then completed with the mapping that holds the port or socket.
+    async fn finish(
+        &self,
+        tx: Transaction<'_, Any>,
+        written: Result<i64, StoreError>,
+        mapping_id: &str,
+    ) -> Result<(), StoreError> {
+        let generation = match written {
+            Ok(generation) => generation,
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(error = %rollback, "rollback failed");
+                }
+                return Err(self.name_owner(e).await);
+            }
+        };
+        self.feed.publish(generation, mapping_id);
+        let result = tx.commit().await;
+        self.feed.notify.notify_one();
+        Ok(result?)
+    }
+
+    /// Fills in who holds a port or socket that a write found taken, read after the write
+    /// rolled back (unknown if it was released meanwhile).
+    async fn name_owner(&self, e: StoreError) -> StoreError {
+        let owner = |sql: &'static str, binds: Vec<Bind>| async move {
+            let mut query = sqlx::query(sql);
+            for b in binds {
+                query = match b {
+                    Bind::Text(s) => query.bind(s),
+                    Bind::Int(i) => query.bind(i),
+                };
+            }
+            match query.fetch_optional(&self.pool).await {
+                Ok(Some(row)) => row.try_get::<String, _>(0).unwrap_or_default(),
+                _ => String::new(),
+            }
+        };
+        match e {
+            StoreError::ExternalPortInUse {
+                router_id,
+                protocol,
+                port,
+                ..
+            } => {
+                let mapping_id = owner(
+                    "SELECT mapping_id FROM external_ports WHERE router_id = ? AND protocol = ? AND port = ?",
+                    vec![
+                        Bind::Text(router_id.clone()),
+                        Bind::Text(protocol.as_str().into()),
+                        Bind::Int(i64::from(port)),
+                    ],
+                )
+                .await;
+                StoreError::ExternalPortInUse {
+                    router_id,
+                    protocol,
+                    port,
+                    mapping_id,
+                }
+            }
+            StoreError::InternalSocketMapped {
+                router_id,
+                ip,
+                protocol,
+                port,
+                ..
+            } => {
+                let mapping_id = owner(
+                    "SELECT mapping_id FROM internal_sockets WHERE router_id = ? AND protocol = ? AND ip = ? AND port = ?",
+                    vec![
+                        Bind::Text(router_id.clone()),
+                        Bind::Text(protocol.as_str().into()),
+                        Bind::Text(ip.to_string()),
+                        Bind::Int(i64::from(port)),
+                    ],
+                )
+                .await;
+                StoreError::InternalSocketMapped {
+                    router_id,
+                    ip,
+                    protocol,
+                    port,
+                    mapping_id,
+                }
+            }
+            other => other,
+        }
     }
 
     async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
@@ -343,52 +444,52 @@ impl Store {
             updated_at: at,
         };
         let mut tx = self.pool.begin().await?;
-        claim_external(&mut tx, &mapping).await?;
-        claim_internal(&mut tx, &mapping).await?;
-        sqlx::query(
-            "INSERT INTO mappings (id, project_id, router_id, distributed, external_ip_address, protocol, \
-             external_port_first, external_port_last, internal_ip_address, internal_port_id, internal_port_first, \
-             internal_port_last, description, allowed_cidrs, masquerade, status, status_reason, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&mapping.id)
-        .bind(&mapping.project_id)
-        .bind(&mapping.router_id)
-        .bind(i64::from(mapping.distributed))
-        .bind(mapping.external_ip_address.to_string())
-        .bind(mapping.protocol.as_str())
-        .bind(i64::from(mapping.external_ports.first()))
-        .bind(i64::from(mapping.external_ports.last()))
-        .bind(mapping.internal_ip_address.to_string())
-        .bind(mapping.internal_port_id.clone())
-        .bind(i64::from(mapping.internal_ports.first()))
-        .bind(i64::from(mapping.internal_ports.last()))
-        .bind(&mapping.description)
-        .bind(cidrs_to_text(&mapping.allowed_cidrs))
-        .bind(i64::from(mapping.masquerade))
-        .bind(mapping.status.as_str())
-        .bind(mapping.status_reason.clone())
-        .bind(&mapping.created_at)
-        .bind(&mapping.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        let generation = bump_generation(&mut tx).await?;
-        tx.commit().await?;
-        self.feed.publish(generation, &mapping.id);
+        let written = async {
+            claim_external(&mut tx, &mapping).await?;
+            claim_internal(&mut tx, &mapping).await?;
+            insert_row(&mut tx, &mapping).await?;
+            bump_generation(&mut tx, self.dialect).await
+        }
+        .await;
+        self.finish(tx, written, &mapping.id).await?;
         Ok(mapping)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM mappings WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(from_row).transpose()
+        let found = sqlx::query(&format!(
+            "SELECT {} FROM mappings WHERE id = ?",
+            row::column_list()
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        found.as_ref().map(from_row).transpose()
+    }
+
+    /// The mappings among `ids` that exist, in id order: one query per 500 ids.
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Mapping>, StoreError> {
+        let mut found = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "SELECT {} FROM mappings WHERE id IN ({}) ORDER BY id",
+                row::column_list(),
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                found.push(from_row(&r)?);
+            }
+        }
+        found.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
     }
 
     /// Mappings matching `filter`, in id order.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Mapping>, StoreError> {
-        let mut sql = format!("SELECT {COLUMNS} FROM mappings WHERE 1 = 1");
+        let mut sql = format!("SELECT {} FROM mappings WHERE 1 = 1", row::column_list());
         let mut binds: Vec<Bind> = vec![];
         let mut eq = |column: &str, value: Option<String>| {
             if let Some(v) = value {
@@ -417,12 +518,26 @@ impl Store {
         if let Some(limit) = filter.limit {
             sql += &format!(" LIMIT {limit}");
         }
+        let json = self.dialect == Dialect::Sqlite;
+        if json {
+            sql = row::sqlite_json_select(&sql);
+        }
         let mut query = sqlx::query(&sql);
         for b in binds {
             query = match b {
                 Bind::Text(s) => query.bind(s),
                 Bind::Int(i) => query.bind(i),
             };
+        }
+        if json {
+            let doc: String = query.fetch_one(&self.pool).await?.try_get(0)?;
+            let mut mappings = StoredRow::from_json_document(&doc)?
+                .into_iter()
+                .map(StoredRow::into_mapping)
+                .collect::<Result<Vec<_>, _>>()?;
+            // The aggregate keeps the subquery's order in practice; SQLite does not promise it.
+            mappings.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+            return Ok(mappings);
         }
         query
             .fetch_all(&self.pool)
@@ -465,42 +580,44 @@ impl Store {
         mapping.status_reason = None;
         mapping.updated_at = now();
         let mut tx = self.pool.begin().await?;
-        if external_changed {
-            sqlx::query("DELETE FROM external_ports WHERE mapping_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            claim_external(&mut tx, &mapping).await?;
+        let written = async {
+            if external_changed {
+                sqlx::query("DELETE FROM external_ports WHERE mapping_id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                claim_external(&mut tx, &mapping).await?;
+            }
+            if internal_changed {
+                sqlx::query("DELETE FROM internal_sockets WHERE mapping_id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                claim_internal(&mut tx, &mapping).await?;
+            }
+            sqlx::query(
+                "UPDATE mappings SET external_port_first = ?, external_port_last = ?, internal_ip_address = ?, \
+                 internal_port_first = ?, internal_port_last = ?, description = ?, allowed_cidrs = ?, masquerade = ?, \
+                 status = ?, status_reason = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(i64::from(mapping.external_ports.first()))
+            .bind(i64::from(mapping.external_ports.last()))
+            .bind(mapping.internal_ip_address.to_string())
+            .bind(i64::from(mapping.internal_ports.first()))
+            .bind(i64::from(mapping.internal_ports.last()))
+            .bind(&mapping.description)
+            .bind(cidrs_to_text(&mapping.allowed_cidrs))
+            .bind(i64::from(mapping.masquerade))
+            .bind(mapping.status.as_str())
+            .bind(mapping.status_reason.clone())
+            .bind(&mapping.updated_at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            bump_generation(&mut tx, self.dialect).await
         }
-        if internal_changed {
-            sqlx::query("DELETE FROM internal_sockets WHERE mapping_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            claim_internal(&mut tx, &mapping).await?;
-        }
-        sqlx::query(
-            "UPDATE mappings SET external_port_first = ?, external_port_last = ?, internal_ip_address = ?, \
-             internal_port_first = ?, internal_port_last = ?, description = ?, allowed_cidrs = ?, masquerade = ?, \
-             status = ?, status_reason = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(i64::from(mapping.external_ports.first()))
-        .bind(i64::from(mapping.external_ports.last()))
-        .bind(mapping.internal_ip_address.to_string())
-        .bind(i64::from(mapping.internal_ports.first()))
-        .bind(i64::from(mapping.internal_ports.last()))
-        .bind(&mapping.description)
-        .bind(cidrs_to_text(&mapping.allowed_cidrs))
-        .bind(i64::from(mapping.masquerade))
-        .bind(mapping.status.as_str())
-        .bind(mapping.status_reason.clone())
-        .bind(&mapping.updated_at)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        let generation = bump_generation(&mut tx).await?;
-        tx.commit().await?;
-        self.feed.publish(generation, &mapping.id);
+        .await;
+        self.finish(tx, written, &mapping.id).await?;
         Ok(mapping)
     }
 
@@ -511,19 +628,22 @@ impl Store {
             return Ok(None);
         };
         let mut tx = self.pool.begin().await?;
-        for table in ["external_ports", "internal_sockets"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE mapping_id = ?"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        let written = async {
+            for table in ["external_ports", "internal_sockets", "mappings"] {
+                let column = if table == "mappings" {
+                    "id"
+                } else {
+                    "mapping_id"
+                };
+                sqlx::query(&format!("DELETE FROM {table} WHERE {column} = ?"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            bump_generation(&mut tx, self.dialect).await
         }
-        sqlx::query("DELETE FROM mappings WHERE id = ?")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let generation = bump_generation(&mut tx).await?;
-        tx.commit().await?;
-        self.feed.publish(generation, &mapping.id);
+        .await;
+        self.finish(tx, written, &mapping.id).await?;
         Ok(Some(mapping))
     }
 
@@ -572,20 +692,65 @@ enum Bind {
     Int(i64),
 }
 
-const COLUMNS: &str = "id, project_id, router_id, distributed, external_ip_address, protocol, external_port_first, \
-     external_port_last, internal_ip_address, internal_port_id, internal_port_first, internal_port_last, description, \
-     allowed_cidrs, masquerade, status, status_reason, created_at, updated_at";
+/// Bumps the change counter inside the writing transaction and returns its new value, in one
+/// statement: the row stays locked until the transaction ends, so values are never shared, and
+/// a second round trip while holding that lock would queue every concurrent writer behind it.
+async fn bump_generation(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+) -> Result<i64, StoreError> {
+    match dialect {
+        Dialect::Sqlite => {
+            let row =
+                sqlx::query("UPDATE generation SET value = value + 1 WHERE id = 1 RETURNING value")
+                    .fetch_one(&mut **tx)
+                    .await?;
+            Ok(row.try_get::<i64, _>(0)?)
+        }
+        Dialect::MySql => {
+            // LAST_INSERT_ID(expr) hands the new value back in the statement's OK packet.
+            let done =
+                sqlx::query("UPDATE generation SET value = LAST_INSERT_ID(value + 1) WHERE id = 1")
+                    .execute(&mut **tx)
+                    .await?;
+            done.last_insert_id().ok_or_else(|| StoreError::Corrupt {
+                id: "(generation)".into(),
+                reason: "the server returned no counter value".into(),
+            })
+        }
+    }
+}
 
-/// Bumps the change counter inside the writing transaction and returns its new value (the
-/// row is locked by the update until the transaction ends, so values are never shared).
-async fn bump_generation(tx: &mut Transaction<'_, Any>) -> Result<i64, StoreError> {
-    sqlx::query("UPDATE generation SET value = value + 1 WHERE id = 1")
+/// Writes the row of a new mapping.
+async fn insert_row(tx: &mut Transaction<'_, Any>, mapping: &Mapping) -> Result<(), StoreError> {
+    sqlx::query(
+            "INSERT INTO mappings (id, project_id, router_id, distributed, external_ip_address, protocol, \
+             external_port_first, external_port_last, internal_ip_address, internal_port_id, internal_port_first, \
+             internal_port_last, description, allowed_cidrs, masquerade, status, status_reason, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&mapping.id)
+        .bind(&mapping.project_id)
+        .bind(&mapping.router_id)
+        .bind(i64::from(mapping.distributed))
+        .bind(mapping.external_ip_address.to_string())
+        .bind(mapping.protocol.as_str())
+        .bind(i64::from(mapping.external_ports.first()))
+        .bind(i64::from(mapping.external_ports.last()))
+        .bind(mapping.internal_ip_address.to_string())
+        .bind(mapping.internal_port_id.clone())
+        .bind(i64::from(mapping.internal_ports.first()))
+        .bind(i64::from(mapping.internal_ports.last()))
+        .bind(&mapping.description)
+        .bind(cidrs_to_text(&mapping.allowed_cidrs))
+        .bind(i64::from(mapping.masquerade))
+        .bind(mapping.status.as_str())
+        .bind(mapping.status_reason.clone())
+        .bind(&mapping.created_at)
+        .bind(&mapping.updated_at)
         .execute(&mut **tx)
         .await?;
-    let row = sqlx::query("SELECT value FROM generation WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?;
-    Ok(row.try_get::<i64, _>(0)?)
+    Ok(())
 }
 
 /// SQLSTATE 40001: the server chose this transaction as a deadlock victim.
@@ -597,7 +762,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Claims every external port of `m`; a port already claimed names its owner.
+/// Claims every external port of `m`.
 async fn claim_external(tx: &mut Transaction<'_, Any>, m: &Mapping) -> Result<(), StoreError> {
     for port in m.external_ports.iter() {
         let inserted = sqlx::query("INSERT INTO external_ports (router_id, protocol, port, mapping_id) VALUES (?, ?, ?, ?)")
@@ -610,20 +775,11 @@ async fn claim_external(tx: &mut Transaction<'_, Any>, m: &Mapping) -> Result<()
         match inserted {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                let owner = sqlx::query("SELECT mapping_id FROM external_ports WHERE router_id = ? AND protocol = ? AND port = ?")
-                    .bind(&m.router_id)
-                    .bind(m.protocol.as_str())
-                    .bind(i64::from(port))
-                    .fetch_optional(&mut **tx)
-                    .await?
-                    .map(|r| r.try_get::<String, _>(0))
-                    .transpose()?
-                    .unwrap_or_default();
                 return Err(StoreError::ExternalPortInUse {
                     router_id: m.router_id.clone(),
                     protocol: m.protocol,
                     port,
-                    mapping_id: owner,
+                    mapping_id: String::new(), // named after the rollback
                 });
             }
             Err(e) => return Err(e.into()),
@@ -647,24 +803,12 @@ async fn claim_internal(tx: &mut Transaction<'_, Any>, m: &Mapping) -> Result<()
         match inserted {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
-                let owner = sqlx::query(
-                    "SELECT mapping_id FROM internal_sockets WHERE router_id = ? AND protocol = ? AND ip = ? AND port = ?",
-                )
-                .bind(&m.router_id)
-                .bind(m.protocol.as_str())
-                .bind(&ip)
-                .bind(i64::from(port))
-                .fetch_optional(&mut **tx)
-                .await?
-                .map(|r| r.try_get::<String, _>(0))
-                .transpose()?
-                .unwrap_or_default();
                 return Err(StoreError::InternalSocketMapped {
                     router_id: m.router_id.clone(),
                     ip: m.internal_ip_address,
                     protocol: m.protocol,
                     port,
-                    mapping_id: owner,
+                    mapping_id: String::new(), // named after the rollback
                 });
             }
             Err(e) => return Err(e.into()),
@@ -682,52 +826,7 @@ fn cidrs_to_text(cidrs: &[Ipv4Net]) -> String {
 }
 
 fn from_row(row: &AnyRow) -> Result<Mapping, StoreError> {
-    let id: String = row.try_get("id")?;
-    let corrupt = |reason: String| StoreError::Corrupt {
-        id: id.clone(),
-        reason,
-    };
-    let text = |c: &str| row.try_get::<String, _>(c).map_err(StoreError::from);
-    let int = |c: &str| row.try_get::<i64, _>(c).map_err(StoreError::from);
-    let port = |c: &str| -> Result<u16, StoreError> {
-        let v = int(c)?;
-        u16::try_from(v).map_err(|_| corrupt(format!("{c} = {v} is not a port")))
-    };
-    let range = |a: &str, b: &str| -> Result<PortRange, StoreError> {
-        PortRange::new(port(a)?, port(b)?).map_err(corrupt)
-    };
-    let ip = |c: &str| -> Result<Ipv4Addr, StoreError> {
-        let v = text(c)?;
-        v.parse()
-            .map_err(|_| corrupt(format!("{c} = {v:?} is not an IPv4 address")))
-    };
-    let cidrs = text("allowed_cidrs")?;
-    Ok(Mapping {
-        project_id: text("project_id")?,
-        router_id: text("router_id")?,
-        distributed: int("distributed")? != 0,
-        external_ip_address: ip("external_ip_address")?,
-        protocol: Protocol::from_str(&text("protocol")?).map_err(|e| corrupt(e.to_string()))?,
-        external_ports: range("external_port_first", "external_port_last")?,
-        internal_ip_address: ip("internal_ip_address")?,
-        internal_port_id: row.try_get::<Option<String>, _>("internal_port_id")?,
-        internal_ports: range("internal_port_first", "internal_port_last")?,
-        description: text("description")?,
-        allowed_cidrs: cidrs
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.parse()
-                    .map_err(|_| corrupt(format!("allowed CIDR {s:?}")))
-            })
-            .collect::<Result<_, _>>()?,
-        masquerade: int("masquerade")? != 0,
-        status: text("status")?.parse().map_err(corrupt)?,
-        status_reason: row.try_get::<Option<String>, _>("status_reason")?,
-        created_at: text("created_at")?,
-        updated_at: text("updated_at")?,
-        id,
-    })
+    StoredRow::from_sql(row)?.into_mapping()
 }
 
 #[cfg(test)]

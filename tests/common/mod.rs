@@ -4,7 +4,9 @@
 use std::net::Ipv4Addr;
 
 use praas::dataplane::{Forward, Protocol};
+use praas::store::Store;
 
+#[allow(unused_imports)]
 pub use praas::simnode::kernel_tests_enabled;
 
 pub fn forward(id: &str, protocol: Protocol, ext: &str, vm: Ipv4Addr, int: &str) -> Forward {
@@ -18,4 +20,46 @@ pub fn forward(id: &str, protocol: Protocol, ext: &str, vm: Ipv4Addr, int: &str)
         allowed_cidrs: vec![],
         masquerade: false,
     }
+}
+
+/// A fresh SQLite store in a temporary file.
+pub async fn sqlite_store() -> Store {
+    let dir = std::env::temp_dir().join(format!(
+        "praas-store-test-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// A fresh MariaDB store (its own database), or `None` with the reason printed.
+pub async fn mariadb_store(test: &str) -> Option<Store> {
+    let base = std::env::var("PRAAS_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://praas_test:praas-test-password@127.0.0.1/praas_test".into());
+    sqlx::any::install_default_drivers();
+    let admin = match sqlx::AnyPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{test}: MariaDB must be reachable in CI at {base}: {e}");
+            }
+            eprintln!("skipped {test} on MariaDB: {base} not reachable ({e})");
+            return None;
+        }
+    };
+    // One database per test, so that tests running in parallel do not see each other.
+    let name = format!("praas_t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let store = Store::open(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    Some(store)
 }

@@ -1,0 +1,259 @@
+//! The agent between a real store and a recording dataplane: a change committed in this
+//! process reaches the namespace as that change alone, and anything unusual falls back to a
+//! whole, verified sync. Needs root only to create the (empty) router namespace the agent
+//! checks for.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::kernel_tests_enabled;
+use praas::agent::Agent;
+use praas::dataplane::fake::{Call, FakeBackend};
+use praas::dataplane::sync::{FlowCleaner, RouterSync};
+use praas::dataplane::{DataplaneError, ExternalKey, RouterNamespace, RuleSet, Target};
+use praas::simnode;
+use praas::store::{
+    ExternalPorts, ListFilter, MappingUpdate, NewMapping, Policy, Status, Store, Strategy,
+};
+
+struct NoFlows;
+
+impl FlowCleaner for NoFlows {
+    fn delete_flows(
+        &self,
+        _: &RouterNamespace,
+        stale: &[(ExternalKey, Target)],
+    ) -> Result<usize, DataplaneError> {
+        Ok(stale.len())
+    }
+}
+
+/// An empty router namespace, deleted on drop.
+struct Namespace(RouterNamespace);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = simnode::run(&["ip", "netns", "del", self.0.name()], None);
+    }
+}
+
+fn new(router_id: &str, vm: &str) -> NewMapping {
+    NewMapping {
+        project_id: "p1".into(),
+        router_id: router_id.into(),
+        distributed: false,
+        external_ip_address: "203.0.113.10".parse().unwrap(),
+        protocol: "tcp".parse().unwrap(),
+        external_ports: ExternalPorts::Allocate { len: 1 },
+        internal_ip_address: vm.parse().unwrap(),
+        internal_port_id: None,
+        internal_ports: "22".parse().unwrap(),
+        description: String::new(),
+        allowed_cidrs: vec![],
+        masquerade: false,
+    }
+}
+
+/// The rule set the store's mappings of the router should give.
+async fn expected(store: &Store) -> RuleSet {
+    let mappings = store.list(&ListFilter::default()).await.unwrap();
+    RuleSet::from_forwards(&mappings.iter().map(|m| m.forward()).collect::<Vec<_>>()).unwrap()
+}
+
+/// The (added, removed) forwards of the last call, which must be an element update.
+fn last_update(fake: &FakeBackend) -> (usize, usize) {
+    match fake.calls().last() {
+        Some(Call::Update { changes, .. }) => {
+            (changes.add_forwards.len(), changes.remove_forwards.len())
+        }
+        other => panic!("expected an element update, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_changes_reach_the_namespace_as_differences() {
+    if !kernel_tests_enabled("committed_changes_reach_the_namespace_as_differences") {
+        return;
+    }
+    let router_id = uuid::Uuid::new_v4().to_string();
+    let ns = Namespace(RouterNamespace::named(format!("qrouter-{router_id}")));
+    simnode::run(&["ip", "netns", "add", ns.0.name()], None).unwrap();
+    let dir = std::env::temp_dir().join(format!("praas-agent-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(
+        Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
+            .await
+            .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let sync = Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows)));
+    let mut agent = Agent::new(store.clone(), sync, Duration::from_secs(3600));
+    let policy = Policy {
+        range: "4000:4100".parse().unwrap(),
+        strategy: Strategy::Sequential,
+    };
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+
+    let a = store
+        .create(new(&router_id, "10.0.0.5"), &policy)
+        .await
+        .unwrap();
+    let b = store
+        .create(new(&router_id, "10.0.0.6"), &policy)
+        .await
+        .unwrap();
+    // The first pass knows nothing of the namespace: a whole, verified sync.
+    agent.pass().await.unwrap();
+    assert!(
+        matches!(fake.calls()[1], Call::FullSync { forwards: 2, .. }),
+        "{:?}",
+        fake.calls()
+    );
+
+    // A new mapping is one added element.
+    let c = store
+        .create(new(&router_id, "10.0.0.7"), &policy)
+        .await
+        .unwrap();
+    agent.pass_mappings(&ids(&[&c.id])).await.unwrap();
+    assert_eq!(last_update(&fake), (1, 0));
+    assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
+
+    // A changed port is one element out, one in; a deletion is one out.
+    store
+        .update(
+            &a.id,
+            &MappingUpdate {
+                external_ports: Some("4050".parse().unwrap()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    agent.pass_mappings(&ids(&[&a.id])).await.unwrap();
+    assert_eq!(last_update(&fake), (1, 1));
+    store.delete(&b.id).await.unwrap();
+    agent.pass_mappings(&ids(&[&b.id])).await.unwrap();
+    assert_eq!(last_update(&fake), (0, 1));
+    assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
+
+    // A mapping changed twice and one created then deleted within one batch net out.
+    let d = store
+        .create(new(&router_id, "10.0.0.8"), &policy)
+        .await
+        .unwrap();
+    store.delete(&d.id).await.unwrap();
+    for port in ["4060", "4061"] {
+        store
+            .update(
+                &c.id,
+                &MappingUpdate {
+                    external_ports: Some(port.parse().unwrap()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    agent.pass_mappings(&ids(&[&c.id, &d.id])).await.unwrap();
+    assert_eq!(last_update(&fake), (1, 1));
+    assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
+
+    // A failed update is not trusted: the namespace is rewritten whole, and the mapping is
+    // active once that worked.
+    fake.fail_next_writes(1);
+    let e = store
+        .create(new(&router_id, "10.0.0.9"), &policy)
+        .await
+        .unwrap();
+    agent.pass_mappings(&ids(&[&e.id])).await.unwrap();
+    assert!(
+        matches!(
+            fake.calls().iter().rev().nth(1),
+            Some(Call::FullSync { forwards: 3, .. })
+        ),
+        "{:?}",
+        fake.calls()
+    );
+    assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
+    let e = store.get(&e.id).await.unwrap().unwrap();
+    assert_eq!(e.status, Status::Active);
+
+    // Statuses were recorded for every mapping the agent programmed.
+    for m in store.list(&ListFilter::default()).await.unwrap() {
+        assert_eq!(m.status, Status::Active, "{}", m.id);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writers commit while the agent reads the generation: every change it sees must be
+/// accounted for by the feed, or it would list and rewrite everything.
+async fn concurrent_local_changes_never_force_a_whole_sync(store: Store) {
+    let router_id = uuid::Uuid::new_v4().to_string();
+    let ns = Namespace(RouterNamespace::named(format!("qrouter-{router_id}")));
+    simnode::run(&["ip", "netns", "add", ns.0.name()], None).unwrap();
+    let store = Arc::new(store);
+    let fake = Arc::new(FakeBackend::new());
+    let sync = Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows)));
+    let agent = Agent::new(store.clone(), sync, Duration::from_secs(3600));
+    let counters = agent.counters();
+    let agent = tokio::spawn(agent.run());
+    let policy = Policy {
+        range: "1024:65000".parse().unwrap(),
+        strategy: Strategy::Random,
+    };
+    let total = 600;
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (store, policy, router_id) = (store.clone(), policy, router_id.clone());
+            tokio::spawn(async move {
+                for i in (w..total).step_by(16) {
+                    let vm = format!("10.1.{}.{}", i / 200, i % 200 + 1);
+                    store.create(new(&router_id, &vm), &policy).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fake.table(&ns.0).map(|t| t.forwards.len()) != Some(total) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.abort();
+    assert_eq!(
+        counters.full_passes.load(Ordering::Relaxed),
+        1,
+        "only the first pass may go over everything"
+    );
+    assert!(counters.change_passes.load(Ordering::Relaxed) > 0);
+    assert_eq!(counters.failed_passes.load(Ordering::Relaxed), 0);
+    assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_local_changes_never_force_a_whole_sync_sqlite() {
+    if kernel_tests_enabled("concurrent_local_changes_never_force_a_whole_sync_sqlite") {
+        concurrent_local_changes_never_force_a_whole_sync(common::sqlite_store().await).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_local_changes_never_force_a_whole_sync_mariadb() {
+    let name = "concurrent_local_changes_never_force_a_whole_sync_mariadb";
+    if kernel_tests_enabled(name) {
+        if let Some(store) = common::mariadb_store(name).await {
+            concurrent_local_changes_never_force_a_whole_sync(store).await;
+        }
+    }
+}
