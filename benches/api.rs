@@ -2,7 +2,8 @@
 //! programming a real router namespace, listing 10,000 mappings, and the time from `POST`
 //! returning to the rule being in the kernel.
 //!
-//! Run as root: `cargo bench --bench api` (`-- --quick` for fewer mappings). MariaDB is used
+//! Run as root: `cargo bench --bench api` (`-- --quick` for fewer mappings, `-- --only
+//! sqlite|mariadb` for one database). MariaDB is used
 //! when `PRAAS_TEST_MYSQL_URL` (or the loopback test user of `scripts/services`) answers.
 
 use std::sync::Arc;
@@ -43,6 +44,7 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
 
 struct Setup {
     app: Router,
+    store: Arc<Store>,
     router_id: String,
     namespace: RouterNamespace,
     agent: tokio::task::JoinHandle<()>,
@@ -58,7 +60,11 @@ async fn setup(connection: &str) -> Setup {
         Arc::from(Driver::Nftables.backend().unwrap()),
         Arc::new(Conntrack),
     ));
-    let agent = tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(3600)).run());
+    let agent = if std::env::var_os("PRAAS_BENCH_NO_AGENT").is_some() {
+        tokio::spawn(async {})
+    } else {
+        tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(3600)).run())
+    };
     let directory = StaticDirectory {
         routers: vec![RouterInfo {
             id: router_id.clone(),
@@ -79,6 +85,7 @@ async fn setup(connection: &str) -> Setup {
     }));
     Setup {
         app,
+        store,
         router_id,
         namespace,
         agent,
@@ -157,6 +164,18 @@ async fn bench(
         }
     }
     let elapsed = started.elapsed();
+    if std::env::var_os("PRAAS_BENCH_CHUNKS").is_some() {
+        for (i, chunk) in latencies.chunks(1000).enumerate() {
+            let mut c = chunk.to_vec();
+            eprintln!(
+                "{label} creates {}..{}: p50 {} p99 {}",
+                i * 1000,
+                i * 1000 + c.len(),
+                ms(percentile(&mut c, 0.5)),
+                ms(percentile(&mut c, 0.99))
+            );
+        }
+    }
     let rate = total as f64 / elapsed.as_secs_f64();
     let (p50, p99) = (
         percentile(&mut latencies, 0.5),
@@ -189,6 +208,24 @@ async fn bench(
             total.min(10_000)
         ),
         ms(percentile(&mut lists, 0.5)),
+        "median of 5".into(),
+    ));
+
+    // The store's part of that listing.
+    let mut reads = vec![];
+    for _ in 0..5 {
+        let t = Instant::now();
+        let all = s
+            .store
+            .list(&praas::store::ListFilter::default())
+            .await
+            .unwrap();
+        reads.push(t.elapsed());
+        assert_eq!(all.len(), total);
+    }
+    rows.push((
+        format!("{label}: of which the store read"),
+        ms(percentile(&mut reads, 0.5)),
         "median of 5".into(),
     ));
 
@@ -243,6 +280,21 @@ fn main() {
     } else {
         10_000
     };
+    // `--only sqlite` or `--only mariadb` runs one database.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.to_lowercase());
+    let runs = |label: &str| only.as_deref().is_none_or(|o| o == label.to_lowercase());
+    // Warnings (a failed agent pass, a retried transaction) matter to the figures.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PRAAS_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -251,18 +303,23 @@ fn main() {
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("praas-bench-api-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        bench(
-            "SQLite",
-            &format!("sqlite:///{}/praas.db", dir.display()),
-            total,
-            &mut rows,
-        )
-        .await;
+        if runs("SQLite") {
+            bench(
+                "SQLite",
+                &format!("sqlite:///{}/praas.db", dir.display()),
+                total,
+                &mut rows,
+            )
+            .await;
+        }
         let _ = std::fs::remove_dir_all(&dir);
         let base = std::env::var("PRAAS_TEST_MYSQL_URL").unwrap_or_else(|_| {
             "mysql://praas_test:praas-test-password@127.0.0.1/praas_test".into()
         });
         sqlx::any::install_default_drivers();
+        if !runs("MariaDB") {
+            return;
+        }
         match sqlx::AnyPool::connect(&base).await {
             Ok(admin) => {
                 let name = format!("praas_bench_{}", std::process::id());
