@@ -73,11 +73,12 @@ async fn setup(connection: &str) -> Setup {
             distributed: false,
             subnets: vec!["10.0.0.0/8".parse().unwrap()],
         }],
-        ports: vec![],
+        ports: None,
     };
     let app = api::router(Arc::new(AppState {
         store: store.clone(),
         directory: Arc::new(directory),
+        auth: api::Authenticator::noauth(),
         policy: Policy {
             range: PortRange::new(1024, 65000).unwrap(),
             strategy: Strategy::Random,

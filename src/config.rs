@@ -62,6 +62,10 @@ pub struct PraasSection {
     pub port_allocation: Allocation,
     /// Who may call the API.
     pub auth_strategy: AuthStrategy,
+    /// Role names of the policy (defaults `admin`, `member`, `reader`).
+    pub admin_role: String,
+    pub member_role: String,
+    pub reader_role: String,
 }
 
 impl Default for PraasSection {
@@ -73,6 +77,9 @@ impl Default for PraasSection {
             second_monitoring: 30,
             port_allocation: Allocation::default(),
             auth_strategy: AuthStrategy::default(),
+            admin_role: "admin".into(),
+            member_role: "member".into(),
+            reader_role: "reader".into(),
         }
     }
 }
@@ -142,6 +149,13 @@ pub struct OpenStackSection {
     pub clouds_file: Option<PathBuf>,
     /// Name of the entry of `clouds.yaml` to use (default `openstack`, the original's name).
     pub cloud: String,
+    /// Seconds any request to Keystone or Neutron may take (default 10).
+    pub request_timeout: u64,
+    /// Seconds a validated token is trusted without asking Keystone again (default 300): a
+    /// revoked token is refused at most this long after its revocation.
+    pub token_cache_seconds: u64,
+    /// Tokens remembered at most (default 10000).
+    pub token_cache_size: u64,
 }
 
 impl Default for OpenStackSection {
@@ -149,6 +163,9 @@ impl Default for OpenStackSection {
         OpenStackSection {
             clouds_file: None,
             cloud: "openstack".to_string(),
+            request_timeout: 10,
+            token_cache_seconds: 300,
+            token_cache_size: 10_000,
         }
     }
 }
@@ -418,10 +435,19 @@ impl Section {
                 "second_monitoring",
                 "port_allocation",
                 "auth_strategy",
+                "admin_role",
+                "member_role",
+                "reader_role",
             ],
             Section::Database => &["connection"],
             Section::Dataplane => &["driver", "resync_interval", "enabled"],
-            Section::OpenStack => &["clouds_file", "cloud"],
+            Section::OpenStack => &[
+                "clouds_file",
+                "cloud",
+                "request_timeout",
+                "token_cache_seconds",
+                "token_cache_size",
+            ],
         }
     }
 }
@@ -461,6 +487,33 @@ fn set(
         }
         (Section::Praas, "auth_strategy") => {
             config.praas.auth_strategy = value.parse().map_err(invalid)?
+        }
+        (Section::Praas, "admin_role" | "member_role" | "reader_role") => {
+            let name = value.trim();
+            if name.is_empty() || name.contains(',') || name.contains(char::is_whitespace) {
+                return Err(invalid("expected one role name".into()));
+            }
+            let slot = match key {
+                "admin_role" => &mut config.praas.admin_role,
+                "member_role" => &mut config.praas.member_role,
+                _ => &mut config.praas.reader_role,
+            };
+            *slot = name.to_string();
+        }
+        (Section::OpenStack, "request_timeout" | "token_cache_seconds") => {
+            let seconds = parse_seconds(value).map_err(invalid)?;
+            if key == "request_timeout" {
+                config.openstack.request_timeout = seconds;
+            } else {
+                config.openstack.token_cache_seconds = seconds;
+            }
+        }
+        (Section::OpenStack, "token_cache_size") => {
+            config.openstack.token_cache_size = value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (1..=10_000_000).contains(n))
+                .ok_or_else(|| invalid("expected a number from 1 to 10000000".into()))?
         }
         (Section::Database, "connection") => {
             config.database.connection = parse_database_url(value).map_err(invalid)?

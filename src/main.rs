@@ -4,18 +4,20 @@ use std::io::IsTerminal;
 use std::net::SocketAddrV4;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use praas::agent::Agent;
-use praas::api::{self, AppState};
+use praas::api::{self, AppState, Authenticator, RoleNames};
 use praas::config::{self, Allocation, AuthStrategy, Config};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::RouterSync;
 use praas::dataplane::Driver;
-use praas::openstack::NamespaceDirectory;
+use praas::openstack::tokens::KeystoneTokens;
+use praas::openstack::{clouds, NamespaceDirectory, NeutronDirectory, RouterDirectory, Session};
 use praas::simnode::{SimNode, SimNodeOptions, GATEWAY_IP, UPSTREAM_IP};
 use praas::store::{Policy, Store, Strategy};
 
@@ -125,21 +127,79 @@ async fn db_sync(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How callers are authenticated and where router facts come from, for the API role.
+///
+/// With `auth_strategy = keystone` the service's `clouds.yaml` is required: tokens are
+/// validated with Keystone and routers and ports read from Neutron. With `noauth` Neutron is
+/// still used when a `clouds.yaml` is configured; without one, router facts come from this
+/// node's namespaces and ports are not checked.
+fn openstack_parts(cfg: &Config) -> Result<(Authenticator, Option<Arc<dyn RouterDirectory>>)> {
+    let roles = RoleNames {
+        admin: cfg.praas.admin_role.clone(),
+        member: cfg.praas.member_role.clone(),
+        reader: cfg.praas.reader_role.clone(),
+    };
+    let file = clouds::clouds_file(cfg.openstack.clouds_file.as_deref());
+    let session = match &file {
+        Some(path) => {
+            let cloud = clouds::load(path, &cfg.openstack.cloud)?;
+            tracing::info!(file = %path.display(), cloud = %cfg.openstack.cloud, auth_url = %cloud.auth_url,
+                "OpenStack credentials loaded");
+            Some(Arc::new(Session::new(
+                cloud,
+                Duration::from_secs(cfg.openstack.request_timeout),
+            )?))
+        }
+        None => None,
+    };
+    let directory: Arc<dyn RouterDirectory> = match &session {
+        Some(s) => Arc::new(NeutronDirectory::new(s.clone())),
+        None => {
+            tracing::warn!(
+                "no clouds.yaml ([openstack] clouds_file or OS_CLIENT_CONFIG_FILE): \
+                router facts come from this node's namespaces and ports are not checked"
+            );
+            Arc::new(NamespaceDirectory)
+        }
+    };
+    let auth = match cfg.praas.auth_strategy {
+        AuthStrategy::Keystone => {
+            let Some(session) = session else {
+                bail!(
+                    "auth_strategy = keystone needs the service's credentials: set [openstack] clouds_file \
+                     (or OS_CLIENT_CONFIG_FILE) to a clouds.yaml with cloud {:?}",
+                    cfg.openstack.cloud
+                );
+            };
+            Authenticator::Keystone {
+                auth_url: session.auth_url().to_string(),
+                tokens: Arc::new(KeystoneTokens::new(
+                    session,
+                    Duration::from_secs(cfg.openstack.token_cache_seconds),
+                    cfg.openstack.token_cache_size as usize,
+                )),
+                roles,
+            }
+        }
+        AuthStrategy::Noauth => {
+            tracing::warn!(
+                "auth_strategy = noauth: requests are NOT authenticated; callers name their project and roles \
+                 in X-Project-Id / X-Roles headers. Development only."
+            );
+            Authenticator::Noauth { roles }
+        }
+    };
+    Ok((auth, Some(directory)))
+}
+
 /// Runs the API and/or the agent until interrupted.
 async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
     let cfg = load(path)?;
-    if api_role {
-        match cfg.praas.auth_strategy {
-            AuthStrategy::Keystone => bail!(
-                "auth_strategy = keystone: Keystone token validation is not available in this build yet; \
-                 set auth_strategy = noauth in [praas] for development"
-            ),
-            AuthStrategy::Noauth => tracing::warn!(
-                "auth_strategy = noauth: requests are NOT authenticated; callers name their project and roles \
-                 in X-Project-Id / X-Roles headers. Development only."
-            ),
-        }
-    }
+    let (auth, directory) = if api_role {
+        openstack_parts(&cfg)?
+    } else {
+        (Authenticator::noauth(), None)
+    };
     let store = Arc::new(open_store(&cfg).await?);
     let mut tasks = tokio::task::JoinSet::new();
     if agent_role && cfg.dataplane.enabled {
@@ -159,7 +219,8 @@ async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
     if api_role {
         let state = Arc::new(AppState {
             store: store.clone(),
-            directory: Arc::new(NamespaceDirectory),
+            directory: directory.expect("set for the API role"),
+            auth,
             policy: Policy {
                 range: cfg.praas.router_port_range,
                 strategy: match cfg.praas.port_allocation {
@@ -259,6 +320,7 @@ async fn demo_async(driver: Driver) -> Result<()> {
     let state = Arc::new(AppState {
         store,
         directory: Arc::new(NamespaceDirectory),
+        auth: Authenticator::noauth(),
         policy: Policy::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -8,7 +8,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use praas::api::{self, AppState};
 use praas::dataplane::PortRange;
-use praas::openstack::{RouterInfo, StaticDirectory};
+use praas::openstack::{PortInfo, RouterInfo, StaticDirectory};
 use praas::store::{Policy, Store, Strategy};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -17,7 +17,7 @@ const R1: &str = "11111111-1111-4111-8111-111111111111";
 const R2: &str = "22222222-2222-4222-8222-222222222222";
 const R_NO_GW: &str = "33333333-3333-4333-8333-333333333333";
 
-fn directory() -> StaticDirectory {
+fn directory(ports: bool) -> StaticDirectory {
     let router = |id: &str, project: &str, gw: Option<&str>, subnet: &str| RouterInfo {
         id: id.into(),
         project_id: Some(project.into()),
@@ -31,11 +31,24 @@ fn directory() -> StaticDirectory {
             router(R2, "p2", Some("203.0.113.20"), "10.2.0.0/24"),
             router(R_NO_GW, "p1", None, "10.3.0.0/24"),
         ],
-        ports: vec![("port-a".into(), vec!["10.0.0.5".parse().unwrap()])],
+        ports: ports.then(|| {
+            let port = |id: &str, project: &str, ip: &str| PortInfo {
+                id: id.into(),
+                project_id: Some(project.into()),
+                addresses: vec![ip.parse().unwrap()],
+            };
+            vec![
+                port("port-a", "p1", "10.0.0.5"),
+                port("port-a2", "p1", "10.0.0.6"),
+                port("port-b", "p2", "10.2.0.5"),
+                // Project p2's port with an address on p1's subnet.
+                port("port-b-on-p1", "p2", "10.0.0.77"),
+            ]
+        }),
     }
 }
 
-async fn app_with(range: (u16, u16)) -> Router {
+async fn app_with(range: (u16, u16), ports: bool) -> Router {
     let dir = std::env::temp_dir().join(format!("praas-api-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
@@ -44,7 +57,8 @@ async fn app_with(range: (u16, u16)) -> Router {
     store.migrate().await.unwrap();
     let state = AppState {
         store: Arc::new(store),
-        directory: Arc::new(directory()),
+        directory: Arc::new(directory(ports)),
+        auth: api::Authenticator::noauth(),
         policy: Policy {
             range: PortRange::new(range.0, range.1).unwrap(),
             strategy: Strategy::Sequential,
@@ -54,7 +68,7 @@ async fn app_with(range: (u16, u16)) -> Router {
 }
 
 async fn app() -> Router {
-    app_with((4000, 4100)).await
+    app_with((4000, 4100), false).await
 }
 
 /// Who calls: (project, roles).
@@ -140,7 +154,7 @@ async fn create_allocates_a_port_from_the_range_and_shows_the_mapping() {
 
 #[tokio::test]
 async fn the_router_is_found_from_the_address_or_the_port() {
-    let app = app().await;
+    let app = app_with((4000, 4100), true).await;
     let (status, body) = post(
         &app,
         MEMBER_P1,
@@ -150,11 +164,69 @@ async fn the_router_is_found_from_the_address_or_the_port() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["mapping"]["router_id"], R1);
     assert_eq!(body["mapping"]["internal_ip_address"], "10.0.0.5");
+    // An address given alone is recorded with the port that holds it.
+    let (status, body) = post(
+        &app,
+        MEMBER_P1,
+        json!({"internal_ip_address": "10.0.0.6", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["mapping"]["internal_port_id"], "port-a2");
+}
+
+#[tokio::test]
+async fn only_the_callers_own_ports_and_addresses_can_be_mapped() {
+    let app = app_with((4000, 4100), true).await;
+    let cases = [
+        // Another project's port does not exist for the caller.
+        (
+            MEMBER_P1,
+            json!({"internal_port_id": "port-b", "internal_port": 22}),
+            StatusCode::NOT_FOUND,
+        ),
+        // An address that is not the port's.
+        (
+            MEMBER_P1,
+            json!({"internal_port_id": "port-a", "internal_ip_address": "10.0.0.9", "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+        ),
+        // An address on the caller's subnet held by no port of the caller's project.
+        (
+            MEMBER_P1,
+            json!({"internal_ip_address": "10.0.0.77", "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            MEMBER_P1,
+            json!({"internal_ip_address": "10.0.0.200", "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+        ),
+        // Unknown port.
+        (
+            MEMBER_P1,
+            json!({"internal_port_id": "nope", "internal_port": 22}),
+            StatusCode::NOT_FOUND,
+        ),
+    ];
+    for (caller, body, want) in cases {
+        let (status, answer) = post(&app, caller, body.clone()).await;
+        assert_eq!(status, want, "{body} -> {answer}");
+    }
+    // An admin may map any project's port; the mapping belongs to the router's project.
+    let (status, body) = post(
+        &app,
+        ADMIN,
+        json!({"router_id": R1, "internal_port_id": "port-b-on-p1", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["mapping"]["project_id"], "p1");
 }
 
 #[tokio::test]
 async fn conflicts_and_checks_answer_with_the_right_status_and_code() {
-    let app = app_with((4000, 4001)).await;
+    let app = app_with((4000, 4001), false).await;
     let ssh = json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22});
     let (_, first) = call(
         &app,

@@ -89,6 +89,7 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
     let app = api::router(Arc::new(AppState {
         store,
         directory: Arc::new(NamespaceDirectory),
+        auth: api::Authenticator::noauth(),
         policy: Policy {
             range: praas::dataplane::PortRange::new(4000, 4100).unwrap(),
             strategy: Strategy::Sequential,

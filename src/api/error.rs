@@ -2,7 +2,8 @@
 //! never HTML, and never a 500 for a client's mistake.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -16,6 +17,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For a 401: where to authenticate.
+    pub www_authenticate: Option<HeaderValue>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -39,6 +42,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            www_authenticate: None,
         }
     }
 
@@ -64,7 +68,11 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(value) = self.www_authenticate {
+            response.headers_mut().insert(WWW_AUTHENTICATE, value);
+        }
+        response
     }
 }
 

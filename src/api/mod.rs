@@ -1,6 +1,7 @@
 //! The HTTP API (axum): REST API v1 (`/v1/mappings`, documented by `/v1/openapi.json`), the
 //! original Proxy CLI protocol (`/router_pat`, `/pat/...`), and `/healthz` / `/readyz`.
 
+pub mod auth;
 pub mod error;
 pub mod legacy;
 pub mod openapi;
@@ -8,8 +9,7 @@ pub mod v1;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -19,6 +19,7 @@ use tower_http::request_id::{
 };
 use tower_http::trace::TraceLayer;
 
+pub use auth::{Authenticator, Caller, RoleNames};
 pub use error::ApiError;
 
 use crate::openstack::RouterDirectory;
@@ -35,68 +36,10 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub directory: Arc<dyn RouterDirectory>,
     pub policy: Policy,
+    pub auth: Authenticator,
 }
 
 pub type SharedState = Arc<AppState>;
-
-/// Who is calling, and what they may do.
-///
-/// Without Keystone (`auth_strategy = noauth`, for development) the caller is taken from the
-/// `X-Project-Id` and `X-Roles` headers, the way Neutron's noauth mode does; with Keystone it
-/// will come from the validated token.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub project_id: String,
-    pub roles: Vec<String>,
-}
-
-impl Caller {
-    pub fn is_admin(&self) -> bool {
-        self.has("admin")
-    }
-
-    pub fn can_write(&self) -> bool {
-        self.is_admin() || self.has("member")
-    }
-
-    pub fn can_read(&self) -> bool {
-        self.can_write() || self.has("reader")
-    }
-
-    fn has(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
-    }
-
-    /// Whether the caller may see mappings of `project_id`.
-    pub fn sees(&self, project_id: &str) -> bool {
-        self.is_admin() || self.project_id == project_id
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-        };
-        let project_id = header("x-project-id")
-            .filter(|p| !p.is_empty())
-            .unwrap_or("default")
-            .to_string();
-        let roles = header("x-roles")
-            .unwrap_or("member,reader")
-            .split(',')
-            .map(|r| r.trim().to_ascii_lowercase())
-            .filter(|r| !r.is_empty())
-            .collect();
-        Ok(Caller { project_id, roles })
-    }
-}
 
 /// Request ids of the form OpenStack uses: `req-<uuid>`.
 #[derive(Clone, Copy)]

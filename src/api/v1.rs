@@ -269,7 +269,10 @@ async fn resolve_router(
             .filter(|r| r.project_id.as_deref().is_none_or(|p| caller.sees(p)))
             .ok_or_else(|| ApiError::not_found(format!("router {id} not found")))?,
         None => {
-            let mut found = state.directory.routers_serving(ip).await?;
+            let mut found = state
+                .directory
+                .routers_serving(ip, caller.port_scope())
+                .await?;
             found.retain(|r| r.project_id.as_deref().is_none_or(|p| caller.sees(p)));
             match found.len() {
                 1 => found.remove(0),
@@ -299,6 +302,71 @@ async fn resolve_router(
         )));
     }
     Ok(router)
+}
+
+/// The internal address of a new mapping, and its port when known. Where ports are known
+/// (Neutron), the port must exist and be the caller's (another project's is "not found"), the
+/// address must be one of its fixed IPs, and an address given alone must be a fixed IP of one
+/// of the caller's ports: a mapping never reaches an address its project does not own.
+async fn internal_address(
+    state: &SharedState,
+    caller: &Caller,
+    req: &CreateMapping,
+) -> Result<(Ipv4Addr, Option<String>), ApiError> {
+    let directory = &state.directory;
+    match (req.internal_ip_address, &req.internal_port_id) {
+        (ip, Some(port_id)) if directory.knows_ports() => {
+            let port = directory
+                .port(port_id)
+                .await?
+                .filter(|p| {
+                    p.project_id
+                        .as_deref()
+                        .is_none_or(|owner| caller.sees(owner))
+                })
+                .ok_or_else(|| ApiError::not_found(format!("port {port_id} not found")))?;
+            let ip = match (ip, port.addresses.as_slice()) {
+                (Some(ip), addresses) if addresses.contains(&ip) => ip,
+                (Some(ip), _) => {
+                    return Err(ApiError::bad_request(format!(
+                        "{ip} is not a fixed address of port {port_id}"
+                    )))
+                }
+                (None, [ip]) => *ip,
+                (None, []) => {
+                    return Err(ApiError::bad_request(format!(
+                        "port {port_id} has no IPv4 address"
+                    )))
+                }
+                (None, _) => {
+                    return Err(ApiError::bad_request(format!(
+                        "port {port_id} has several IPv4 addresses; give internal_ip_address"
+                    )))
+                }
+            };
+            Ok((ip, Some(port.id)))
+        }
+        (Some(ip), Some(port_id)) => Ok((ip, Some(port_id.clone()))),
+        (None, Some(port_id)) => Err(ApiError::bad_request(format!(
+            "port {port_id} is unknown here; give internal_ip_address"
+        ))),
+        (Some(ip), None) if directory.knows_ports() => {
+            let owned = directory
+                .ports_with_address(ip, caller.port_scope())
+                .await?;
+            match owned.as_slice() {
+                [] => Err(ApiError::bad_request(format!(
+                    "{ip} is not a fixed address of a port of your project"
+                ))),
+                [one] => Ok((ip, Some(one.id.clone()))),
+                _ => Ok((ip, None)),
+            }
+        }
+        (Some(ip), None) => Ok((ip, None)),
+        (None, None) => Err(ApiError::bad_request(
+            "internal_ip_address or internal_port_id is required",
+        )),
+    }
 }
 
 pub fn forbidden_unless(allowed: bool, what: &str) -> Result<(), ApiError> {
@@ -361,47 +429,8 @@ pub async fn create_mapping(
     )?;
     let protocol = protocol(req.protocol.as_deref())?;
     let allowed_cidrs = cidrs(req.allowed_cidrs.as_deref().unwrap_or_default())?;
+    let (internal_ip, internal_port_id) = internal_address(state, caller, &req).await?;
     let description = description(req.description)?.unwrap_or_default();
-
-    let internal_ip = match (req.internal_ip_address, &req.internal_port_id) {
-        (Some(ip), Some(port_id)) => {
-            if let Some(addresses) = state.directory.port_addresses(port_id).await? {
-                if !addresses.contains(&ip) {
-                    return Err(ApiError::bad_request(format!(
-                        "{ip} is not a fixed address of port {port_id}"
-                    )));
-                }
-            }
-            ip
-        }
-        (Some(ip), None) => ip,
-        (None, Some(port_id)) => match state.directory.port_addresses(port_id).await? {
-            Some(addresses) => match addresses.as_slice() {
-                [ip] => *ip,
-                [] => {
-                    return Err(ApiError::bad_request(format!(
-                        "port {port_id} has no IPv4 address"
-                    )))
-                }
-                _ => {
-                    return Err(ApiError::bad_request(format!(
-                        "port {port_id} has several IPv4 addresses; give internal_ip_address"
-                    )))
-                }
-            },
-            None => {
-                return Err(ApiError::bad_request(format!(
-                    "port {port_id} is unknown here; give internal_ip_address"
-                )))
-            }
-        },
-        (None, None) => {
-            return Err(ApiError::bad_request(
-                "internal_ip_address or internal_port_id is required",
-            ))
-        }
-    };
-
     let router = resolve_router(state, caller, req.router_id.as_deref(), internal_ip).await?;
     if let (Some(expected), Some(gw)) = (expected_gateway, router.gateway_ip) {
         if expected != gw {
@@ -431,7 +460,7 @@ pub async fn create_mapping(
         protocol,
         external_ports,
         internal_ip_address: internal_ip,
-        internal_port_id: req.internal_port_id,
+        internal_port_id,
         internal_ports,
         description,
         allowed_cidrs,

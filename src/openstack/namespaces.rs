@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-use super::{DirectoryError, RouterDirectory, RouterInfo};
+use super::{DirectoryError, PortInfo, RouterDirectory, RouterInfo};
 use crate::dataplane::netns;
 use crate::process;
 
@@ -109,7 +109,11 @@ impl RouterDirectory for NamespaceDirectory {
             .map_err(|e| DirectoryError(e.to_string()))?
     }
 
-    async fn routers_serving(&self, ip: Ipv4Addr) -> Result<Vec<RouterInfo>, DirectoryError> {
+    async fn routers_serving(
+        &self,
+        ip: Ipv4Addr,
+        _project_id: Option<&str>,
+    ) -> Result<Vec<RouterInfo>, DirectoryError> {
         tokio::task::spawn_blocking(move || {
             let mut found = vec![];
             for id in router_ids()? {
@@ -125,11 +129,21 @@ impl RouterDirectory for NamespaceDirectory {
         .map_err(|e| DirectoryError(e.to_string()))?
     }
 
-    async fn port_addresses(
+    // Ports are Neutron's to know.
+    fn knows_ports(&self) -> bool {
+        false
+    }
+
+    async fn port(&self, _id: &str) -> Result<Option<PortInfo>, DirectoryError> {
+        Ok(None)
+    }
+
+    async fn ports_with_address(
         &self,
-        _port_id: &str,
-    ) -> Result<Option<Vec<Ipv4Addr>>, DirectoryError> {
-        Ok(None) // ports are Neutron's to know
+        _ip: Ipv4Addr,
+        _project_id: Option<&str>,
+    ) -> Result<Vec<PortInfo>, DirectoryError> {
+        Ok(vec![])
     }
 }
 

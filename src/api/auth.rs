@@ -1,0 +1,192 @@
+//! Who is calling, and what they may do.
+//!
+//! With Keystone (`auth_strategy = keystone`, the default) every request but the health checks
+//! and the OpenAPI document carries a token in `X-Auth-Token`, validated against Keystone:
+//! missing, invalid or expired → 401; Keystone unreachable → 503. Without Keystone (`noauth`,
+//! development only) the caller is taken from the `X-Project-Id` and `X-Roles` headers, the
+//! way Neutron's noauth mode does.
+//!
+//! Policy, as Neutron's port forwarding has it: the admin role may do everything and see every
+//! project; a member of a project may create, change and delete its mappings; a reader may
+//! list and show them. Role names are configurable.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+
+use super::{ApiError, SharedState};
+use crate::openstack::tokens::TokenValidator;
+
+/// The names of the roles the policy knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleNames {
+    pub admin: String,
+    pub member: String,
+    pub reader: String,
+}
+
+impl Default for RoleNames {
+    fn default() -> Self {
+        RoleNames {
+            admin: "admin".into(),
+            member: "member".into(),
+            reader: "reader".into(),
+        }
+    }
+}
+
+/// How callers are recognised.
+#[derive(Clone)]
+pub enum Authenticator {
+    /// Trusts the `X-Project-Id` and `X-Roles` headers.
+    Noauth { roles: RoleNames },
+    /// Validates `X-Auth-Token` with Keystone at `auth_url` (named in 401 answers).
+    Keystone {
+        tokens: Arc<dyn TokenValidator>,
+        auth_url: String,
+        roles: RoleNames,
+    },
+}
+
+impl Authenticator {
+    pub fn noauth() -> Self {
+        Authenticator::Noauth {
+            roles: RoleNames::default(),
+        }
+    }
+
+    fn roles(&self) -> &RoleNames {
+        match self {
+            Authenticator::Noauth { roles } | Authenticator::Keystone { roles, .. } => roles,
+        }
+    }
+}
+
+/// The caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub project_id: String,
+    pub user_id: Option<String>,
+    pub roles: Vec<String>,
+    admin: bool,
+    member: bool,
+    reader: bool,
+}
+
+impl Caller {
+    pub fn new(
+        project_id: String,
+        user_id: Option<String>,
+        roles: Vec<String>,
+        names: &RoleNames,
+    ) -> Self {
+        let has = |name: &str| roles.iter().any(|r| r.eq_ignore_ascii_case(name));
+        let (admin, member, reader) = (has(&names.admin), has(&names.member), has(&names.reader));
+        Caller {
+            project_id,
+            user_id,
+            roles,
+            admin,
+            member,
+            reader,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.admin
+    }
+
+    pub fn can_write(&self) -> bool {
+        self.admin || self.member
+    }
+
+    pub fn can_read(&self) -> bool {
+        self.can_write() || self.reader
+    }
+
+    /// Whether the caller may see mappings, routers and ports of `project_id`.
+    pub fn sees(&self, project_id: &str) -> bool {
+        self.admin || self.project_id == project_id
+    }
+
+    /// The project whose ports may be mapped: the caller's own, or any for an admin.
+    pub fn port_scope(&self) -> Option<&str> {
+        (!self.admin).then_some(self.project_id.as_str())
+    }
+}
+
+fn unauthorized(auth_url: &str, message: &str) -> ApiError {
+    let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    // As keystonemiddleware does: where to get a token.
+    e.www_authenticate = HeaderValue::from_str(&format!("Keystone uri=\"{auth_url}\"")).ok();
+    e
+}
+
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let names = state.auth.roles();
+        match &state.auth {
+            Authenticator::Noauth { .. } => {
+                let project_id = header("x-project-id").unwrap_or("default").to_string();
+                let roles = header("x-roles")
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| format!("{},{}", names.member, names.reader))
+                    .split(',')
+                    .map(|r| r.trim().to_ascii_lowercase())
+                    .filter(|r| !r.is_empty())
+                    .collect();
+                Ok(Caller::new(project_id, None, roles, names))
+            }
+            Authenticator::Keystone {
+                tokens, auth_url, ..
+            } => {
+                let Some(token) = header("x-auth-token") else {
+                    return Err(unauthorized(
+                        auth_url,
+                        "authentication required: send a Keystone token in X-Auth-Token",
+                    ));
+                };
+                match tokens.validate(token).await {
+                    Ok(Some(info)) => {
+                        let Some(project_id) = info.project_id else {
+                            return Err(unauthorized(
+                                auth_url,
+                                "the token is not scoped to a project",
+                            ));
+                        };
+                        Ok(Caller::new(
+                            project_id,
+                            Some(info.user_id),
+                            info.roles,
+                            names,
+                        ))
+                    }
+                    Ok(None) => Err(unauthorized(auth_url, "the token is invalid or expired")),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot validate a token");
+                        Err(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "identity_unavailable",
+                            format!("the identity service cannot validate tokens right now ({auth_url}); retry later"),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}

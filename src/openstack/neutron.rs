@@ -1,0 +1,284 @@
+//! Router and port facts from Neutron, read with the service's session.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::session::Session;
+use super::{DirectoryError, OpenStackError, PortInfo, RouterDirectory, RouterInfo};
+
+/// Router interface kinds whose subnets a router serves (legacy, DVR, HA).
+const INTERFACE_OWNERS: [&str; 3] = [
+    "network:router_interface",
+    "network:router_interface_distributed",
+    "network:ha_router_replicated_interface",
+];
+
+/// Entries per page when listing.
+const PAGE: usize = 500;
+
+/// [`RouterDirectory`] backed by the Neutron API.
+pub struct NeutronDirectory {
+    session: Arc<Session>,
+}
+
+#[derive(Deserialize)]
+struct Router {
+    id: String,
+    project_id: Option<String>,
+    tenant_id: Option<String>,
+    #[serde(default)]
+    distributed: Option<bool>,
+    external_gateway_info: Option<GatewayInfo>,
+}
+
+#[derive(Deserialize)]
+struct GatewayInfo {
+    #[serde(default)]
+    external_fixed_ips: Vec<FixedIp>,
+}
+
+#[derive(Deserialize, Clone)]
+struct FixedIp {
+    subnet_id: Option<String>,
+    ip_address: String,
+}
+
+#[derive(Deserialize)]
+struct Port {
+    id: String,
+    project_id: Option<String>,
+    tenant_id: Option<String>,
+    #[serde(default)]
+    device_id: String,
+    #[serde(default)]
+    fixed_ips: Vec<FixedIp>,
+}
+
+#[derive(Deserialize)]
+struct Subnet {
+    cidr: String,
+}
+
+impl NeutronDirectory {
+    pub fn new(session: Arc<Session>) -> Self {
+        NeutronDirectory { session }
+    }
+
+    /// `path` (e.g. `routers/ID`) under Neutron's v2.0 root, with query pairs.
+    async fn url(&self, path: &str, query: &[(&str, &str)]) -> Result<Url, OpenStackError> {
+        let base = self.session.endpoint("network").await?;
+        let root = if base.ends_with("/v2.0") {
+            base
+        } else {
+            format!("{base}/v2.0")
+        };
+        let mut url =
+            Url::parse(&format!("{root}/{path}")).map_err(|e| OpenStackError::Malformed {
+                service: "Neutron",
+                what: format!("endpoint {root}: {e}"),
+            })?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        Ok(url)
+    }
+
+    async fn show<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        key: &str,
+        id: &str,
+    ) -> Result<Option<T>, OpenStackError> {
+        let url = self.url(&format!("{collection}/{id}"), &[]).await?;
+        let Some(mut body) = self.session.get_json("Neutron", url.as_str()).await? else {
+            return Ok(None);
+        };
+        decode(body.get_mut(key).map(Value::take))
+    }
+
+    /// Every entry of a collection matching `query`, following Neutron's pagination.
+    async fn list<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Vec<T>, OpenStackError> {
+        let limit = PAGE.to_string();
+        let mut pairs: Vec<(&str, &str)> = query.to_vec();
+        pairs.push(("limit", &limit));
+        let mut next = Some(self.url(collection, &pairs).await?.to_string());
+        let mut all = vec![];
+        while let Some(url) = next.take() {
+            let mut body = self
+                .session
+                .get_json("Neutron", &url)
+                .await?
+                .ok_or_else(|| OpenStackError::Malformed {
+                    service: "Neutron",
+                    what: format!("{url}: the collection was not found"),
+                })?;
+            let page: Vec<T> =
+                decode(body.get_mut(collection).map(Value::take))?.unwrap_or_default();
+            let full = page.len() >= PAGE;
+            all.extend(page);
+            if full {
+                next = body
+                    .get(format!("{collection}_links"))
+                    .and_then(Value::as_array)
+                    .and_then(|links| {
+                        links
+                            .iter()
+                            .find(|l| l["rel"] == "next")
+                            .and_then(|l| l["href"].as_str())
+                            .map(str::to_string)
+                    });
+            }
+        }
+        Ok(all)
+    }
+
+    async fn router_info(&self, r: Router) -> Result<RouterInfo, OpenStackError> {
+        let gateway_ip = r
+            .external_gateway_info
+            .iter()
+            .flat_map(|g| &g.external_fixed_ips)
+            .find_map(|f| f.ip_address.parse::<Ipv4Addr>().ok());
+        let mut query = vec![("device_id", r.id.as_str())];
+        query.extend(INTERFACE_OWNERS.iter().map(|o| ("device_owner", *o)));
+        let interfaces: Vec<Port> = self.list("ports", &query).await?;
+        let subnet_ids: BTreeSet<String> = interfaces
+            .iter()
+            .flat_map(|p| &p.fixed_ips)
+            .filter_map(|f| f.subnet_id.clone())
+            .collect();
+        let mut subnets = vec![];
+        if !subnet_ids.is_empty() {
+            let query: Vec<(&str, &str)> = subnet_ids
+                .iter()
+                .map(|id| ("id", id.as_str()))
+                .chain([("ip_version", "4")])
+                .collect();
+            for s in self.list::<Subnet>("subnets", &query).await? {
+                if let Ok(net) = s.cidr.parse::<Ipv4Net>() {
+                    subnets.push(net);
+                }
+            }
+        }
+        Ok(RouterInfo {
+            project_id: r.project_id.or(r.tenant_id),
+            gateway_ip,
+            distributed: r.distributed.unwrap_or(false),
+            subnets,
+            id: r.id,
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(value: Option<Value>) -> Result<Option<T>, OpenStackError> {
+    value
+        .map(|v| {
+            serde_json::from_value(v).map_err(|e| OpenStackError::Malformed {
+                service: "Neutron",
+                what: e.to_string(),
+            })
+        })
+        .transpose()
+}
+
+fn port_info(p: Port) -> PortInfo {
+    PortInfo {
+        project_id: p.project_id.or(p.tenant_id),
+        addresses: p
+            .fixed_ips
+            .iter()
+            .filter_map(|f| f.ip_address.parse().ok())
+            .collect(),
+        id: p.id,
+    }
+}
+
+#[async_trait::async_trait]
+impl RouterDirectory for NeutronDirectory {
+    async fn router(&self, id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
+        let Some(router) = self.show::<Router>("routers", "router", id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.router_info(router).await?))
+    }
+
+    async fn routers_serving(
+        &self,
+        ip: Ipv4Addr,
+        project_id: Option<&str>,
+    ) -> Result<Vec<RouterInfo>, DirectoryError> {
+        // The subnets of the caller's ports holding the address, then the routers with an
+        // interface on one of them.
+        let ports = self.ports(ip, project_id).await?;
+        let subnets: BTreeSet<String> = ports
+            .iter()
+            .flat_map(|p| &p.fixed_ips)
+            .filter(|f| f.ip_address.parse() == Ok(ip))
+            .filter_map(|f| f.subnet_id.clone())
+            .collect();
+        let mut router_ids = BTreeSet::new();
+        for subnet in &subnets {
+            let filter = format!("subnet_id={subnet}");
+            let mut query = vec![("fixed_ips", filter.as_str())];
+            query.extend(INTERFACE_OWNERS.iter().map(|o| ("device_owner", *o)));
+            for p in self.list::<Port>("ports", &query).await? {
+                router_ids.insert(p.device_id);
+            }
+        }
+        let mut routers = vec![];
+        for id in router_ids {
+            if let Some(r) = self.router(&id).await? {
+                if r.gateway_ip.is_some() {
+                    routers.push(r);
+                }
+            }
+        }
+        Ok(routers)
+    }
+
+    fn knows_ports(&self) -> bool {
+        true
+    }
+
+    async fn port(&self, id: &str) -> Result<Option<PortInfo>, DirectoryError> {
+        Ok(self.show::<Port>("ports", "port", id).await?.map(port_info))
+    }
+
+    async fn ports_with_address(
+        &self,
+        ip: Ipv4Addr,
+        project_id: Option<&str>,
+    ) -> Result<Vec<PortInfo>, DirectoryError> {
+        Ok(self
+            .ports(ip, project_id)
+            .await?
+            .into_iter()
+            .map(port_info)
+            .collect())
+    }
+}
+
+impl NeutronDirectory {
+    async fn ports(
+        &self,
+        ip: Ipv4Addr,
+        project_id: Option<&str>,
+    ) -> Result<Vec<Port>, OpenStackError> {
+        let filter = format!("ip_address={ip}");
+        let mut query = vec![("fixed_ips", filter.as_str())];
+        if let Some(p) = project_id {
+            query.push(("project_id", p));
+        }
+        self.list("ports", &query).await
+    }
+}

@@ -1,0 +1,369 @@
+//! A Keystone session of the service: it logs in with the `clouds.yaml` credentials, keeps the
+//! token in memory only (never on disk) and renews it before it expires, finds endpoints in the
+//! catalog, retries reads with backoff, and validates other users' tokens.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+use super::clouds::{CloudConfig, Credentials, Domain, Named};
+use super::OpenStackError;
+
+/// A token is renewed when it has less than this left.
+const RENEW_BEFORE: Duration = Duration::from_secs(120);
+
+/// Tries of a read: the first and two retries, 0.2 s then 0.8 s apart.
+const READ_TRIES: u32 = 3;
+
+/// Who a validated token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub user_id: String,
+    /// `None` for a token not scoped to a project (such a caller has no project to act in).
+    pub project_id: Option<String>,
+    pub roles: Vec<String>,
+    pub expires_at: DateTime<Utc>,
+}
+
+struct Token {
+    value: String,
+    expires_at: DateTime<Utc>,
+    catalog: Vec<CatalogService>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+struct CatalogService {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    endpoints: Vec<CatalogEndpoint>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+struct CatalogEndpoint {
+    interface: String,
+    url: String,
+    region_id: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    token: TokenFields,
+}
+
+#[derive(Deserialize)]
+struct TokenFields {
+    expires_at: DateTime<Utc>,
+    user: IdOnly,
+    project: Option<IdOnly>,
+    #[serde(default)]
+    roles: Vec<RoleRef>,
+    #[serde(default)]
+    catalog: Vec<CatalogService>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct RoleRef {
+    name: String,
+}
+
+/// The service's session with Keystone.
+pub struct Session {
+    http: reqwest::Client,
+    cloud: CloudConfig,
+    token: Mutex<Option<Token>>,
+}
+
+impl Session {
+    /// A session that logs in on first use. `timeout` bounds every request.
+    pub fn new(cloud: CloudConfig, timeout: Duration) -> Result<Session, OpenStackError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("praas/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(!cloud.verify);
+        if let Some(path) = &cloud.cacert {
+            let pem = std::fs::read(path).map_err(|e| OpenStackError::Config {
+                what: format!("cannot read cacert {}: {e}", path.display()),
+            })?;
+            let cert =
+                reqwest::Certificate::from_pem(&pem).map_err(|e| OpenStackError::Config {
+                    what: format!("cacert {}: {e}", path.display()),
+                })?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().map_err(|e| OpenStackError::Config {
+            what: format!("HTTP client: {e}"),
+        })?;
+        Ok(Session {
+            http,
+            cloud,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// Keystone's v3 root.
+    pub fn auth_url(&self) -> &str {
+        &self.cloud.auth_url
+    }
+
+    fn auth_body(&self) -> Value {
+        fn domain(d: &Domain) -> Value {
+            match d {
+                Domain::Id(id) => json!({ "id": id }),
+                Domain::Name(name) => json!({ "name": name }),
+            }
+        }
+        fn named(n: &Named) -> Value {
+            match n {
+                Named::Id(id) => json!({ "id": id }),
+                Named::Name { name, domain: d } => json!({ "name": name, "domain": domain(d) }),
+            }
+        }
+        match &self.cloud.credentials {
+            Credentials::Password {
+                user,
+                password,
+                project,
+            } => {
+                let mut user = named(user);
+                user["password"] = json!(password);
+                json!({ "auth": {
+                    "identity": { "methods": ["password"], "password": { "user": user } },
+                    "scope": { "project": named(project) },
+                }})
+            }
+            Credentials::ApplicationCredential {
+                id,
+                name,
+                user,
+                secret,
+            } => {
+                let mut credential = json!({ "secret": secret });
+                if let Some(id) = id {
+                    credential["id"] = json!(id);
+                } else {
+                    credential["name"] = json!(name);
+                    if let Some(user) = user {
+                        credential["user"] = named(user);
+                    }
+                }
+                json!({ "auth": { "identity": {
+                    "methods": ["application_credential"],
+                    "application_credential": credential,
+                }}})
+            }
+        }
+    }
+
+    async fn login(&self) -> Result<Token, OpenStackError> {
+        let url = format!("{}/auth/tokens", self.cloud.auth_url);
+        let resp = self
+            .http
+            .post(&url)
+            .json(&self.auth_body())
+            .send()
+            .await
+            .map_err(|e| OpenStackError::unreachable("Keystone", &url, e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(OpenStackError::LoginRefused {
+                auth_url: self.cloud.auth_url.clone(),
+                status: status.as_u16(),
+            });
+        }
+        if !status.is_success() {
+            return Err(OpenStackError::Status {
+                service: "Keystone",
+                url,
+                status: status.as_u16(),
+                body: resp.text().await.unwrap_or_default(),
+            });
+        }
+        let value = resp
+            .headers()
+            .get("x-subject-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| OpenStackError::Malformed {
+                service: "Keystone",
+                what: "a login answer without X-Subject-Token".into(),
+            })?;
+        let body: TokenBody = resp.json().await.map_err(|e| OpenStackError::Malformed {
+            service: "Keystone",
+            what: format!("login answer: {e}"),
+        })?;
+        debug!(expires_at = %body.token.expires_at, "logged in to Keystone");
+        Ok(Token {
+            value,
+            expires_at: body.token.expires_at,
+            catalog: body.token.catalog,
+        })
+    }
+
+    /// The current token, logging in when there is none or it is about to expire.
+    async fn token(&self, renew: bool) -> Result<(String, Vec<CatalogService>), OpenStackError> {
+        let mut guard = self.token.lock().await;
+        let fresh = guard.as_ref().is_some_and(|t| {
+            !renew
+                && t.expires_at - Utc::now()
+                    > chrono::Duration::from_std(RENEW_BEFORE).expect("small duration")
+        });
+        if !fresh {
+            *guard = Some(self.login().await?);
+        }
+        let t = guard.as_ref().expect("just set");
+        Ok((t.value.clone(), t.catalog.clone()))
+    }
+
+    /// A valid token of the service's own (logging in if needed), e.g. to call an API this
+    /// client has no method for.
+    pub async fn auth_token(&self) -> Result<String, OpenStackError> {
+        Ok(self.token(false).await?.0)
+    }
+
+    /// The URL of `service_type` in the catalog, for the configured interface and region.
+    pub async fn endpoint(&self, service_type: &str) -> Result<String, OpenStackError> {
+        let (_, catalog) = self.token(false).await?;
+        let interface = self.cloud.interface.as_str();
+        catalog
+            .iter()
+            .filter(|s| s.kind == service_type)
+            .flat_map(|s| &s.endpoints)
+            .find(|e| {
+                e.interface == interface
+                    && self.cloud.region_name.as_deref().is_none_or(|r| {
+                        e.region_id.as_deref() == Some(r) || e.region.as_deref() == Some(r)
+                    })
+            })
+            .map(|e| e.url.trim_end_matches('/').to_string())
+            .ok_or_else(|| OpenStackError::NoEndpoint {
+                service_type: service_type.to_string(),
+                interface,
+                region: self.cloud.region_name.clone(),
+            })
+    }
+
+    /// GETs `url` with the service's token: retried with backoff on transport errors, 5xx and
+    /// 429; a 401 renews the token once. `Ok(None)` for 404.
+    pub async fn get_json(
+        &self,
+        service: &'static str,
+        url: &str,
+    ) -> Result<Option<Value>, OpenStackError> {
+        let mut renewed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (token, _) = self.token(false).await?;
+            let result = self
+                .http
+                .request(Method::GET, url)
+                .header("X-Auth-Token", token)
+                .header("Accept", "application/json")
+                .send()
+                .await;
+            let retry_after = match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::NOT_FOUND {
+                        return Ok(None);
+                    }
+                    if status == StatusCode::UNAUTHORIZED && !renewed {
+                        renewed = true;
+                        self.token(true).await?;
+                        attempt -= 1;
+                        continue;
+                    }
+                    if status.is_success() {
+                        return resp.json().await.map(Some).map_err(|e| {
+                            OpenStackError::Malformed {
+                                service,
+                                what: format!("{url}: {e}"),
+                            }
+                        });
+                    }
+                    let error = OpenStackError::Status {
+                        service,
+                        url: url.to_string(),
+                        status: status.as_u16(),
+                        body: resp.text().await.unwrap_or_default(),
+                    };
+                    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                        return Err(error);
+                    }
+                    error
+                }
+                Err(e) => OpenStackError::unreachable(service, url, e),
+            };
+            if attempt >= READ_TRIES {
+                return Err(retry_after);
+            }
+            let pause = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+            warn!(%url, error = %retry_after, ?pause, "read failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Validates a user's token (`GET /v3/auth/tokens` with the service's own token).
+    /// `Ok(None)`: Keystone does not accept it (invalid, expired or revoked).
+    pub async fn validate(&self, subject: &str) -> Result<Option<TokenInfo>, OpenStackError> {
+        let url = format!("{}/auth/tokens?nocatalog", self.cloud.auth_url);
+        let mut renewed = false;
+        loop {
+            let (token, _) = self.token(false).await?;
+            let resp = self
+                .http
+                .get(&url)
+                .header("X-Auth-Token", token)
+                .header("X-Subject-Token", subject)
+                .send()
+                .await
+                .map_err(|e| OpenStackError::unreachable("Keystone", &url, e))?;
+            let status = resp.status();
+            // An unknown or expired subject token answers 404; our own token being refused
+            // answers 401, after which we log in again once.
+            if status == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                renewed = true;
+                self.token(true).await?;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(OpenStackError::Status {
+                    service: "Keystone",
+                    url,
+                    status: status.as_u16(),
+                    body: resp.text().await.unwrap_or_default(),
+                });
+            }
+            let body: TokenBody = resp.json().await.map_err(|e| OpenStackError::Malformed {
+                service: "Keystone",
+                what: format!("token validation answer: {e}"),
+            })?;
+            let t = body.token;
+            if t.expires_at <= Utc::now() {
+                return Ok(None);
+            }
+            return Ok(Some(TokenInfo {
+                user_id: t.user.id,
+                project_id: t.project.map(|p| p.id),
+                roles: t.roles.into_iter().map(|r| r.name).collect(),
+                expires_at: t.expires_at,
+            }));
+        }
+    }
+}

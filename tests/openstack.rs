@@ -1,0 +1,563 @@
+//! Against the real Keystone and Neutron of `scripts/dev-cloud`: the service's own client
+//! (clouds.yaml, catalog, Neutron reads), Keystone-authenticated requests, the authorization
+//! matrix of every endpoint, and the Neutron checks of new mappings.
+//!
+//! The cloud is found at `PRAAS_CLOUD_DIR` (default `/var/tmp/praas-dev-cloud`). Without it the
+//! tests print one line and skip; under CI they fail instead (`scripts/test` brings it up).
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use praas::api::{self, AppState, Authenticator, RoleNames};
+use praas::openstack::tokens::KeystoneTokens;
+use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
+use praas::store::Policy;
+use serde_json::{json, Value};
+use tokio::sync::RwLock;
+use tower::ServiceExt;
+
+/// Tests that stop Keystone take this for writing; all others for reading.
+static KEYSTONE: RwLock<()> = RwLock::const_new(());
+
+struct Cloud {
+    dir: PathBuf,
+    resources: Value,
+}
+
+impl Cloud {
+    /// The dev cloud, or `None` (with the reason printed) when it is not running.
+    fn find(test: &str) -> Option<Cloud> {
+        let dir = PathBuf::from(
+            std::env::var("PRAAS_CLOUD_DIR").unwrap_or_else(|_| "/var/tmp/praas-dev-cloud".into()),
+        );
+        let resources = std::fs::read_to_string(dir.join("resources.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
+        let up = resources.as_ref().is_some_and(|r| {
+            r["keystone"]
+                .as_str()
+                .is_some_and(|url| std::net::TcpStream::connect(authority(url)).is_ok())
+        });
+        if !up {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!(
+                    "{test}: CI must run the dev cloud (scripts/dev-cloud up) at {}",
+                    dir.display()
+                );
+            }
+            eprintln!(
+                "skipped {test}: no dev cloud at {} (scripts/dev-cloud up)",
+                dir.display()
+            );
+            return None;
+        }
+        Some(Cloud {
+            dir,
+            resources: resources.unwrap(),
+        })
+    }
+
+    fn session(&self, cloud: &str) -> Arc<Session> {
+        let config = clouds::load(&self.dir.join("clouds.yaml"), cloud).unwrap();
+        Arc::new(Session::new(config, Duration::from_secs(10)).unwrap())
+    }
+
+    /// A fresh token of the user behind `cloud` of clouds.yaml.
+    async fn token(&self, cloud: &str) -> String {
+        self.session(cloud).auth_token().await.unwrap()
+    }
+
+    fn project(&self, p: &str) -> &Value {
+        &self.resources["projects"][p]
+    }
+
+    /// The API with Keystone authentication and Neutron checks, on a fresh SQLite store.
+    async fn app(&self) -> Router {
+        let session = self.session("openstack");
+        let store = common::sqlite_store().await;
+        api::router(Arc::new(AppState {
+            store: Arc::new(store),
+            directory: Arc::new(NeutronDirectory::new(session.clone())),
+            auth: Authenticator::Keystone {
+                auth_url: session.auth_url().to_string(),
+                tokens: Arc::new(KeystoneTokens::new(session, Duration::from_secs(300), 1000)),
+                roles: RoleNames::default(),
+            },
+            policy: Policy::default(),
+        }))
+    }
+}
+
+fn authority(url: &str) -> String {
+    url.split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn call(
+    app: &Router,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        req = req.header("x-auth-token", t);
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let body = body.map(|b| Body::from(b.to_string())).unwrap_or_default();
+    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_logs_in_from_clouds_yaml_and_reads_neutron() {
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find("the_service_logs_in_from_clouds_yaml_and_reads_neutron") else {
+        return;
+    };
+    let session = cloud.session("openstack");
+    assert_eq!(
+        session.endpoint("network").await.unwrap(),
+        cloud.resources["neutron"].as_str().unwrap()
+    );
+    let neutron = NeutronDirectory::new(session);
+    let a = cloud.project("a");
+    let router = neutron
+        .router(a["router_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(router.project_id.as_deref(), a["project_id"].as_str());
+    assert_eq!(
+        router.gateway_ip.unwrap().to_string(),
+        a["router_gateway_ip"].as_str().unwrap()
+    );
+    assert_eq!(
+        router.subnets,
+        vec![a["cidr"].as_str().unwrap().parse().unwrap()]
+    );
+    let vm = &a["vms"][0];
+    let port = neutron
+        .port(vm["port_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(port.project_id.as_deref(), a["project_id"].as_str());
+    assert_eq!(port.addresses[0].to_string(), vm["ip"].as_str().unwrap());
+    // The router serving an address, found through the port that holds it.
+    let ip = vm["ip"].as_str().unwrap().parse().unwrap();
+    let serving = neutron
+        .routers_serving(ip, a["project_id"].as_str())
+        .await
+        .unwrap();
+    assert_eq!(serving.len(), 1);
+    assert_eq!(serving[0].id, a["router_id"].as_str().unwrap());
+    // Another project's view of the same address finds nothing.
+    let b_project = cloud.project("b")["project_id"].as_str();
+    assert!(neutron
+        .routers_serving(ip, b_project)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(neutron
+        .router("00000000-0000-4000-8000-000000000000")
+        .await
+        .unwrap()
+        .is_none());
+    // A router without gateway is known, without a gateway address.
+    let bare = neutron
+        .router(a["router_without_gateway_id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bare.gateway_ip, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_valid_token_are_refused() {
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find("requests_without_a_valid_token_are_refused") else {
+        return;
+    };
+    let app = cloud.app().await;
+    for token in [None, Some("gAAAAABnot-a-real-token"), Some("")] {
+        for (method, uri) in [
+            (Method::GET, "/v1/mappings"),
+            (Method::POST, "/v1/mappings"),
+            (Method::GET, "/router_pat?router_id=x"),
+        ] {
+            let (status, body) = call(&app, token, method.clone(), uri, None).await;
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {uri} {token:?}: {body}"
+            );
+            assert_eq!(body["error"]["code"], "unauthorized");
+        }
+    }
+    // Health checks and the API document stay open.
+    for uri in ["/healthz", "/readyz", "/v1/openapi.json"] {
+        assert_eq!(
+            call(&app, None, Method::GET, uri, None).await.0,
+            StatusCode::OK,
+            "{uri}"
+        );
+    }
+}
+
+/// Every endpoint × admin, member and reader of the owning project, member and reader of
+/// another project, on project A's router and VMs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_matrix_holds_for_every_endpoint() {
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find("the_authorization_matrix_holds_for_every_endpoint") else {
+        return;
+    };
+    let app = cloud.app().await;
+    let a = cloud.project("a");
+    let router = a["router_id"].as_str().unwrap();
+    let gateway = a["router_gateway_ip"].as_str().unwrap();
+    let (vm1_port, vm2_ip) = (
+        a["vms"][0]["port_id"].as_str().unwrap(),
+        a["vms"][1]["ip"].as_str().unwrap(),
+    );
+    let users = ["admin", "a-member", "a-reader", "b-member", "b-reader"];
+    let mut tokens = std::collections::BTreeMap::new();
+    for u in users {
+        tokens.insert(u, cloud.token(u).await);
+    }
+    let writes = |user: &str| matches!(user, "admin" | "a-member");
+    let sees = |user: &str| matches!(user, "admin" | "a-member" | "a-reader");
+
+    for (n, user) in users.iter().enumerate() {
+        let token = Some(tokens[user].as_str());
+        let internal_port = 2000 + n as u64;
+        // v1 create.
+        let (status, created) = call(
+            &app,
+            token,
+            Method::POST,
+            "/v1/mappings",
+            Some(
+                json!({"mapping": {"router_id": router, "internal_port_id": vm1_port,
+                "internal_port": internal_port}}),
+            ),
+        )
+        .await;
+        let want = match *user {
+            "admin" | "a-member" => StatusCode::CREATED,
+            "b-member" => StatusCode::NOT_FOUND,
+            _ => StatusCode::FORBIDDEN,
+        };
+        assert_eq!(status, want, "{user} creates: {created}");
+        // The mapping the rest of the checks use: made by A's member.
+        let (_, made) = call(
+            &app,
+            Some(&tokens["a-member"]),
+            Method::POST,
+            "/v1/mappings",
+            Some(
+                json!({"mapping": {"router_id": router, "internal_port_id": vm1_port,
+                "internal_port": 3000 + n as u64}}),
+            ),
+        )
+        .await;
+        let id = made["mapping"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{made}"))
+            .to_string();
+        assert_eq!(made["mapping"]["project_id"], a["project_id"]);
+
+        // v1 list and show.
+        let (status, list) = call(&app, token, Method::GET, "/v1/mappings", None).await;
+        assert_eq!(status, StatusCode::OK, "{user} lists: {list}");
+        let listed = list["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id.as_str());
+        assert_eq!(listed, sees(user), "{user} lists: {list}");
+        let (status, shown) = call(
+            &app,
+            token,
+            Method::GET,
+            &format!("/v1/mappings/{id}"),
+            None,
+        )
+        .await;
+        let want = if sees(user) {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        assert_eq!(status, want, "{user} shows: {shown}");
+
+        // Original protocol: list and create.
+        let (status, pat) = call(
+            &app,
+            token,
+            Method::GET,
+            &format!("/router_pat?router_id=qrouter-{router}"),
+            None,
+        )
+        .await;
+        if user.ends_with("reader") || writes(user) || *user == "b-member" {
+            assert_eq!(status, StatusCode::OK, "{user} router_pat: {pat}");
+        }
+        let pat_text = pat.to_string();
+        assert_eq!(
+            pat_text.contains(&format!("{}", 3000 + n)),
+            sees(user),
+            "{user} router_pat: {pat}"
+        );
+        let (status, pat_created) = call(
+            &app,
+            token,
+            Method::POST,
+            &format!(
+                "/pat/create?router_id=qrouter-{router}&server_ip={vm2_ip}&create_server_port={}&gateway={gateway}",
+                4000 + n
+            ),
+            None,
+        )
+        .await;
+        match *user {
+            "admin" | "a-member" => {
+                assert_eq!(status, StatusCode::OK, "{user} pat/create: {pat_created}");
+                assert!(
+                    pat_created["create_router_port"].is_string(),
+                    "{user}: {pat_created}"
+                );
+            }
+            "b-member" => {
+                // The original protocol answers 200 with an error body; nothing is created.
+                assert_eq!(status, StatusCode::OK, "{user} pat/create: {pat_created}");
+                assert!(
+                    pat_created["create_router_port"].is_null(),
+                    "{user}: {pat_created}"
+                );
+            }
+            _ => assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{user} pat/create: {pat_created}"
+            ),
+        }
+
+        // v1 update and delete.
+        let (status, updated) = call(
+            &app,
+            token,
+            Method::PUT,
+            &format!("/v1/mappings/{id}"),
+            Some(json!({"mapping": {"description": format!("changed by {user}")}})),
+        )
+        .await;
+        // Another project's mapping does not exist for the caller, whatever its role.
+        let want = match *user {
+            "admin" | "a-member" => StatusCode::OK,
+            "a-reader" => StatusCode::FORBIDDEN,
+            _ => StatusCode::NOT_FOUND,
+        };
+        assert_eq!(status, want, "{user} updates: {updated}");
+        let (status, deleted) = call(
+            &app,
+            token,
+            Method::DELETE,
+            &format!("/v1/mappings/{id}"),
+            None,
+        )
+        .await;
+        let want = match *user {
+            "admin" | "a-member" => StatusCode::NO_CONTENT,
+            "a-reader" => StatusCode::FORBIDDEN,
+            _ => StatusCode::NOT_FOUND,
+        };
+        assert_eq!(status, want, "{user} deletes: {deleted}");
+        let (status, _) = call(
+            &app,
+            Some(&tokens["admin"]),
+            Method::GET,
+            &format!("/v1/mappings/{id}"),
+            None,
+        )
+        .await;
+        let want = if writes(user) {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(status, want, "after {user}'s delete");
+    }
+}
+
+/// Neutron decides what may be mapped: the caller's router with a gateway, the caller's port,
+/// an address of that port on a subnet of that router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mappings_are_checked_against_neutron() {
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find("mappings_are_checked_against_neutron") else {
+        return;
+    };
+    let app = cloud.app().await;
+    let (a, b) = (cloud.project("a"), cloud.project("b"));
+    let member = cloud.token("a-member").await;
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    let router = s(&a["router_id"]);
+    let cases = [
+        (
+            "router of another project",
+            json!({"router_id": s(&b["router_id"]), "internal_ip_address": s(&a["vms"][0]["ip"]), "internal_port": 22}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "router without gateway",
+            json!({"router_id": s(&a["router_without_gateway_id"]), "internal_ip_address": s(&a["vms"][0]["ip"]), "internal_port": 22}),
+            StatusCode::CONFLICT,
+            "router_has_no_gateway",
+        ),
+        (
+            "port on a subnet the router does not serve",
+            json!({"router_id": router, "internal_port_id": s(&a["unrouted"]["port_id"]), "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "address that is not the port's",
+            json!({"router_id": router, "internal_port_id": s(&a["vms"][0]["port_id"]), "internal_ip_address": s(&a["vms"][1]["ip"]), "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "another project's port",
+            json!({"router_id": router, "internal_port_id": s(&b["vms"][0]["port_id"]), "internal_port": 22}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "another project's address",
+            json!({"router_id": router, "internal_ip_address": s(&b["vms"][0]["ip"]), "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "an address on the router's subnet that no port holds",
+            json!({"router_id": router, "internal_ip_address": "10.10.0.250", "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "unknown router",
+            json!({"router_id": "00000000-0000-4000-8000-000000000000", "internal_ip_address": s(&a["vms"][0]["ip"]), "internal_port": 22}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (what, mapping, status, code) in cases {
+        let (got, body) = call(
+            &app,
+            Some(&member),
+            Method::POST,
+            "/v1/mappings",
+            Some(json!({ "mapping": mapping })),
+        )
+        .await;
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {body}"
+        );
+    }
+    // The good case, with the router found from the address alone, and the port recorded.
+    let (got, body) = call(
+        &app,
+        Some(&member),
+        Method::POST,
+        "/v1/mappings",
+        Some(
+            json!({"mapping": {"internal_ip_address": s(&a["vms"][1]["ip"]), "internal_port": 22}}),
+        ),
+    )
+    .await;
+    assert_eq!(got, StatusCode::CREATED, "{body}");
+    let m = &body["mapping"];
+    assert_eq!(m["router_id"], a["router_id"]);
+    assert_eq!(m["external_ip_address"], a["router_gateway_ip"]);
+    assert_eq!(m["internal_port_id"], a["vms"][1]["port_id"]);
+    assert_eq!(m["project_id"], a["project_id"]);
+}
+
+/// Keystone down: requests that need a token validated get 503, not 401 or 500. Cached
+/// validations keep working until their time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keystone_unreachable_is_503() {
+    let _alone = KEYSTONE.write().await;
+    let Some(cloud) = Cloud::find("keystone_unreachable_is_503") else {
+        return;
+    };
+    let app = cloud.app().await;
+    let member = cloud.token("a-member").await;
+    let fresh = cloud.token("a-reader").await;
+    let (status, _) = call(&app, Some(&member), Method::GET, "/v1/mappings", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let pid_file = cloud.dir.join("keystone.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    praas::simnode::run(&["kill", &pid], None).unwrap();
+    // Gone when the process is, not merely its listener (which closes first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Keystone did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = call(&app, Some(&fresh), Method::GET, "/v1/mappings", None).await;
+    let (cached, _) = call(&app, Some(&member), Method::GET, "/v1/mappings", None).await;
+
+    // Back up before asserting, so that a failure here does not take the cloud down for
+    // the tests that follow.
+    let restarted = std::process::Command::new("bash")
+        .args(["scripts/dev-cloud", "up"])
+        .env("PRAAS_CLOUD_DIR", &cloud.dir)
+        .output()
+        .unwrap();
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "identity_unavailable");
+    assert_eq!(
+        cached,
+        StatusCode::OK,
+        "a validation cached before the outage still counts"
+    );
+}
