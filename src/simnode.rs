@@ -48,6 +48,9 @@ pub struct SimNodeOptions {
     pub vms: usize,
     pub neutron_rules: bool,
     pub kind: NamespaceKind,
+    /// Addresses and router id as a real cloud allocated them; `None`: the fixed documentation
+    /// addresses above and a generated router id.
+    pub layout: Option<SimLayout>,
 }
 
 impl Default for SimNodeOptions {
@@ -56,8 +59,23 @@ impl Default for SimNodeOptions {
             vms: 2,
             neutron_rules: true,
             kind: NamespaceKind::Qrouter,
+            layout: None,
         }
     }
+}
+
+/// The router and VMs as Neutron allocated them, to build the node an L3 agent would have.
+#[derive(Debug, Clone)]
+pub struct SimLayout {
+    pub router_id: String,
+    /// The router's gateway address with the external subnet's prefix.
+    pub gateway: ipnet::Ipv4Net,
+    /// The external subnet's gateway (the client namespace's link address).
+    pub upstream: Ipv4Addr,
+    /// The router's interface address with the tenant subnet's prefix.
+    pub internal: ipnet::Ipv4Net,
+    /// One VM per address (`vms` is ignored).
+    pub vm_ips: Vec<Ipv4Addr>,
 }
 
 /// A VM behind the router.
@@ -71,6 +89,8 @@ pub struct SimVm {
 pub struct SimNode {
     pub router_id: String,
     pub router_ns: RouterNamespace,
+    /// The router's gateway address (where clients connect).
+    pub gateway_ip: Ipv4Addr,
     pub gateway_device: String,
     pub client_ns: String,
     pub vms: Vec<SimVm>,
@@ -130,19 +150,34 @@ impl SimNode {
     /// Builds the namespaces, devices, addresses and (optionally) Neutron's rules.
     pub fn new(options: SimNodeOptions) -> Result<SimNode, SimNodeError> {
         let id = unique_suffix();
-        // A valid UUID (as Neutron router ids are), recognisable as ours by its 5e1f prefix.
-        let router_id = format!("5e1f{}-{}-4000-8000-000000000000", &id[1..5], &id[5..]);
+        let layout = options.layout.clone().unwrap_or_else(|| SimLayout {
+            // A valid UUID (as Neutron router ids are), recognisable as ours by its 5e1f prefix.
+            router_id: format!("5e1f{}-{}-4000-8000-000000000000", &id[1..5], &id[5..]),
+            gateway: ipnet::Ipv4Net::new(GATEWAY_IP, 24).expect("valid prefix"),
+            upstream: UPSTREAM_IP,
+            internal: ipnet::Ipv4Net::new(INTERNAL_GATEWAY, 24).expect("valid prefix"),
+            vm_ips: (0..options.vms)
+                .map(|i| Ipv4Addr::new(10, 0, 0, 5 + i as u8))
+                .collect(),
+        });
+        let router_id = layout.router_id.clone();
         let router_ns = RouterNamespace::for_router(&router_id, options.kind);
         let client_ns = format!("praas-sim-{id}-ext");
         let switch_ns = format!("praas-sim-{id}-sw");
-        let vms: Vec<SimVm> = (0..options.vms)
-            .map(|i| SimVm {
+        let vms: Vec<SimVm> = layout
+            .vm_ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| SimVm {
                 namespace: format!("praas-sim-{id}-vm{i}"),
-                ip: Ipv4Addr::new(10, 0, 0, 5 + i as u8),
+                ip: *ip,
             })
             .collect();
+        let (gateway, upstream, internal) = (layout.gateway, layout.upstream, layout.internal);
+        let internal_gateway = internal.addr();
         let mut node = SimNode {
             router_id,
+            gateway_ip: gateway.addr(),
             gateway_device: format!("qg-{id}"),
             router_ns,
             client_ns,
@@ -178,16 +213,18 @@ impl SimNode {
             format!(
                 "link set lo up\n\
                  link add {qg} type veth peer name ext0 netns {c}\n\
-                 addr add {GATEWAY_IP}/24 dev {qg}\n\
+                 addr add {gateway} dev {qg}\n\
                  link set {qg} up\n\
-                 route add default via {UPSTREAM_IP}\n\
+                 route add default via {upstream}\n\
                  link add {qr} type veth peer name r0 netns {s}\n\
-                 addr add {INTERNAL_GATEWAY}/24 dev {qr}\n\
+                 addr add {internal} dev {qr}\n\
                  link set {qr} up\n"
             ),
         ));
-        let mut client =
-            format!("link set lo up\naddr add {UPSTREAM_IP}/24 dev ext0\nlink set ext0 up\n");
+        let mut client = format!(
+            "link set lo up\naddr add {upstream}/{} dev ext0\nlink set ext0 up\n",
+            gateway.prefix_len()
+        );
         for src in CLIENT_SOURCES {
             client += &format!("addr add {src}/32 dev lo\n");
         }
@@ -199,10 +236,11 @@ impl SimNode {
                 format!(
                     "link set lo up\n\
                      link add eth0 type veth peer name v{i} netns {s}\n\
-                     addr add {}/24 dev eth0\n\
+                     addr add {}/{} dev eth0\n\
                      link set eth0 up\n\
-                     route add default via {INTERNAL_GATEWAY}\n",
-                    vm.ip
+                     route add default via {internal_gateway}\n",
+                    vm.ip,
+                    internal.prefix_len()
                 ),
             ));
             switch += &format!("link set v{i} master br0 up\n");
@@ -231,7 +269,7 @@ impl SimNode {
 
     /// The L3 agent's gateway rules for this router, in iptables-restore form.
     pub fn neutron_rules(&self) -> String {
-        let (qg, gw) = (&self.gateway_device, GATEWAY_IP);
+        let (qg, gw) = (&self.gateway_device, self.gateway_ip);
         format!(
             "*mangle\n\
              :neutron-l3-agent-PREROUTING - [0:0]\n\

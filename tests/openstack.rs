@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +16,16 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
+use praas::agent::Agent;
 use praas::api::{self, AppState, Authenticator, RoleNames};
+use praas::dataplane::conntrack::Conntrack;
+use praas::dataplane::netlink::sockets;
+use praas::dataplane::sync::RouterSync;
+use praas::dataplane::Driver;
 use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
-use praas::store::Policy;
+use praas::simnode::{SimLayout, SimNode, SimNodeOptions};
+use praas::store::{Policy, Store};
 use serde_json::{json, Value};
 use tokio::sync::RwLock;
 use tower::ServiceExt;
@@ -80,10 +87,14 @@ impl Cloud {
 
     /// The API with Keystone authentication and Neutron checks, on a fresh SQLite store.
     async fn app(&self) -> Router {
+        self.app_and_store().await.0
+    }
+
+    async fn app_and_store(&self) -> (Router, Arc<Store>) {
         let session = self.session("openstack");
-        let store = common::sqlite_store().await;
-        api::router(Arc::new(AppState {
-            store: Arc::new(store),
+        let store = Arc::new(common::sqlite_store().await);
+        let app = api::router(Arc::new(AppState {
+            store: store.clone(),
             directory: Arc::new(NeutronDirectory::new(session.clone())),
             auth: Authenticator::Keystone {
                 auth_url: session.auth_url().to_string(),
@@ -91,7 +102,8 @@ impl Cloud {
                 roles: RoleNames::default(),
             },
             policy: Policy::default(),
-        }))
+        }));
+        (app, store)
     }
 }
 
@@ -508,19 +520,113 @@ async fn mappings_are_checked_against_neutron() {
     assert_eq!(m["project_id"], a["project_id"]);
 }
 
-/// Keystone down: requests that need a token validated get 503, not 401 or 500. Cached
-/// validations keep working until their time is up.
+/// A member maps its VM on the node an L3 agent would have built from what Neutron allocated,
+/// and a real connection goes through the router's gateway. Then Keystone stops: requests that
+/// need a token validated get 503 (not 401, not 500), a validation cached before the outage
+/// still counts, and the mapping keeps forwarding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn keystone_unreachable_is_503() {
+async fn a_member_maps_its_vm_and_keystone_down_is_503_while_traffic_flows() {
+    let test = "a_member_maps_its_vm_and_keystone_down_is_503_while_traffic_flows";
     let _alone = KEYSTONE.write().await;
-    let Some(cloud) = Cloud::find("keystone_unreachable_is_503") else {
+    let Some(cloud) = Cloud::find(test) else {
         return;
     };
-    let app = cloud.app().await;
+    let kernel = common::kernel_tests_enabled(test);
+    let a = cloud.project("a");
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    let external_prefix: ipnet::Ipv4Net = s(&cloud.resources["external_network"]["cidr"])
+        .parse()
+        .unwrap();
+    let tenant_prefix: ipnet::Ipv4Net = s(&a["cidr"]).parse().unwrap();
+    let (app, node, agent) = if kernel {
+        let layout = SimLayout {
+            router_id: s(&a["router_id"]),
+            gateway: ipnet::Ipv4Net::new(
+                s(&a["router_gateway_ip"]).parse().unwrap(),
+                external_prefix.prefix_len(),
+            )
+            .unwrap(),
+            upstream: s(&cloud.resources["external_network"]["gateway_ip"])
+                .parse()
+                .unwrap(),
+            internal: ipnet::Ipv4Net::new(
+                s(&a["router_interface_ip"]).parse().unwrap(),
+                tenant_prefix.prefix_len(),
+            )
+            .unwrap(),
+            vm_ips: vec![s(&a["vms"][0]["ip"]).parse().unwrap()],
+        };
+        let node = tokio::task::spawn_blocking(move || {
+            SimNode::new(SimNodeOptions {
+                layout: Some(layout),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let (app, store) = cloud.app_and_store().await;
+        let sync = Arc::new(RouterSync::new(
+            Arc::from(Driver::Nftables.backend().unwrap()),
+            Arc::new(Conntrack),
+        ));
+        let agent = tokio::spawn(Agent::new(store, sync, Duration::from_secs(3600)).run());
+        (app, Some(node), Some(agent))
+    } else {
+        (cloud.app().await, None, None)
+    };
     let member = cloud.token("a-member").await;
     let fresh = cloud.token("a-reader").await;
-    let (status, _) = call(&app, Some(&member), Method::GET, "/v1/mappings", None).await;
-    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(
+        &app,
+        Some(&member),
+        Method::POST,
+        "/v1/mappings",
+        Some(
+            json!({"mapping": {"internal_port_id": s(&a["vms"][0]["port_id"]), "internal_port": 22,
+            "router_id": s(&a["router_id"])}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = s(&body["mapping"]["id"]);
+    let port = body["mapping"]["external_port"].as_u64().unwrap() as u16;
+    let dst = SocketAddrV4::new(s(&a["router_gateway_ip"]).parse().unwrap(), port);
+    let _server = node.as_ref().map(|n| n.serve_tcp(0, 22).unwrap());
+    let through = |node: &Option<SimNode>, msg: &'static str| {
+        let client = node.as_ref().map(|n| n.client_ns.clone());
+        async move {
+            let client = client?;
+            tokio::task::spawn_blocking(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                loop {
+                    match SimNode::tcp_exchange(&client, None, dst, msg) {
+                        Ok(answer) => return Some(answer),
+                        Err(e) if std::time::Instant::now() > deadline => {
+                            panic!("no connection to {dst}: {e}")
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let upstream = s(&cloud.resources["external_network"]["gateway_ip"]);
+    if let Some(answer) = through(&node, "hello").await {
+        // The VM sees the client's own address: no masquerade by default.
+        assert_eq!(answer, format!("from={upstream} hello"));
+        let (_, shown) = call(
+            &app,
+            Some(&member),
+            Method::GET,
+            &format!("/v1/mappings/{id}"),
+            None,
+        )
+        .await;
+        assert_eq!(shown["mapping"]["status"], "ACTIVE", "{shown}");
+    }
 
     let pid_file = cloud.dir.join("keystone.pid");
     let pid = std::fs::read_to_string(&pid_file)
@@ -539,6 +645,7 @@ async fn keystone_unreachable_is_503() {
     }
     let (status, body) = call(&app, Some(&fresh), Method::GET, "/v1/mappings", None).await;
     let (cached, _) = call(&app, Some(&member), Method::GET, "/v1/mappings", None).await;
+    let still = through(&node, "still there").await;
 
     // Back up before asserting, so that a failure here does not take the cloud down for
     // the tests that follow.
@@ -560,4 +667,13 @@ async fn keystone_unreachable_is_503() {
         StatusCode::OK,
         "a validation cached before the outage still counts"
     );
+    if let Some(answer) = still {
+        assert_eq!(answer, format!("from={upstream} still there"));
+    }
+    if let Some(agent) = agent {
+        agent.abort();
+    }
+    if let Some(node) = &node {
+        sockets::forget(&node.router_ns);
+    }
 }
