@@ -1,7 +1,6 @@
 //! `praas`: one binary, a subcommand per role.
 
 use std::io::IsTerminal;
-use std::net::SocketAddrV4;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +8,8 @@ use std::time::Duration;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+
+mod demo;
 use clap::{Parser, Subcommand};
 use praas::agent::Agent;
 use praas::api::{self, AppState, Authenticator, RoleNames};
@@ -18,7 +19,6 @@ use praas::dataplane::sync::RouterSync;
 use praas::dataplane::Driver;
 use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NamespaceDirectory, NeutronDirectory, RouterDirectory, Session};
-use praas::simnode::{SimNode, SimNodeOptions, GATEWAY_IP, UPSTREAM_IP};
 use praas::store::{Policy, Store, Strategy};
 
 #[derive(Parser)]
@@ -61,6 +61,10 @@ enum Command {
         /// Dataplane driver: nftables (default) or iptables.
         #[arg(long, default_value = "nftables")]
         driver: Driver,
+        /// Run on the dev cloud of `scripts/dev-cloud` (its state directory): real Keystone
+        /// authentication and Neutron checks, the node built from Neutron's allocation.
+        #[arg(long)]
+        cloud_dir: Option<PathBuf>,
     },
 }
 
@@ -75,7 +79,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { driver } => demo(driver),
+        Command::Demo { driver, cloud_dir } => demo::run(driver, cloud_dir.as_deref()),
         Command::AllInOne { config_file } => {
             runtime().and_then(|rt| rt.block_on(serve(&config_file, true, true)))
         }
@@ -249,202 +253,5 @@ async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
             Ok(())
         }
         Some(done) = tasks.join_next() => done.context("a task panicked")?,
-    }
-}
-
-/// One HTTP/1.1 request to the demo's own API on loopback; returns (status, body).
-async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    target: &str,
-    body: Option<&str>,
-) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let body = body.unwrap_or("");
-    let request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nX-Project-Id: demo\r\nX-Roles: member,reader\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("malformed HTTP answer")?;
-    Ok((status, body.to_string()))
-}
-
-fn demo(driver: Driver) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the demo builds network namespaces and needs root");
-    }
-    runtime()?.block_on(demo_async(driver))
-}
-
-async fn demo_async(driver: Driver) -> Result<()> {
-    println!("Building a simulated network node (router namespace with Neutron's gateway rules, client, 2 VMs)...");
-    let node = tokio::task::spawn_blocking(|| SimNode::new(SimNodeOptions::default()))
-        .await?
-        .context("building the simulated network node")?;
-    println!(
-        "  router {} in namespace {} (gateway {GATEWAY_IP})",
-        node.router_id, node.router_ns
-    );
-    for vm in &node.vms {
-        println!("  VM {} in namespace {}", vm.ip, vm.namespace);
-    }
-    let _ssh = node.serve_tcp(0, 22)?;
-    let _web = node.serve_tcp(1, 80)?;
-    println!(
-        "  echo servers on {}:22 and {}:80",
-        node.vms[0].ip, node.vms[1].ip
-    );
-
-    // The all-in-one service: SQLite store, agent, API on loopback. Router facts are read from
-    // the router namespace itself (no OpenStack in the demo).
-    let dir = std::env::temp_dir().join(format!("praas-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let store = Arc::new(Store::open(&format!("sqlite:///{}/praas.db", dir.display())).await?);
-    store.migrate().await?;
-    let sync = Arc::new(RouterSync::new(
-        Arc::from(driver.backend()?),
-        Arc::new(Conntrack),
-    ));
-    let agent =
-        tokio::spawn(Agent::new(store.clone(), sync, std::time::Duration::from_secs(300)).run());
-    let state = Arc::new(AppState {
-        store,
-        directory: Arc::new(NamespaceDirectory),
-        auth: Authenticator::noauth(),
-        policy: Policy::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
-    println!(
-        "\nPRaaS all-in-one ({} dataplane) listening on http://{addr}",
-        driver_name(driver)
-    );
-
-    let body = format!(
-        r#"{{"mapping": {{"router_id": "{}", "internal_ip_address": "{}", "internal_port": 22, "description": "ssh to vm0"}}}}"#,
-        node.router_id, node.vms[0].ip
-    );
-    println!("\n$ curl -X POST http://{addr}/v1/mappings -H 'Content-Type: application/json' -d '{body}'");
-    let (status, answer) = http(addr, "POST", "/v1/mappings", Some(&body)).await?;
-    println!("HTTP {status} {answer}");
-    let created: serde_json::Value = serde_json::from_str(&answer)?;
-    let id = created["mapping"]["id"]
-        .as_str()
-        .context("no mapping id in the answer")?
-        .to_string();
-    let port = created["mapping"]["external_port"]
-        .as_u64()
-        .context("no external port")? as u16;
-    wait_active(addr, &id).await?;
-    println!(
-        "  status ACTIVE: the rule is in {} and verified",
-        node.router_ns
-    );
-
-    let client = node.client_ns.clone();
-    let gw = SocketAddrV4::new(GATEWAY_IP, port);
-    let answer =
-        tokio::task::spawn_blocking(move || SimNode::tcp_exchange(&client, None, gw, "hello"))
-            .await??;
-    println!("\nFrom the client namespace ({UPSTREAM_IP}) to {gw}: the VM answered \"{answer}\"");
-
-    let legacy = format!(
-        "/pat/create?server_ip={}&router_id=qrouter-{}&create_server_port=80&gateway={GATEWAY_IP}",
-        node.vms[1].ip, node.router_id
-    );
-    println!(
-        "\nThe original Proxy CLI protocol works too:\n$ curl -X POST 'http://{addr}{legacy}'"
-    );
-    let (status, answer) = http(addr, "POST", &legacy, None).await?;
-    println!("HTTP {status} {answer}");
-    let legacy_answer: serde_json::Value = serde_json::from_str(&answer)?;
-    let web_port: u16 = legacy_answer["create_router_port"]
-        .as_str()
-        .context("no router port")?
-        .parse()?;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let client = node.client_ns.clone();
-    let web = SocketAddrV4::new(GATEWAY_IP, web_port);
-    let answer =
-        tokio::task::spawn_blocking(move || SimNode::tcp_exchange(&client, None, web, "hi"))
-            .await??;
-    println!("  {web} -> the VM answered \"{answer}\" (masqueraded, as the original did)");
-
-    let client = node.client_ns.clone();
-    let mut open = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-        let mut c = SimNode::connect(&client, None, gw)?;
-        c.exchange("keep me open")?;
-        Ok(c)
-    })
-    .await??;
-    println!("\n$ curl -X DELETE http://{addr}/v1/mappings/{id}");
-    let (status, _) = http(addr, "DELETE", &format!("/v1/mappings/{id}"), None).await?;
-    println!("HTTP {status}");
-    let client = node.client_ns.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while SimNode::tcp_exchange(&client, None, gw, "again").is_ok() {
-            if std::time::Instant::now() > deadline {
-                bail!("the deleted mapping still forwards");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        println!("  a new connection to {gw} fails");
-        // The rule goes first, then the agent deletes the flows: the cut follows shortly.
-        loop {
-            match open.exchange("still there?") {
-                Err(e) => {
-                    println!("  the established connection is cut ({e})");
-                    break;
-                }
-                Ok(answer) if std::time::Instant::now() > deadline => {
-                    bail!("an established connection outlived its mapping: {answer}")
-                }
-                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            }
-        }
-        Ok(())
-    })
-    .await??;
-
-    agent.abort();
-    server.abort();
-    let _ = std::fs::remove_dir_all(&dir);
-    tokio::task::spawn_blocking(move || drop(node)).await?;
-    println!("\nDone; the namespaces are removed.");
-    Ok(())
-}
-
-fn driver_name(driver: Driver) -> &'static str {
-    match driver {
-        Driver::Nftables => "nftables",
-        Driver::Iptables => "iptables",
-    }
-}
-
-async fn wait_active(addr: std::net::SocketAddr, id: &str) -> Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, body) = http(addr, "GET", &format!("/v1/mappings/{id}"), None).await?;
-        let v: serde_json::Value = serde_json::from_str(&body)?;
-        match v["mapping"]["status"].as_str() {
-            Some("ACTIVE") => return Ok(()),
-            Some("ERROR") => bail!("mapping failed: {}", v["mapping"]["status_reason"]),
-            _ if std::time::Instant::now() > deadline => {
-                bail!("mapping not active after 10 s: {body}")
-            }
-            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
     }
 }
