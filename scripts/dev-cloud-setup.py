@@ -47,7 +47,7 @@ class Cloud:
         return r.headers["X-Subject-Token"]
 
     def call(self, method, url, token=None, **kw):
-        headers = {"X-Auth-Token": token or self.admin}
+        headers = {"X-Auth-Token": token or self.admin, **kw.pop("headers", {})}
         r = requests.request(method, url, headers=headers, timeout=60, **kw)
         if r.status_code >= 400:
             sys.exit(f"dev-cloud-setup: {method} {url}: {r.status_code} {r.text}")
@@ -136,6 +136,7 @@ def identity(cloud, args):
                     }
                 },
             )
+    application_credential(cloud, args)
     for p in ("a", "b"):
         project = cloud.project(f"praas-{p}")
         for role in ("member", "reader"):
@@ -144,6 +145,28 @@ def identity(cloud, args):
             if role == "member":
                 # As Keystone's implied roles would: a member may read.
                 cloud.grant(user, project, roles["reader"])
+
+
+def application_credential(cloud, args):
+    """An application credential of the PRaaS service user (its secret is shown only once,
+    so it is recreated on every run)."""
+    token = cloud.token("praas", "service")
+    user_id = cloud.ks("GET", "/auth/tokens", token=token, headers={"X-Subject-Token": token})
+    user_id = user_id["token"]["user"]["id"]
+    name = "praas-service"
+    found = cloud.ks(
+        "GET", f"/users/{user_id}/application_credentials", token=token, params={"name": name}
+    )["application_credentials"]
+    for old in found:
+        cloud.ks("DELETE", f"/users/{user_id}/application_credentials/{old['id']}", token=token)
+    made = cloud.ks(
+        "POST",
+        f"/users/{user_id}/application_credentials",
+        token=token,
+        json={"application_credential": {"name": name}},
+    )["application_credential"]
+    with open(os.path.join(args.state, "appcred.json"), "w") as f:
+        json.dump({"id": made["id"], "name": name, "secret": made["secret"]}, f)
 
 
 def network(cloud, args):
@@ -286,6 +309,19 @@ def network(cloud, args):
                 "ip": port["fixed_ips"][0]["ip_address"],
             }
             entry["router_without_gateway_id"] = no_gateway["id"]
+            # A distributed router (only an admin may ask for one): its mappings belong in
+            # the snat- namespace.
+            dvr = cloud.neutron_find_or_create(
+                "routers",
+                "router",
+                {
+                    "name": "router-a-dvr",
+                    "project_id": project["id"],
+                    "distributed": True,
+                    "external_gateway_info": {"network_id": public["id"]},
+                },
+            )
+            entry["distributed_router_id"] = dvr["id"]
         resources["projects"][p] = entry
 
     clouds = {"clouds": {}}
@@ -306,6 +342,29 @@ def network(cloud, args):
         }
 
     clouds["clouds"]["openstack"] = cloud_entry("praas", "service")
+    with open(os.path.join(args.state, "appcred.json")) as f:
+        appcred = json.load(f)
+    auth_url = args.keystone.rsplit("/v3", 1)[0]
+    clouds["clouds"]["openstack-appcred-id"] = {
+        "auth_type": "v3applicationcredential",
+        "auth": {
+            "auth_url": auth_url,
+            "application_credential_id": appcred["id"],
+            "application_credential_secret": appcred["secret"],
+        },
+        "region_name": "RegionOne",
+    }
+    clouds["clouds"]["openstack-appcred-name"] = {
+        "auth_type": "v3applicationcredential",
+        "auth": {
+            "auth_url": auth_url,
+            "application_credential_name": appcred["name"],
+            "application_credential_secret": appcred["secret"],
+            "username": "praas",
+            "user_domain_name": "Default",
+        },
+        "region_name": "RegionOne",
+    }
     clouds["clouds"]["admin"] = cloud_entry("admin", "admin")
     for p in ("a", "b"):
         for role in ("member", "reader"):

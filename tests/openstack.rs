@@ -25,7 +25,7 @@ use praas::dataplane::Driver;
 use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
 use praas::simnode::{SimLayout, SimNode, SimNodeOptions};
-use praas::store::{Policy, Store};
+use praas::store::{Policy, Store, Strategy};
 use serde_json::{json, Value};
 use tokio::sync::RwLock;
 use tower::ServiceExt;
@@ -101,7 +101,11 @@ impl Cloud {
                 tokens: Arc::new(KeystoneTokens::new(session, Duration::from_secs(300), 1000)),
                 roles: RoleNames::default(),
             },
-            policy: Policy::default(),
+            // Sequential: the lowest free ports, so that tests can pick free ones at the top.
+            policy: Policy {
+                strategy: Strategy::Sequential,
+                ..Policy::default()
+            },
         }));
         (app, store)
     }
@@ -203,6 +207,55 @@ async fn the_service_logs_in_from_clouds_yaml_and_reads_neutron() {
         .unwrap()
         .unwrap();
     assert_eq!(bare.gateway_ip, None);
+}
+
+/// Application credentials, by id and by name with the user, log in and reach Neutron; a
+/// distributed router is seen as one (its mappings go to the snat- namespace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_credentials_log_in_and_distributed_routers_are_recognised() {
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) =
+        Cloud::find("application_credentials_log_in_and_distributed_routers_are_recognised")
+    else {
+        return;
+    };
+    for entry in ["openstack-appcred-id", "openstack-appcred-name"] {
+        let session = cloud.session(entry);
+        assert_eq!(
+            session.endpoint("network").await.unwrap(),
+            cloud.resources["neutron"].as_str().unwrap(),
+            "{entry}"
+        );
+        let neutron = NeutronDirectory::new(session);
+        let a = cloud.project("a");
+        let dvr = neutron
+            .router(a["distributed_router_id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(dvr.distributed, "{entry}: {dvr:?}");
+        assert!(dvr.gateway_ip.is_some());
+        let legacy = neutron
+            .router(a["router_id"].as_str().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!legacy.distributed);
+    }
+    // A wrong secret is the service's credentials refused, not a network error.
+    let mut config = clouds::load(&cloud.dir.join("clouds.yaml"), "openstack-appcred-id").unwrap();
+    if let clouds::Credentials::ApplicationCredential { secret, .. } = &mut config.credentials {
+        *secret = "wrong".into();
+    }
+    let session = Session::new(config, Duration::from_secs(10)).unwrap();
+    let err = session.auth_token().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            praas::openstack::OpenStackError::LoginRefused { status: 401, .. }
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,6 +473,85 @@ async fn the_authorization_matrix_holds_for_every_endpoint() {
             StatusCode::OK
         };
         assert_eq!(status, want, "after {user}'s delete");
+
+        // Original protocol: one server's listing, modify and remove of a mapping that A's
+        // member made through it.
+        let server_port = 5000 + n;
+        let create = format!(
+            "/pat/create?router_id=qrouter-{router}&server_ip={vm2_ip}&create_server_port={server_port}&gateway={gateway}"
+        );
+        let (_, made) = call(&app, Some(&tokens["a-member"]), Method::POST, &create, None).await;
+        assert_eq!(made["status"], "SUCCESS", "{made}");
+        let (status, listing) = call(
+            &app,
+            token,
+            Method::GET,
+            &format!("/router_server_pat?router_id=qrouter-{router}&server_ip={vm2_ip}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{user} router_server_pat: {listing}"
+        );
+        assert_eq!(
+            listing.to_string().contains(&server_port.to_string()),
+            sees(user),
+            "{user} router_server_pat: {listing}"
+        );
+        let target = |op: &str, extra: String| {
+            format!(
+                "/pat/{op}?router_id=qrouter-{router}&server_ip={vm2_ip}&{op}_server_port={server_port}{extra}&gateway={gateway}"
+            )
+        };
+        let (status, modified) = call(
+            &app,
+            token,
+            Method::POST,
+            &target("modify", format!("&modify_router_port={}", 4100 - n)),
+            None,
+        )
+        .await;
+        let (status2, removed) = call(
+            &app,
+            token,
+            Method::POST,
+            &target("remove", String::new()),
+            None,
+        )
+        .await;
+        match *user {
+            "admin" | "a-member" => {
+                assert_eq!(
+                    (status, &modified["status"]),
+                    (StatusCode::OK, &json!("SUCCESS")),
+                    "{user} modify: {modified}"
+                );
+                assert_eq!(
+                    (status2, &removed["status"]),
+                    (StatusCode::OK, &json!("REMOVED")),
+                    "{user} remove: {removed}"
+                );
+            }
+            "a-reader" => {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{user} modify: {modified}");
+                assert_eq!(status2, StatusCode::FORBIDDEN, "{user} remove: {removed}");
+            }
+            // Another project's mapping is not there for them.
+            _ => {
+                assert_eq!(
+                    (status, &modified["status"]),
+                    (StatusCode::OK, &json!("NO CREATED")),
+                    "{user} modify: {modified}"
+                );
+                assert_eq!(
+                    (status2, &removed["status"]),
+                    (StatusCode::OK, &json!("NO CREATED")),
+                    "{user} remove: {removed}"
+                );
+            }
+        }
     }
 }
 

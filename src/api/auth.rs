@@ -190,3 +190,37 @@ impl FromRequestParts<SharedState> for Caller {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(roles: &[&str], names: &RoleNames) -> Caller {
+        Caller::new(
+            "p1".into(),
+            None,
+            roles.iter().map(|r| r.to_string()).collect(),
+            names,
+        )
+    }
+
+    #[test]
+    fn the_policy_follows_the_configured_role_names() {
+        let names = RoleNames {
+            admin: "cloud-admin".into(),
+            member: "_member_".into(),
+            reader: "observer".into(),
+        };
+        let member = caller(&["_member_"], &names);
+        assert!(member.can_write() && member.can_read() && !member.is_admin());
+        let reader = caller(&["observer"], &names);
+        assert!(reader.can_read() && !reader.can_write());
+        // The default names mean nothing once others are configured.
+        let stranger = caller(&["admin", "member", "reader"], &names);
+        assert!(!stranger.can_read() && !stranger.is_admin());
+        let admin = caller(&["Cloud-Admin"], &names);
+        assert!(admin.is_admin() && admin.sees("p2") && admin.port_scope().is_none());
+        assert_eq!(member.port_scope(), Some("p1"));
+        assert!(!member.sees("p2"));
+    }
+}

@@ -367,3 +367,147 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use axum::{Json, Router};
+
+    use super::*;
+    use crate::openstack::clouds;
+
+    #[derive(Default)]
+    struct Counts {
+        logins: AtomicUsize,
+        flaky: AtomicUsize,
+        bad: AtomicUsize,
+    }
+
+    /// A stand-in Keystone and Neutron on loopback, to make the failure cases happen on cue.
+    async fn fake_cloud() -> (String, Arc<Counts>) {
+        let counts = Arc::new(Counts::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (c1, c2, c3, b) = (counts.clone(), counts.clone(), counts.clone(), base.clone());
+        let app = Router::new()
+            .route(
+                "/v3/auth/tokens",
+                post(move || {
+                    let n = c1.logins.fetch_add(1, Ordering::SeqCst) + 1;
+                    let b = b.clone();
+                    async move {
+                        let body = json!({"token": {
+                            "expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+                            "user": {"id": "u"}, "project": {"id": "p"}, "roles": [{"name": "admin"}],
+                            "catalog": [{"type": "network", "endpoints": [
+                                {"interface": "internal", "url": format!("{b}/wrong"), "region_id": "RegionOne"},
+                                {"interface": "public", "url": format!("{b}/net/"), "region_id": "RegionOne"}]}]}});
+                        ([("x-subject-token", format!("t{n}"))], Json(body))
+                    }
+                }),
+            )
+            .route(
+                "/net/flaky",
+                get(move || {
+                    let n = c2.flaky.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n < 2 {
+                            StatusCode::SERVICE_UNAVAILABLE.into_response()
+                        } else {
+                            Json(json!({"ok": true})).into_response()
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/net/first-token-expired",
+                get(|headers: HeaderMap| async move {
+                    if headers.get("x-auth-token").unwrap() == "t1" {
+                        StatusCode::UNAUTHORIZED.into_response()
+                    } else {
+                        Json(json!({"ok": true})).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/net/bad",
+                get(move || {
+                    c3.bad.fetch_add(1, Ordering::SeqCst);
+                    async { StatusCode::BAD_REQUEST }
+                }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, counts)
+    }
+
+    fn session(base: &str) -> Session {
+        let yaml = format!(
+            "clouds:\n  openstack:\n    auth:\n      auth_url: {base}\n      username: praas\n      \
+             password: fake\n      project_name: service\n    region_name: RegionOne\n"
+        );
+        Session::new(
+            clouds::parse(&yaml, "openstack").unwrap(),
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_retry_server_errors_relogin_on_401_and_stop_on_client_errors() {
+        let (base, counts) = fake_cloud().await;
+        let s = session(&base);
+        // The public endpoint of the region, without its trailing slash.
+        assert_eq!(s.endpoint("network").await.unwrap(), format!("{base}/net"));
+        assert!(matches!(
+            s.endpoint("compute").await,
+            Err(OpenStackError::NoEndpoint { .. })
+        ));
+
+        let got = s.get_json("Neutron", &format!("{base}/net/flaky")).await;
+        assert_eq!(got.unwrap(), Some(json!({"ok": true})));
+        assert_eq!(counts.flaky.load(Ordering::SeqCst), 3, "two retries");
+
+        let got = s
+            .get_json("Neutron", &format!("{base}/net/first-token-expired"))
+            .await;
+        assert_eq!(got.unwrap(), Some(json!({"ok": true})));
+        assert_eq!(counts.logins.load(Ordering::SeqCst), 2, "one new login");
+
+        assert_eq!(
+            s.get_json("Neutron", &format!("{base}/net/none"))
+                .await
+                .unwrap(),
+            None
+        );
+        let bad = s.get_json("Neutron", &format!("{base}/net/bad")).await;
+        assert!(
+            matches!(bad, Err(OpenStackError::Status { status: 400, .. })),
+            "{bad:?}"
+        );
+        assert_eq!(counts.bad.load(Ordering::SeqCst), 1, "no retry of a 400");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_keystone_is_an_error_naming_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = session(&base).auth_token().await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpenStackError::Unreachable {
+                    service: "Keystone",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&base), "{err}");
+    }
+}
