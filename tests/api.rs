@@ -1,5 +1,7 @@
 //! API v1 in-process: real router, real SQLite store, router facts from a static directory.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -7,7 +9,7 @@ use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use praas::api::{self, AppState};
-use praas::dataplane::PortRange;
+use praas::dataplane::{PortRange, Protocol};
 use praas::openstack::{PortInfo, RouterInfo, StaticDirectory};
 use praas::store::{Policy, Store, Strategy};
 use serde_json::{json, Value};
@@ -957,5 +959,74 @@ mod fuzz {
             let (status, answer) = send(Method::POST, &format!("/pat/create?{query}"), vec![]);
             check(status, &answer)?;
         }
+    }
+}
+
+#[tokio::test]
+async fn a_mapping_whose_router_or_port_went_away_cannot_be_changed() {
+    // Mappings stored while their router had a gateway and their port existed; the directory
+    // now says otherwise (as Neutron would after a gateway removal or a port deletion).
+    let store = Arc::new(common::sqlite_store().await);
+    let policy = Policy::default();
+    let stored = |router: &str, ip: &str, port_id: &str| praas::store::NewMapping {
+        project_id: "p1".into(),
+        router_id: router.into(),
+        distributed: false,
+        external_ip_address: "203.0.113.10".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        external_ports: praas::store::ExternalPorts::Allocate { len: 1 },
+        internal_ip_address: ip.parse().unwrap(),
+        internal_port_id: Some(port_id.into()),
+        internal_ports: PortRange::single(22).unwrap(),
+        description: String::new(),
+        allowed_cidrs: vec![],
+        masquerade: false,
+    };
+    let no_gateway = store
+        .create(stored(R_NO_GW, "10.3.0.5", "port-a"), &policy)
+        .await
+        .unwrap();
+    let gone = store
+        .create(
+            stored("44444444-4444-4444-8444-444444444444", "10.4.0.5", "port-a"),
+            &policy,
+        )
+        .await
+        .unwrap();
+    let port_gone = store
+        .create(stored(R1, "10.0.0.9", "deleted-port"), &policy)
+        .await
+        .unwrap();
+    let app = api::router(Arc::new(AppState {
+        store,
+        directory: Arc::new(directory(true)),
+        auth: api::Authenticator::noauth(),
+        policy,
+    }));
+    for (m, code) in [
+        (&no_gateway, "router_has_no_gateway"),
+        (&gone, "router_gone"),
+        (&port_gone, "port_gone"),
+    ] {
+        let (status, body) = call(
+            &app,
+            MEMBER_P1,
+            Method::PUT,
+            &format!("/v1/mappings/{}", m.id),
+            Some(json!({"mapping": {"description": "x"}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], code);
+        // Deleting stays possible.
+        let (status, _) = call(
+            &app,
+            MEMBER_P1,
+            Method::DELETE,
+            &format!("/v1/mappings/{}", m.id),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
     }
 }

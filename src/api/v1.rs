@@ -543,6 +543,36 @@ pub async fn visible(state: &SharedState, caller: &Caller, id: &str) -> Result<M
         .ok_or_else(|| ApiError::not_found(format!("mapping {id} not found")))
 }
 
+/// Before a change: Neutron must still agree to what the mapping points at (its router, with a
+/// gateway; its port), else the change is refused with 409 and the mapping left as it is.
+pub async fn still_mappable(state: &SharedState, m: &Mapping) -> Result<(), ApiError> {
+    let router = state.directory.router(&m.router_id).await?;
+    match router {
+        None => {
+            return Err(ApiError::conflict(
+                "router_gone",
+                format!("router {} no longer exists", m.router_id),
+            ))
+        }
+        Some(r) if r.gateway_ip.is_none() => {
+            return Err(ApiError::conflict(
+                "router_has_no_gateway",
+                format!("router {} has no external gateway", m.router_id),
+            ))
+        }
+        Some(_) => {}
+    }
+    if let Some(port_id) = &m.internal_port_id {
+        if state.directory.knows_ports() && state.directory.port(port_id).await?.is_none() {
+            return Err(ApiError::conflict(
+                "port_gone",
+                format!("port {port_id} no longer exists"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Shows one mapping.
 #[utoipa::path(get, path = "/v1/mappings/{id}", tag = "mappings", params(("id" = String, Path)),
     responses((status = 200, body = MappingEnvelope<MappingView>), (status = 403, body = ErrorBody),
@@ -573,6 +603,7 @@ pub async fn update(
 ) -> Result<Json<MappingEnvelope<MappingView>>, ApiError> {
     let current = visible(&state, &caller, &id).await?;
     forbidden_unless(caller.can_write(), "change mappings")?;
+    still_mappable(&state, &current).await?;
     let req = body.mapping;
     let external = ports(
         req.external_port,

@@ -369,7 +369,7 @@ impl Session {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -382,27 +382,52 @@ mod tests {
     use crate::openstack::clouds;
 
     #[derive(Default)]
-    struct Counts {
-        logins: AtomicUsize,
-        flaky: AtomicUsize,
-        bad: AtomicUsize,
+    pub(crate) struct Counts {
+        pub logins: AtomicUsize,
+        pub flaky: AtomicUsize,
+        pub bad: AtomicUsize,
+        pub validations: AtomicUsize,
     }
 
-    /// A stand-in Keystone and Neutron on loopback, to make the failure cases happen on cue.
     async fn fake_cloud() -> (String, Arc<Counts>) {
+        fake_cloud_with(chrono::Duration::hours(1)).await
+    }
+
+    /// A stand-in Keystone and Neutron on loopback, to make the failure cases happen on cue;
+    /// its tokens live `lifetime`. Validation accepts subject tokens starting with "good".
+    pub(crate) async fn fake_cloud_with(lifetime: chrono::Duration) -> (String, Arc<Counts>) {
         let counts = Arc::new(Counts::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (c1, c2, c3, b) = (counts.clone(), counts.clone(), counts.clone(), base.clone());
+        let c4 = counts.clone();
         let app = Router::new()
             .route(
                 "/v3/auth/tokens",
-                post(move || {
+                get(move |headers: HeaderMap| {
+                    c4.validations.fetch_add(1, Ordering::SeqCst);
+                    let subject = headers
+                        .get("x-subject-token")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    async move {
+                        if !subject.starts_with("good") {
+                            return StatusCode::NOT_FOUND.into_response();
+                        }
+                        Json(json!({"token": {
+                            "expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+                            "user": {"id": format!("user-of-{subject}")}, "project": {"id": "p1"},
+                            "roles": [{"name": "member"}]}}))
+                        .into_response()
+                    }
+                })
+                .post(move || {
                     let n = c1.logins.fetch_add(1, Ordering::SeqCst) + 1;
                     let b = b.clone();
                     async move {
                         let body = json!({"token": {
-                            "expires_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+                            "expires_at": (Utc::now() + lifetime).to_rfc3339(),
                             "user": {"id": "u"}, "project": {"id": "p"}, "roles": [{"name": "admin"}],
                             "catalog": [{"type": "network", "endpoints": [
                                 {"interface": "internal", "url": format!("{b}/wrong"), "region_id": "RegionOne"},
@@ -445,7 +470,7 @@ mod tests {
         (base, counts)
     }
 
-    fn session(base: &str) -> Session {
+    pub(crate) fn session(base: &str) -> Session {
         let yaml = format!(
             "clouds:\n  openstack:\n    auth:\n      auth_url: {base}\n      username: praas\n      \
              password: fake\n      project_name: service\n    region_name: RegionOne\n"
@@ -490,6 +515,27 @@ mod tests {
             "{bad:?}"
         );
         assert_eq!(counts.bad.load(Ordering::SeqCst), 1, "no retry of a 400");
+    }
+
+    #[tokio::test]
+    async fn a_token_about_to_expire_is_renewed_before_use() {
+        let (base, counts) = fake_cloud_with(chrono::Duration::hours(1)).await;
+        let s = session(&base);
+        for _ in 0..3 {
+            s.endpoint("network").await.unwrap();
+        }
+        assert_eq!(
+            counts.logins.load(Ordering::SeqCst),
+            1,
+            "a fresh token is reused"
+        );
+        // Tokens that live less than the renewal margin are replaced before every use.
+        let (base, counts) = fake_cloud_with(chrono::Duration::seconds(60)).await;
+        let s = session(&base);
+        for _ in 0..3 {
+            s.endpoint("network").await.unwrap();
+        }
+        assert_eq!(counts.logins.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

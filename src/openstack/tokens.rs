@@ -82,3 +82,39 @@ impl TokenValidator for KeystoneTokens {
         Ok(info)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::openstack::session::tests::{fake_cloud_with, session};
+
+    #[tokio::test]
+    async fn answers_are_remembered_within_their_bounds() {
+        let (base, counts) = fake_cloud_with(chrono::Duration::hours(1)).await;
+        let asked = || counts.validations.load(Ordering::SeqCst);
+        let tokens = KeystoneTokens::new(Arc::new(session(&base)), Duration::from_secs(300), 2);
+        let info = tokens.validate("good-a").await.unwrap().unwrap();
+        assert_eq!(
+            (info.user_id.as_str(), info.project_id.as_deref()),
+            ("user-of-good-a", Some("p1"))
+        );
+        assert_eq!(info.roles, vec!["member".to_string()]);
+        tokens.validate("good-a").await.unwrap();
+        assert_eq!(asked(), 1, "a valid token is asked about once");
+        assert!(tokens.validate("bad").await.unwrap().is_none());
+        assert!(tokens.validate("bad").await.unwrap().is_none());
+        assert_eq!(asked(), 2, "a refusal is remembered too");
+        // Full (2 entries): a third token makes room by dropping the ones closest to their end.
+        tokens.validate("good-b").await.unwrap();
+        assert!(tokens.cache.lock().unwrap().len() <= 2);
+
+        // With no time to trust, every request asks Keystone.
+        let (base, counts) = fake_cloud_with(chrono::Duration::hours(1)).await;
+        let tokens = KeystoneTokens::new(Arc::new(session(&base)), Duration::ZERO, 10);
+        tokens.validate("good-a").await.unwrap();
+        tokens.validate("good-a").await.unwrap();
+        assert_eq!(counts.validations.load(Ordering::SeqCst), 2);
+    }
+}

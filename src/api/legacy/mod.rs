@@ -213,6 +213,7 @@ async fn serve(
             };
             check_gateway(&m, gateway)?;
             v1::forbidden_unless(caller.can_write(), "modify mappings")?;
+            v1::still_mappable(state, &m).await?;
             if m.external_ports.len() != 1 {
                 return Err(ApiError::bad_request(
                     "a mapping of a port range cannot be moved with /pat/modify",
