@@ -375,7 +375,7 @@ pub(crate) mod tests {
 
     use axum::http::{HeaderMap, StatusCode};
     use axum::response::IntoResponse;
-    use axum::routing::{get, post};
+    use axum::routing::get;
     use axum::{Json, Router};
 
     use super::*;
