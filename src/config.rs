@@ -62,6 +62,9 @@ pub struct PraasSection {
     pub port_allocation: Allocation,
     /// Who may call the API.
     pub auth_strategy: AuthStrategy,
+    /// What the monitor does with the mappings of a deleted port: `delete` (default, as
+    /// Neutron does with port forwardings) or `down` (keep them, held DOWN).
+    pub on_port_deleted: crate::monitor::PortGone,
     /// Role names of the policy (defaults `admin`, `member`, `reader`).
     pub admin_role: String,
     pub member_role: String,
@@ -77,6 +80,7 @@ impl Default for PraasSection {
             second_monitoring: 30,
             port_allocation: Allocation::default(),
             auth_strategy: AuthStrategy::default(),
+            on_port_deleted: crate::monitor::PortGone::Delete,
             admin_role: "admin".into(),
             member_role: "member".into(),
             reader_role: "reader".into(),
@@ -435,6 +439,7 @@ impl Section {
                 "second_monitoring",
                 "port_allocation",
                 "auth_strategy",
+                "on_port_deleted",
                 "admin_role",
                 "member_role",
                 "reader_role",
@@ -487,6 +492,13 @@ fn set(
         }
         (Section::Praas, "auth_strategy") => {
             config.praas.auth_strategy = value.parse().map_err(invalid)?
+        }
+        (Section::Praas, "on_port_deleted") => {
+            config.praas.on_port_deleted = match value.to_ascii_lowercase().as_str() {
+                "delete" => crate::monitor::PortGone::Delete,
+                "down" => crate::monitor::PortGone::Down,
+                _ => return Err(invalid("expected delete or down".into())),
+            }
         }
         (Section::Praas, "admin_role" | "member_role" | "reader_role") => {
             let name = value.trim();

@@ -2,6 +2,7 @@ pub mod agent;
 pub mod api;
 pub mod config;
 pub mod dataplane;
+pub mod monitor;
 pub mod openstack;
 pub mod process;
 pub mod simnode;

@@ -17,6 +17,7 @@ use praas::config::{self, Allocation, AuthStrategy, Config};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::RouterSync;
 use praas::dataplane::Driver;
+use praas::monitor::Monitor;
 use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NamespaceDirectory, NeutronDirectory, RouterDirectory, Session};
 use praas::store::{Policy, Store, Strategy};
@@ -50,6 +51,11 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_PATH)]
         config_file: PathBuf,
     },
+    /// The monitor alone: keeps mappings true to Neutron (one acts when several run).
+    Monitor {
+        #[arg(long, default_value = config::DEFAULT_PATH)]
+        config_file: PathBuf,
+    },
     /// Creates or upgrades the database schema.
     DbSync {
         #[arg(long, default_value = config::DEFAULT_PATH)]
@@ -80,15 +86,46 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { driver, cloud_dir } => demo::run(driver, cloud_dir.as_deref()),
-        Command::AllInOne { config_file } => {
-            runtime().and_then(|rt| rt.block_on(serve(&config_file, true, true)))
-        }
-        Command::Server { config_file } => {
-            runtime().and_then(|rt| rt.block_on(serve(&config_file, true, false)))
-        }
-        Command::Agent { config_file } => {
-            runtime().and_then(|rt| rt.block_on(serve(&config_file, false, true)))
-        }
+        Command::AllInOne { config_file } => runtime().and_then(|rt| {
+            rt.block_on(serve(
+                &config_file,
+                Roles {
+                    api: true,
+                    agent: true,
+                    monitor: Some(false),
+                },
+            ))
+        }),
+        Command::Server { config_file } => runtime().and_then(|rt| {
+            rt.block_on(serve(
+                &config_file,
+                Roles {
+                    api: true,
+                    agent: false,
+                    monitor: None,
+                },
+            ))
+        }),
+        Command::Agent { config_file } => runtime().and_then(|rt| {
+            rt.block_on(serve(
+                &config_file,
+                Roles {
+                    api: false,
+                    agent: true,
+                    monitor: None,
+                },
+            ))
+        }),
+        Command::Monitor { config_file } => runtime().and_then(|rt| {
+            rt.block_on(serve(
+                &config_file,
+                Roles {
+                    api: false,
+                    agent: false,
+                    monitor: Some(true),
+                },
+            ))
+        }),
         Command::DbSync { config_file } => {
             runtime().and_then(|rt| rt.block_on(db_sync(&config_file)))
         }
@@ -137,24 +174,28 @@ async fn db_sync(path: &Path) -> Result<()> {
 /// validated with Keystone and routers and ports read from Neutron. With `noauth` Neutron is
 /// still used when a `clouds.yaml` is configured; without one, router facts come from this
 /// node's namespaces and ports are not checked.
-fn openstack_parts(cfg: &Config) -> Result<(Authenticator, Option<Arc<dyn RouterDirectory>>)> {
+/// The service's Keystone session, when a `clouds.yaml` is configured.
+fn openstack_session(cfg: &Config) -> Result<Option<Arc<Session>>> {
+    let Some(path) = clouds::clouds_file(cfg.openstack.clouds_file.as_deref()) else {
+        return Ok(None);
+    };
+    let cloud = clouds::load(&path, &cfg.openstack.cloud)?;
+    tracing::info!(file = %path.display(), cloud = %cfg.openstack.cloud, auth_url = %cloud.auth_url,
+        "OpenStack credentials loaded");
+    Ok(Some(Arc::new(Session::new(
+        cloud,
+        Duration::from_secs(cfg.openstack.request_timeout),
+    )?)))
+}
+
+fn openstack_parts(
+    cfg: &Config,
+    session: Option<Arc<Session>>,
+) -> Result<(Authenticator, Option<Arc<dyn RouterDirectory>>)> {
     let roles = RoleNames {
         admin: cfg.praas.admin_role.clone(),
         member: cfg.praas.member_role.clone(),
         reader: cfg.praas.reader_role.clone(),
-    };
-    let file = clouds::clouds_file(cfg.openstack.clouds_file.as_deref());
-    let session = match &file {
-        Some(path) => {
-            let cloud = clouds::load(path, &cfg.openstack.cloud)?;
-            tracing::info!(file = %path.display(), cloud = %cfg.openstack.cloud, auth_url = %cloud.auth_url,
-                "OpenStack credentials loaded");
-            Some(Arc::new(Session::new(
-                cloud,
-                Duration::from_secs(cfg.openstack.request_timeout),
-            )?))
-        }
-        None => None,
     };
     let directory: Arc<dyn RouterDirectory> = match &session {
         Some(s) => Arc::new(NeutronDirectory::new(s.clone())),
@@ -196,14 +237,28 @@ fn openstack_parts(cfg: &Config) -> Result<(Authenticator, Option<Arc<dyn Router
     Ok((auth, Some(directory)))
 }
 
-/// Runs the API and/or the agent until interrupted.
-async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
+/// Which roles a process runs.
+struct Roles {
+    api: bool,
+    agent: bool,
+    /// `Some(true)`: required; `Some(false)`: when OpenStack credentials are configured.
+    monitor: Option<bool>,
+}
+
+/// Runs the API, the agent and/or the monitor until interrupted.
+async fn serve(path: &Path, roles: Roles) -> Result<()> {
     let cfg = load(path)?;
-    let (auth, directory) = if api_role {
-        openstack_parts(&cfg)?
+    let session = if roles.api || roles.monitor.is_some() {
+        openstack_session(&cfg)?
+    } else {
+        None
+    };
+    let (auth, directory) = if roles.api {
+        openstack_parts(&cfg, session.clone())?
     } else {
         (Authenticator::noauth(), None)
     };
+    let (api_role, agent_role) = (roles.api, roles.agent);
     let store = Arc::new(open_store(&cfg).await?);
     let mut tasks = tokio::task::JoinSet::new();
     if agent_role && cfg.dataplane.enabled {
@@ -243,6 +298,30 @@ async fn serve(path: &Path, api_role: bool, agent_role: bool) -> Result<()> {
                 .await
                 .context("serving the API")
         });
+    }
+    match (roles.monitor, &session) {
+        (Some(_), Some(session)) => {
+            let monitor = Monitor::new(
+                store.clone(),
+                Arc::new(NeutronDirectory::new(session.clone())),
+                cfg.praas.on_port_deleted,
+            );
+            let interval = cfg.praas.monitoring_interval();
+            tracing::info!(?interval, "monitor started");
+            tasks.spawn(async move {
+                monitor.run(interval).await;
+                Ok(())
+            });
+        }
+        (Some(true), None) => bail!(
+            "the monitor reads Neutron: set [openstack] clouds_file (or OS_CLIENT_CONFIG_FILE) to a clouds.yaml \
+             with cloud {:?}",
+            cfg.openstack.cloud
+        ),
+        (Some(false), None) => tracing::warn!(
+            "no clouds.yaml: the monitor does not run, so mappings of deleted or changed VMs are not updated"
+        ),
+        (None, _) => {}
     }
     if tasks.is_empty() {
         bail!("nothing to run: the agent needs [dataplane] enabled = true");

@@ -22,6 +22,7 @@ use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::netlink::sockets;
 use praas::dataplane::sync::RouterSync;
 use praas::dataplane::Driver;
+use praas::monitor::{Monitor, PortGone};
 use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
 use praas::simnode::{SimLayout, SimNode, SimNodeOptions};
@@ -808,4 +809,184 @@ async fn a_member_maps_its_vm_and_keystone_down_is_503_while_traffic_flows() {
     if let Some(node) = &node {
         sockets::forget(&node.router_ns);
     }
+}
+
+/// Neutron as `user` (a cloud of clouds.yaml), for changes the tests make.
+async fn neutron_call(
+    cloud: &Cloud,
+    user: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let token = cloud.token(user).await;
+    let url = format!(
+        "{}/v2.0/{path}",
+        cloud.resources["neutron"].as_str().unwrap()
+    );
+    let mut req = reqwest::Client::new()
+        .request(method.clone(), &url)
+        .header("X-Auth-Token", token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert!(status.is_success(), "{method} {url}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// The monitor against the real Neutron: a changed fixed IP is followed (same external port),
+/// Neutron stopped changes nothing, a deleted port takes its mapping with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_follows_neutron_and_changes_nothing_when_it_is_down() {
+    let test = "the_monitor_follows_neutron_and_changes_nothing_when_it_is_down";
+    let _alone = KEYSTONE.write().await;
+    let Some(cloud) = Cloud::find(test) else {
+        return;
+    };
+    let a = cloud.project("a");
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    let (app, store) = cloud.app_and_store().await;
+    let member = cloud.token("a-member").await;
+    // A VM port of its own, so that changing it disturbs no other test.
+    let vm = format!("vm-monitor-{}", uuid::Uuid::new_v4().simple());
+    // Ports an interrupted run left behind.
+    let network = s(&a["network_id"]);
+    let old = neutron_call(
+        &cloud,
+        "admin",
+        reqwest::Method::GET,
+        &format!("ports?network_id={network}"),
+        None,
+    )
+    .await;
+    for p in old["ports"].as_array().unwrap() {
+        if p["name"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("vm-monitor-")
+        {
+            neutron_call(
+                &cloud,
+                "admin",
+                reqwest::Method::DELETE,
+                &format!("ports/{}", s(&p["id"])),
+                None,
+            )
+            .await;
+        }
+    }
+    let port = neutron_call(
+        &cloud,
+        "a-member",
+        reqwest::Method::POST,
+        "ports",
+        Some(json!({"port": {"network_id": s(&a["network_id"]), "device_id": vm, "device_owner": "compute:nova",
+            "name": vm}})),
+    )
+    .await;
+    let port_id = s(&port["port"]["id"]);
+    let (status, body) = call(
+        &app,
+        Some(&member),
+        Method::POST,
+        "/v1/mappings",
+        Some(json!({"mapping": {"internal_port_id": port_id, "internal_port": 22}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = s(&body["mapping"]["id"]);
+    let external_port = body["mapping"]["external_port"].clone();
+    let old_ip = s(&body["mapping"]["internal_ip_address"]);
+
+    let session = cloud.session("openstack");
+    let monitor = Monitor::new(
+        store.clone(),
+        Arc::new(NeutronDirectory::new(session)),
+        PortGone::Delete,
+    );
+    let lease = Duration::from_secs(30);
+    let report = monitor.cycle(lease).await.unwrap();
+    assert_eq!((report.deleted, report.updated), (0, 0), "{report:?}");
+
+    // The port's fixed IP changes through the Neutron API.
+    let new_ip = if old_ip.ends_with(".200") {
+        "10.10.0.201"
+    } else {
+        "10.10.0.200"
+    };
+    neutron_call(
+        &cloud,
+        "a-member",
+        reqwest::Method::PUT,
+        &format!("ports/{port_id}"),
+        Some(json!({"port": {"fixed_ips": [{"subnet_id": s(&a["subnet_id"]), "ip_address": new_ip}]}})),
+    )
+    .await;
+    let report = monitor.cycle(lease).await.unwrap();
+    assert_eq!(report.updated, 1, "{report:?}");
+    let (_, shown) = call(
+        &app,
+        Some(&member),
+        Method::GET,
+        &format!("/v1/mappings/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(shown["mapping"]["internal_ip_address"], new_ip, "{shown}");
+    assert_eq!(
+        shown["mapping"]["external_port"], external_port,
+        "the user keeps the port"
+    );
+
+    // Neutron stopped: the port is deleted meanwhile, but nothing may change on doubt.
+    neutron_call(
+        &cloud,
+        "admin",
+        reqwest::Method::DELETE,
+        &format!("ports/{port_id}"),
+        None,
+    )
+    .await;
+    let pid = std::fs::read_to_string(cloud.dir.join("neutron.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    praas::simnode::run(&["kill", &pid], None).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(std::time::Instant::now() < deadline, "Neutron did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let generation = store.generation().await.unwrap();
+    let down = monitor.cycle(lease).await;
+    let unchanged = store.generation().await.unwrap() == generation;
+    let restarted = std::process::Command::new("bash")
+        .args(["scripts/dev-cloud", "up"])
+        .env("PRAAS_CLOUD_DIR", &cloud.dir)
+        .output()
+        .unwrap();
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    assert!(down.is_err(), "{down:?}");
+    assert!(unchanged, "a cycle without Neutron changed the store");
+    assert!(store.get(&id).await.unwrap().is_some());
+
+    // Neutron back: the deletion is seen, the mapping goes.
+    let report = monitor.cycle(lease).await.unwrap();
+    assert_eq!(report.deleted, 1, "{report:?}");
+    let (status, _) = call(
+        &app,
+        Some(&member),
+        Method::GET,
+        &format!("/v1/mappings/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

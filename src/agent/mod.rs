@@ -73,8 +73,11 @@ struct NamespaceState {
 impl NamespaceState {
     fn upsert(&mut self, m: Mapping) {
         self.remove(&m.id);
-        if let Err(e) = self.rules.insert_forward(&m.forward()) {
-            self.invalid.insert(m.id.clone(), e.to_string());
+        // A mapping the monitor holds is known but not programmed.
+        if !m.held {
+            if let Err(e) = self.rules.insert_forward(&m.forward()) {
+                self.invalid.insert(m.id.clone(), e.to_string());
+            }
         }
         self.mappings.insert(m.id.clone(), m);
     }
@@ -82,14 +85,14 @@ impl NamespaceState {
     /// The forward of mapping `id` as programmed (not of an invalid one).
     fn programmed(&self, id: &str) -> Option<Forward> {
         let m = self.mappings.get(id)?;
-        (!self.invalid.contains_key(id)).then(|| m.forward())
+        (!m.held && !self.invalid.contains_key(id)).then(|| m.forward())
     }
 
     fn remove(&mut self, id: &str) -> bool {
         let Some(old) = self.mappings.remove(id) else {
             return false;
         };
-        if self.invalid.remove(id).is_none() {
+        if self.invalid.remove(id).is_none() && !old.held {
             self.rules.remove_forward(&old.forward());
         }
         true
@@ -325,7 +328,7 @@ impl Agent {
                 None => state.mappings.values().collect::<Vec<_>>(),
             }
             .into_iter()
-            .filter(|m| !state.invalid.contains_key(&m.id))
+            .filter(|m| !m.held && !state.invalid.contains_key(&m.id))
             .collect();
             let delta = changed
                 .and_then(|(_, deltas)| deltas.get(namespace))

@@ -629,6 +629,7 @@ pub async fn update(
         description: description(req.description)?,
         allowed_cidrs: req.allowed_cidrs.as_deref().map(cidrs).transpose()?,
         masquerade: req.masquerade,
+        ..Default::default()
     };
     let mapping = state.store.update(&id, &update).await?;
     tracing::info!(mapping = %mapping.id, project = %mapping.project_id, "mapping updated");

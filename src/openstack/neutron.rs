@@ -1,6 +1,6 @@
 //! Router and port facts from Neutron, read with the service's session.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -22,6 +22,19 @@ const INTERFACE_OWNERS: [&str; 3] = [
 
 /// Entries per page when listing.
 const PAGE: usize = 500;
+
+/// Ids per filtered request: 50 UUIDs keep the query near 2 KB, under the request-line limits
+/// of common WSGI servers (gunicorn's is 4 KB).
+pub const CHUNK: usize = 50;
+
+/// What the monitor needs to know about a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortState {
+    pub id: String,
+    /// The instance (or other device) the port is bound to; empty when unbound.
+    pub device_id: String,
+    pub addresses: Vec<Ipv4Addr>,
+}
 
 /// [`RouterDirectory`] backed by the Neutron API.
 pub struct NeutronDirectory {
@@ -201,6 +214,124 @@ fn port_info(p: Port) -> PortInfo {
             .collect(),
         id: p.id,
     }
+}
+
+impl NeutronDirectory {
+    /// The ports among `ids` that exist, `CHUNK` ids per request. A port the listing leaves
+    /// out is asked for on its own, and only a 404 counts as gone: a short page must never
+    /// read as deleted ports.
+    pub async fn ports_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, PortState>, OpenStackError> {
+        let mut found = HashMap::new();
+        for chunk in ids.chunks(CHUNK) {
+            let query: Vec<(&str, &str)> = chunk.iter().map(|id| ("id", id.as_str())).collect();
+            for p in self.list::<Port>("ports", &query).await? {
+                found.insert(p.id.clone(), port_state(p));
+            }
+        }
+        let missing: Vec<&String> = ids.iter().filter(|id| !found.contains_key(*id)).collect();
+        for id in missing {
+            if let Some(p) = self.show::<Port>("ports", "port", id).await? {
+                tracing::warn!(port = %id, "a port missing from a listing exists");
+                found.insert(id.clone(), port_state(p));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The routers among `ids` that exist, with their gateways and interface subnets, in
+    /// requests per `CHUNK` routers (routers, their interface ports, their subnets). Missing
+    /// routers are confirmed one by one, as for ports.
+    pub async fn routers_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, RouterInfo>, OpenStackError> {
+        let mut routers: Vec<Router> = vec![];
+        for chunk in ids.chunks(CHUNK) {
+            let query: Vec<(&str, &str)> = chunk.iter().map(|id| ("id", id.as_str())).collect();
+            routers.extend(self.list::<Router>("routers", &query).await?);
+        }
+        let listed: BTreeSet<String> = routers.iter().map(|r| r.id.clone()).collect();
+        for id in ids.iter().filter(|id| !listed.contains(*id)) {
+            if let Some(r) = self.show::<Router>("routers", "router", id).await? {
+                tracing::warn!(router = %id, "a router missing from a listing exists");
+                routers.push(r);
+            }
+        }
+        // Interfaces of all of them, then the subnets behind those.
+        let mut interfaces: HashMap<String, Vec<String>> = HashMap::new();
+        let ids: Vec<String> = routers.iter().map(|r| r.id.clone()).collect();
+        for chunk in ids.chunks(CHUNK) {
+            let mut query: Vec<(&str, &str)> =
+                chunk.iter().map(|id| ("device_id", id.as_str())).collect();
+            query.extend(INTERFACE_OWNERS.iter().map(|o| ("device_owner", *o)));
+            for p in self.list::<Port>("ports", &query).await? {
+                interfaces
+                    .entry(p.device_id.clone())
+                    .or_default()
+                    .extend(p.fixed_ips.iter().filter_map(|f| f.subnet_id.clone()));
+            }
+        }
+        let subnet_ids: Vec<String> = interfaces
+            .values()
+            .flatten()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut cidrs: HashMap<String, Ipv4Net> = HashMap::new();
+        for chunk in subnet_ids.chunks(CHUNK) {
+            let query: Vec<(&str, &str)> = chunk.iter().map(|id| ("id", id.as_str())).collect();
+            for s in self.list::<SubnetWithId>("subnets", &query).await? {
+                if let Ok(net) = s.cidr.parse() {
+                    cidrs.insert(s.id, net);
+                }
+            }
+        }
+        Ok(routers
+            .into_iter()
+            .map(|r| {
+                let subnets = interfaces
+                    .get(&r.id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| cidrs.get(id).copied())
+                    .collect();
+                let info = RouterInfo {
+                    project_id: r.project_id.or(r.tenant_id),
+                    gateway_ip: r
+                        .external_gateway_info
+                        .iter()
+                        .flat_map(|g| &g.external_fixed_ips)
+                        .find_map(|f| f.ip_address.parse::<Ipv4Addr>().ok()),
+                    distributed: r.distributed.unwrap_or(false),
+                    subnets,
+                    id: r.id,
+                };
+                (info.id.clone(), info)
+            })
+            .collect())
+    }
+}
+
+fn port_state(p: Port) -> PortState {
+    PortState {
+        addresses: p
+            .fixed_ips
+            .iter()
+            .filter_map(|f| f.ip_address.parse().ok())
+            .collect(),
+        device_id: p.device_id,
+        id: p.id,
+    }
+}
+
+#[derive(Deserialize)]
+struct SubnetWithId {
+    id: String,
+    cidr: String,
 }
 
 #[async_trait::async_trait]

@@ -14,6 +14,7 @@ mod row;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use ipnet::Ipv4Net;
@@ -22,7 +23,7 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::Mutex;
 
 pub use allocate::{Policy, Strategy};
-pub use model::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
+pub use model::{ExternalPorts, Hold, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 
 use crate::dataplane::{PortRange, Protocol};
 use row::StoredRow;
@@ -440,6 +441,7 @@ impl Store {
             masquerade: new.masquerade,
             status: Status::Pending,
             status_reason: None,
+            held: false,
             created_at: at.clone(),
             updated_at: at,
         };
@@ -560,12 +562,21 @@ impl Store {
             .is_some_and(|p| p != mapping.external_ports);
         let internal_changed = update
             .internal_ports
-            .is_some_and(|p| p != mapping.internal_ports);
+            .is_some_and(|p| p != mapping.internal_ports)
+            || update
+                .internal_ip_address
+                .is_some_and(|ip| ip != mapping.internal_ip_address);
         if let Some(p) = update.external_ports {
             mapping.external_ports = p;
         }
         if let Some(p) = update.internal_ports {
             mapping.internal_ports = p;
+        }
+        if let Some(ip) = update.internal_ip_address {
+            mapping.internal_ip_address = ip;
+        }
+        if let Some(ip) = update.external_ip_address {
+            mapping.external_ip_address = ip;
         }
         if let Some(d) = &update.description {
             mapping.description = d.clone();
@@ -576,8 +587,26 @@ impl Store {
         if let Some(m) = update.masquerade {
             mapping.masquerade = m;
         }
-        mapping.status = Status::Pending;
-        mapping.status_reason = None;
+        // Back to PENDING until the dataplane confirms the change, unless the monitor holds
+        // the mapping out of it (a held mapping stays held, with its status, through other
+        // changes).
+        match &update.hold {
+            Some(Hold::Keep { status, reason }) => {
+                mapping.held = true;
+                mapping.status = *status;
+                mapping.status_reason = Some(reason.clone());
+            }
+            Some(Hold::Release) => {
+                mapping.held = false;
+                mapping.status = Status::Pending;
+                mapping.status_reason = None;
+            }
+            None if mapping.held => {}
+            None => {
+                mapping.status = Status::Pending;
+                mapping.status_reason = None;
+            }
+        }
         mapping.updated_at = now();
         let mut tx = self.pool.begin().await?;
         let written = async {
@@ -598,7 +627,7 @@ impl Store {
             sqlx::query(
                 "UPDATE mappings SET external_port_first = ?, external_port_last = ?, internal_ip_address = ?, \
                  internal_port_first = ?, internal_port_last = ?, description = ?, allowed_cidrs = ?, masquerade = ?, \
-                 status = ?, status_reason = ?, updated_at = ? WHERE id = ?",
+                 status = ?, status_reason = ?, updated_at = ?, external_ip_address = ?, held = ? WHERE id = ?",
             )
             .bind(i64::from(mapping.external_ports.first()))
             .bind(i64::from(mapping.external_ports.last()))
@@ -611,6 +640,8 @@ impl Store {
             .bind(mapping.status.as_str())
             .bind(mapping.status_reason.clone())
             .bind(&mapping.updated_at)
+            .bind(mapping.external_ip_address.to_string())
+            .bind(i64::from(mapping.held))
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -675,6 +706,32 @@ impl Store {
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes or renews the monitor lease for `holder` until `ttl` from now; false while another
+    /// holder's lease runs. One statement, so two monitors can never both win.
+    pub async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let done = sqlx::query(
+            "UPDATE monitor_lease SET holder = ?, expires_at = ? WHERE id = 1 AND (holder = ? OR expires_at < ?)",
+        )
+        .bind(holder)
+        .bind(until)
+        .bind(holder)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease up (at shutdown), so that a standby takes over at once.
+    pub async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE monitor_lease SET expires_at = 0 WHERE id = 1 AND holder = ?")
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -86,6 +86,8 @@ pub struct Mapping {
     pub masquerade: bool,
     pub status: Status,
     pub status_reason: Option<String>,
+    /// Held out of the dataplane by the monitor (see [`Hold`]).
+    pub held: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -150,6 +152,20 @@ pub struct MappingUpdate {
     pub description: Option<String>,
     pub allowed_cidrs: Option<Vec<Ipv4Net>>,
     pub masquerade: Option<bool>,
+    /// The VM's new address (the monitor re-points mappings of ports whose IP changed).
+    pub internal_ip_address: Option<Ipv4Addr>,
+    /// The router's new gateway address.
+    pub external_ip_address: Option<Ipv4Addr>,
+    pub hold: Option<Hold>,
+}
+
+/// The monitor's hold on a mapping: while held, it is not programmed, and its status and
+/// reason say why (`DOWN` while its router has no gateway or its port is gone, `ERROR` when
+/// no address of its port is on the router's subnets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    Keep { status: Status, reason: String },
+    Release,
 }
 
 /// Selects mappings; `None` fields do not filter.

@@ -12,7 +12,7 @@ use super::{Mapping, StoreError};
 use crate::dataplane::{PortRange, Protocol};
 
 /// Columns of `mappings`, in the order of [`StoredRow`].
-pub(super) const COLUMNS: [&str; 19] = [
+pub(super) const COLUMNS: [&str; 20] = [
     "id",
     "project_id",
     "router_id",
@@ -30,6 +30,7 @@ pub(super) const COLUMNS: [&str; 19] = [
     "masquerade",
     "status",
     "status_reason",
+    "held",
     "created_at",
     "updated_at",
 ];
@@ -72,6 +73,7 @@ pub(super) struct StoredRow {
     masquerade: i64,
     status: String,
     status_reason: Option<String>,
+    held: i64,
     created_at: String,
     updated_at: String,
 }
@@ -96,6 +98,7 @@ impl StoredRow {
             masquerade: row.try_get("masquerade")?,
             status: row.try_get("status")?,
             status_reason: row.try_get("status_reason")?,
+            held: row.try_get("held")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -157,6 +160,7 @@ impl StoredRow {
             masquerade: self.masquerade != 0,
             status: self.status.parse().map_err(corrupt)?,
             status_reason: self.status_reason,
+            held: self.held != 0,
             created_at: self.created_at,
             updated_at: self.updated_at,
             id,
@@ -170,7 +174,7 @@ mod tests {
 
     #[test]
     fn json_rows_decode_by_position() {
-        let doc = r#"[["7d1c","p","r",0,"203.0.113.10","udp",4000,4001,"10.0.0.5",null,53,54,"d","192.0.2.0/24",1,"ACTIVE",null,"t0","t1"]]"#;
+        let doc = r#"[["7d1c","p","r",0,"203.0.113.10","udp",4000,4001,"10.0.0.5",null,53,54,"d","192.0.2.0/24",1,"ACTIVE",null,0,"t0","t1"]]"#;
         let rows = StoredRow::from_json_document(doc).unwrap();
         let m = rows.into_iter().next().unwrap().into_mapping().unwrap();
         assert_eq!(m.id, "7d1c");
@@ -184,7 +188,7 @@ mod tests {
 
     #[test]
     fn corrupt_rows_name_the_mapping_and_the_field() {
-        let doc = r#"[["7d1c","p","r",0,"203.0.113.10","tcp",70000,70000,"10.0.0.5",null,22,22,"","",0,"ACTIVE",null,"t0","t1"]]"#;
+        let doc = r#"[["7d1c","p","r",0,"203.0.113.10","tcp",70000,70000,"10.0.0.5",null,22,22,"","",0,"ACTIVE",null,0,"t0","t1"]]"#;
         let row = StoredRow::from_json_document(doc).unwrap().pop().unwrap();
         let err = row.into_mapping().unwrap_err().to_string();
         assert!(err.contains("7d1c") && err.contains("70000"), "{err}");

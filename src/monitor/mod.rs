@@ -1,0 +1,353 @@
+//! The monitor: keeps every mapping true to OpenStack.
+//!
+//! Every `[praas] second_monitoring` seconds it reads, in bulk, the ports and routers behind all
+//! mappings (requests per 50 ids, not per VM), and for each mapping decides ([`decide`]):
+//! - router deleted → mapping deleted;
+//! - port deleted or no longer bound to a device → mapping deleted (or held `DOWN`, by
+//!   configuration);
+//! - router without gateway → held `DOWN` until the gateway returns;
+//! - fixed IP changed → re-pointed to the port's address on a subnet of the router (the user
+//!   keeps the external port); none there → held `ERROR` with the reason;
+//! - gateway address changed → the mapping follows it.
+//!
+//! A held mapping stays stored but is not programmed. Every change is a log line naming the
+//! mapping, its project, and old → new, and shows in the API as `status`, `status_reason` and
+//! `updated_at`. Anything in doubt (Neutron or Keystone unreachable, an error answer) changes
+//! nothing: the cycle is abandoned, counted, and tried again at the next one. When several
+//! monitors run, the one holding the lease in the database acts; the others wait.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::openstack::neutron::{NeutronDirectory, PortState};
+use crate::openstack::{OpenStackError, RouterInfo};
+use crate::store::{Hold, ListFilter, Mapping, MappingUpdate, Status, Store, StoreError};
+
+/// What to do with the mappings of a deleted port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortGone {
+    /// Delete the mapping, as Neutron deletes the port forwardings of a deleted port.
+    #[default]
+    Delete,
+    /// Keep it, held `DOWN`, for an operator to look at.
+    Down,
+}
+
+/// Errors that abandon a cycle; nothing was changed by it before the first store write.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("reading OpenStack: {0}")]
+    OpenStack(#[from] OpenStackError),
+    #[error("the store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Bulk reads of the facts behind mappings.
+#[async_trait::async_trait]
+pub trait NetworkView: Send + Sync {
+    /// The ports among `ids` that exist. An error means nothing is known.
+    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortState>, OpenStackError>;
+    /// The routers among `ids` that exist.
+    async fn routers(&self, ids: &[String]) -> Result<HashMap<String, RouterInfo>, OpenStackError>;
+}
+
+#[async_trait::async_trait]
+impl NetworkView for NeutronDirectory {
+    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortState>, OpenStackError> {
+        self.ports_by_id(ids).await
+    }
+
+    async fn routers(&self, ids: &[String]) -> Result<HashMap<String, RouterInfo>, OpenStackError> {
+        self.routers_by_id(ids).await
+    }
+}
+
+/// What a cycle does to one mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Keep,
+    Delete { reason: String },
+    Update(Change),
+}
+
+/// A change to a mapping, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub internal_ip: Option<Ipv4Addr>,
+    pub external_ip: Option<Ipv4Addr>,
+    pub hold: Option<Hold>,
+    pub reason: String,
+}
+
+/// Decides what `m` needs, given its router (`None`: deleted) and its port (`None`: the mapping
+/// names no port; `Some(None)`: deleted).
+pub fn decide(
+    m: &Mapping,
+    router: Option<&RouterInfo>,
+    port: Option<Option<&PortState>>,
+    port_gone: PortGone,
+) -> Action {
+    let Some(router) = router else {
+        return Action::Delete {
+            reason: format!("router {} was deleted", m.router_id),
+        };
+    };
+    let hold = |status: Status, reason: String| {
+        let already = m.held && m.status == status && m.status_reason.as_deref() == Some(&reason);
+        if already {
+            Action::Keep
+        } else {
+            Action::Update(Change {
+                internal_ip: None,
+                external_ip: None,
+                hold: Some(Hold::Keep {
+                    status,
+                    reason: reason.clone(),
+                }),
+                reason,
+            })
+        }
+    };
+    let port = match port {
+        Some(None) => {
+            let reason = format!(
+                "port {} was deleted",
+                m.internal_port_id.as_deref().unwrap_or_default()
+            );
+            return match port_gone {
+                PortGone::Delete => Action::Delete { reason },
+                PortGone::Down => hold(Status::Down, reason),
+            };
+        }
+        Some(Some(p)) if p.device_id.is_empty() => {
+            let reason = format!("port {} is no longer bound to an instance", p.id);
+            return match port_gone {
+                PortGone::Delete => Action::Delete { reason },
+                PortGone::Down => hold(Status::Down, reason),
+            };
+        }
+        Some(Some(p)) => Some(p),
+        None => None,
+    };
+    let Some(gateway) = router.gateway_ip else {
+        return hold(
+            Status::Down,
+            format!("router {} has no external gateway", router.id),
+        );
+    };
+    let internal = match port {
+        Some(p) if p.addresses.contains(&m.internal_ip_address) => m.internal_ip_address,
+        Some(p) => match p.addresses.iter().find(|ip| router.serves(**ip)) {
+            Some(ip) => *ip,
+            None => {
+                return hold(
+                    Status::Error,
+                    format!(
+                        "port {} has no address on a subnet of router {} (it had {})",
+                        p.id, router.id, m.internal_ip_address
+                    ),
+                )
+            }
+        },
+        None => m.internal_ip_address,
+    };
+    let mut reasons = vec![];
+    if internal != m.internal_ip_address {
+        reasons.push(format!(
+            "internal address {} -> {internal}",
+            m.internal_ip_address
+        ));
+    }
+    if gateway != m.external_ip_address {
+        reasons.push(format!("gateway {} -> {gateway}", m.external_ip_address));
+    }
+    if m.held {
+        reasons.push(format!(
+            "released from {} ({})",
+            m.status.as_str(),
+            m.status_reason.as_deref().unwrap_or_default()
+        ));
+    }
+    if reasons.is_empty() {
+        return Action::Keep;
+    }
+    Action::Update(Change {
+        internal_ip: (internal != m.internal_ip_address).then_some(internal),
+        external_ip: (gateway != m.external_ip_address).then_some(gateway),
+        hold: m.held.then_some(Hold::Release),
+        reason: reasons.join(", "),
+    })
+}
+
+/// What one cycle did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CycleReport {
+    pub mappings: usize,
+    pub deleted: usize,
+    pub updated: usize,
+    /// Not the lease holder: nothing was looked at.
+    pub standby: bool,
+}
+
+/// Counters since start, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct MonitorCounters {
+    pub cycles: AtomicU64,
+    pub failed_cycles: AtomicU64,
+    pub deleted: AtomicU64,
+    pub updated: AtomicU64,
+}
+
+pub struct Monitor {
+    store: Arc<Store>,
+    view: Arc<dyn NetworkView>,
+    port_gone: PortGone,
+    /// Who this monitor is, in the lease.
+    holder: String,
+    counters: Arc<MonitorCounters>,
+}
+
+impl Monitor {
+    pub fn new(store: Arc<Store>, view: Arc<dyn NetworkView>, port_gone: PortGone) -> Self {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        Monitor {
+            store,
+            view,
+            port_gone,
+            holder: format!(
+                "{host}:{}:{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+            counters: Arc::default(),
+        }
+    }
+
+    pub fn counters(&self) -> Arc<MonitorCounters> {
+        self.counters.clone()
+    }
+
+    /// One reconciliation: reads everything first, then changes what needs changing.
+    pub async fn cycle(&self, lease: Duration) -> Result<CycleReport, MonitorError> {
+        if !self.store.acquire_lease(&self.holder, lease).await? {
+            return Ok(CycleReport {
+                standby: true,
+                ..Default::default()
+            });
+        }
+        let mappings = self.store.list(&ListFilter::default()).await?;
+        let router_ids: Vec<String> = mappings
+            .iter()
+            .map(|m| m.router_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let port_ids: Vec<String> = mappings
+            .iter()
+            .filter_map(|m| m.internal_port_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Any failure here abandons the cycle before anything is changed.
+        let routers = self.view.routers(&router_ids).await?;
+        let ports = self.view.ports(&port_ids).await?;
+        let mut report = CycleReport {
+            mappings: mappings.len(),
+            ..Default::default()
+        };
+        for m in &mappings {
+            let port = m.internal_port_id.as_ref().map(|id| ports.get(id));
+            match decide(m, routers.get(&m.router_id), port, self.port_gone) {
+                Action::Keep => {}
+                Action::Delete { reason } => {
+                    if self.store.delete(&m.id).await?.is_some() {
+                        info!(mapping = %m.id, project = %m.project_id, router = %m.router_id,
+                            internal = %m.internal_ip_address, %reason, "monitor: mapping deleted");
+                        report.deleted += 1;
+                    }
+                }
+                Action::Update(change) => {
+                    let update = MappingUpdate {
+                        internal_ip_address: change.internal_ip,
+                        external_ip_address: change.external_ip,
+                        hold: change.hold.clone(),
+                        ..Default::default()
+                    };
+                    match self.store.update(&m.id, &update).await {
+                        Ok(new) => {
+                            info!(mapping = %m.id, project = %m.project_id, router = %m.router_id,
+                                change = %change.reason, status = %new.status.as_str(), "monitor: mapping updated");
+                            report.updated += 1;
+                        }
+                        // Deleted meanwhile by its owner: nothing to keep true.
+                        Err(StoreError::NotFound { .. }) => {}
+                        // The new address is mapped already (another mapping holds the socket):
+                        // hold this one with the reason rather than fail the cycle.
+                        Err(e @ StoreError::InternalSocketMapped { .. }) => {
+                            let reason = format!("cannot follow the port: {e}");
+                            warn!(mapping = %m.id, %reason, "monitor: mapping held");
+                            let hold = MappingUpdate {
+                                hold: Some(Hold::Keep {
+                                    status: Status::Error,
+                                    reason,
+                                }),
+                                ..Default::default()
+                            };
+                            self.store.update(&m.id, &hold).await?;
+                            report.updated += 1;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs a cycle every `interval` until the task is dropped; failed cycles change nothing
+    /// and are retried at the next interval.
+    pub async fn run(self, interval: Duration) {
+        let lease = interval * 3;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.counters.cycles.fetch_add(1, Ordering::Relaxed);
+            match self.cycle(lease).await {
+                Ok(report) => {
+                    self.counters
+                        .deleted
+                        .fetch_add(report.deleted as u64, Ordering::Relaxed);
+                    self.counters
+                        .updated
+                        .fetch_add(report.updated as u64, Ordering::Relaxed);
+                    if report.deleted + report.updated > 0 {
+                        info!(?report, "monitor cycle");
+                    }
+                }
+                Err(e) => {
+                    self.counters.failed_cycles.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, "monitor cycle abandoned; nothing changed, retrying next cycle");
+                }
+            }
+        }
+    }
+
+    /// Gives the lease up.
+    pub async fn release(&self) {
+        if let Err(e) = self.store.release_lease(&self.holder).await {
+            warn!(error = %e, "could not release the monitor lease");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+use std::sync::Mutex;
+
+use super::*;
+use crate::dataplane::{PortRange, Protocol};
+use crate::store::{ExternalPorts, NewMapping, Policy};
+
+const ROUTER: &str = "r1";
+
+fn router(gateway: Option<&str>) -> RouterInfo {
+    RouterInfo {
+        id: ROUTER.into(),
+        project_id: Some("p1".into()),
+        gateway_ip: gateway.map(|g| g.parse().unwrap()),
+        distributed: false,
+        subnets: vec!["10.0.0.0/24".parse().unwrap()],
+    }
+}
+
+fn port(device: &str, addresses: &[&str]) -> PortState {
+    PortState {
+        id: "port-1".into(),
+        device_id: device.into(),
+        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+    }
+}
+
+fn mapping() -> Mapping {
+    Mapping {
+        id: "m1".into(),
+        project_id: "p1".into(),
+        router_id: ROUTER.into(),
+        distributed: false,
+        external_ip_address: "203.0.113.10".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        external_ports: PortRange::single(4000).unwrap(),
+        internal_ip_address: "10.0.0.5".parse().unwrap(),
+        internal_port_id: Some("port-1".into()),
+        internal_ports: PortRange::single(22).unwrap(),
+        description: String::new(),
+        allowed_cidrs: vec![],
+        masquerade: false,
+        status: Status::Active,
+        status_reason: None,
+        held: false,
+        created_at: String::new(),
+        updated_at: String::new(),
+    }
+}
+
+fn held(status: Status, reason: &str) -> Mapping {
+    Mapping {
+        held: true,
+        status,
+        status_reason: Some(reason.into()),
+        ..mapping()
+    }
+}
+
+#[test]
+fn nothing_changed_is_nothing_to_do() {
+    let r = router(Some("203.0.113.10"));
+    let p = port("vm-1", &["10.0.0.5"]);
+    assert_eq!(
+        decide(&mapping(), Some(&r), Some(Some(&p)), PortGone::Delete),
+        Action::Keep
+    );
+    // A mapping without a port is checked against its router only.
+    let m = Mapping {
+        internal_port_id: None,
+        ..mapping()
+    };
+    assert_eq!(decide(&m, Some(&r), None, PortGone::Delete), Action::Keep);
+}
+
+#[test]
+fn deleted_routers_and_ports_delete_their_mappings_or_hold_them_down() {
+    let r = router(Some("203.0.113.10"));
+    assert!(matches!(
+        decide(&mapping(), None, Some(None), PortGone::Delete),
+        Action::Delete { .. }
+    ));
+    assert!(matches!(
+        decide(&mapping(), Some(&r), Some(None), PortGone::Delete),
+        Action::Delete { reason } if reason.contains("port-1 was deleted")
+    ));
+    let unbound = port("", &["10.0.0.5"]);
+    assert!(matches!(
+        decide(&mapping(), Some(&r), Some(Some(&unbound)), PortGone::Delete),
+        Action::Delete { reason } if reason.contains("no longer bound")
+    ));
+    match decide(&mapping(), Some(&r), Some(None), PortGone::Down) {
+        Action::Update(Change {
+            hold:
+                Some(Hold::Keep {
+                    status: Status::Down,
+                    reason,
+                }),
+            ..
+        }) => {
+            assert!(reason.contains("deleted"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Already held for that reason: no churn.
+    let m = held(Status::Down, "port port-1 was deleted");
+    assert_eq!(
+        decide(&m, Some(&r), Some(None), PortGone::Down),
+        Action::Keep
+    );
+}
+
+#[test]
+fn a_changed_address_is_followed_on_the_routers_subnets() {
+    let r = router(Some("203.0.113.10"));
+    // The port lost 10.0.0.5 and has an address on another network and one on ours.
+    let p = port("vm-1", &["192.168.7.3", "10.0.0.77"]);
+    match decide(&mapping(), Some(&r), Some(Some(&p)), PortGone::Delete) {
+        Action::Update(c) => {
+            assert_eq!(c.internal_ip, Some("10.0.0.77".parse().unwrap()));
+            assert_eq!((c.external_ip, c.hold), (None, None));
+            assert!(c.reason.contains("10.0.0.5 -> 10.0.0.77"), "{}", c.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing on the router's subnets: held in ERROR with the reason, never pointed elsewhere.
+    let p = port("vm-1", &["192.168.7.3"]);
+    match decide(&mapping(), Some(&r), Some(Some(&p)), PortGone::Delete) {
+        Action::Update(Change {
+            hold:
+                Some(Hold::Keep {
+                    status: Status::Error,
+                    reason,
+                }),
+            internal_ip: None,
+            ..
+        }) => {
+            assert!(reason.contains("no address on a subnet"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn gateways_are_followed_and_their_removal_holds_mappings_until_they_return() {
+    let p = port("vm-1", &["10.0.0.5"]);
+    match decide(
+        &mapping(),
+        Some(&router(Some("203.0.113.99"))),
+        Some(Some(&p)),
+        PortGone::Delete,
+    ) {
+        Action::Update(c) => assert_eq!(c.external_ip, Some("203.0.113.99".parse().unwrap())),
+        other => panic!("{other:?}"),
+    }
+    let down = decide(
+        &mapping(),
+        Some(&router(None)),
+        Some(Some(&p)),
+        PortGone::Delete,
+    );
+    assert!(
+        matches!(
+            &down,
+            Action::Update(Change {
+                hold: Some(Hold::Keep {
+                    status: Status::Down,
+                    ..
+                }),
+                ..
+            })
+        ),
+        "{down:?}"
+    );
+    // Back: released, and following the new gateway in the same change.
+    let m = held(Status::Down, "router r1 has no external gateway");
+    match decide(
+        &m,
+        Some(&router(Some("203.0.113.50"))),
+        Some(Some(&p)),
+        PortGone::Delete,
+    ) {
+        Action::Update(c) => {
+            assert_eq!(c.hold, Some(Hold::Release));
+            assert_eq!(c.external_ip, Some("203.0.113.50".parse().unwrap()));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A scripted Neutron: what it knows, or that it fails.
+#[derive(Default)]
+struct FakeNetwork {
+    ports: Mutex<HashMap<String, PortState>>,
+    routers: Mutex<HashMap<String, RouterInfo>>,
+    fail: Mutex<bool>,
+}
+
+#[async_trait::async_trait]
+impl NetworkView for FakeNetwork {
+    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortState>, OpenStackError> {
+        if *self.fail.lock().unwrap() {
+            return Err(OpenStackError::Status {
+                service: "Neutron",
+                url: "http://neutron/v2.0/ports".into(),
+                status: 503,
+                body: String::new(),
+            });
+        }
+        let ports = self.ports.lock().unwrap();
+        Ok(ids
+            .iter()
+            .filter_map(|id| ports.get(id).map(|p| (id.clone(), p.clone())))
+            .collect())
+    }
+
+    async fn routers(&self, ids: &[String]) -> Result<HashMap<String, RouterInfo>, OpenStackError> {
+        let routers = self.routers.lock().unwrap();
+        Ok(ids
+            .iter()
+            .filter_map(|id| routers.get(id).map(|r| (id.clone(), r.clone())))
+            .collect())
+    }
+}
+
+async fn store() -> Arc<Store> {
+    let dir = std::env::temp_dir().join(format!("praas-monitor-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    Arc::new(store)
+}
+
+fn new(ip: &str, port_id: &str) -> NewMapping {
+    NewMapping {
+        project_id: "p1".into(),
+        router_id: ROUTER.into(),
+        distributed: false,
+        external_ip_address: "203.0.113.10".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        external_ports: ExternalPorts::Allocate { len: 1 },
+        internal_ip_address: ip.parse().unwrap(),
+        internal_port_id: Some(port_id.into()),
+        internal_ports: PortRange::single(22).unwrap(),
+        description: String::new(),
+        allowed_cidrs: vec![],
+        masquerade: false,
+    }
+}
+
+#[tokio::test]
+async fn a_cycle_applies_decisions_and_a_failing_neutron_changes_nothing() {
+    let store = store().await;
+    let policy = Policy::default();
+    let kept = store
+        .create(new("10.0.0.5", "port-1"), &policy)
+        .await
+        .unwrap();
+    let moved = store
+        .create(new("10.0.0.6", "port-2"), &policy)
+        .await
+        .unwrap();
+    let gone = store
+        .create(new("10.0.0.7", "port-3"), &policy)
+        .await
+        .unwrap();
+    let net = Arc::new(FakeNetwork::default());
+    net.routers
+        .lock()
+        .unwrap()
+        .insert(ROUTER.into(), router(Some("203.0.113.10")));
+    {
+        let mut ports = net.ports.lock().unwrap();
+        ports.insert(
+            "port-1".into(),
+            PortState {
+                id: "port-1".into(),
+                ..port("vm-1", &["10.0.0.5"])
+            },
+        );
+        ports.insert(
+            "port-2".into(),
+            PortState {
+                id: "port-2".into(),
+                ..port("vm-2", &["10.0.0.60"])
+            },
+        );
+    }
+    let monitor = Monitor::new(store.clone(), net.clone(), PortGone::Delete);
+
+    // Neutron failing: nothing is touched, whatever it would have found.
+    *net.fail.lock().unwrap() = true;
+    let generation = store.generation().await.unwrap();
+    assert!(monitor.cycle(Duration::from_secs(90)).await.is_err());
+    assert_eq!(store.generation().await.unwrap(), generation);
+    assert_eq!(store.list(&ListFilter::default()).await.unwrap().len(), 3);
+
+    *net.fail.lock().unwrap() = false;
+    let report = monitor.cycle(Duration::from_secs(90)).await.unwrap();
+    assert_eq!((report.mappings, report.deleted, report.updated), (3, 1, 1));
+    assert!(store.get(&gone.id).await.unwrap().is_none());
+    let moved = store.get(&moved.id).await.unwrap().unwrap();
+    assert_eq!(moved.internal_ip_address.to_string(), "10.0.0.60");
+    assert_eq!(moved.status, Status::Pending, "to be programmed again");
+    let kept_now = store.get(&kept.id).await.unwrap().unwrap();
+    assert_eq!(kept_now.updated_at, kept.updated_at);
+
+    // Router loses its gateway: held DOWN; gets one back: released and following it.
+    net.routers
+        .lock()
+        .unwrap()
+        .insert(ROUTER.into(), router(None));
+    monitor.cycle(Duration::from_secs(90)).await.unwrap();
+    let m = store.get(&kept.id).await.unwrap().unwrap();
+    assert!(m.held && m.status == Status::Down, "{m:?}");
+    net.routers
+        .lock()
+        .unwrap()
+        .insert(ROUTER.into(), router(Some("203.0.113.44")));
+    monitor.cycle(Duration::from_secs(90)).await.unwrap();
+    let m = store.get(&kept.id).await.unwrap().unwrap();
+    assert!(!m.held && m.status == Status::Pending, "{m:?}");
+    assert_eq!(m.external_ip_address.to_string(), "203.0.113.44");
+
+    // A second monitor waits while the first holds the lease.
+    let standby = Monitor::new(store.clone(), net.clone(), PortGone::Delete);
+    assert!(
+        standby
+            .cycle(Duration::from_secs(90))
+            .await
+            .unwrap()
+            .standby
+    );
+    monitor.release().await;
+    assert!(
+        !standby
+            .cycle(Duration::from_secs(90))
+            .await
+            .unwrap()
+            .standby
+    );
+}
