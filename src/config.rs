@@ -43,6 +43,25 @@ pub struct Config {
     pub database: DatabaseSection,
     pub dataplane: DataplaneSection,
     pub openstack: OpenStackSection,
+    pub notifications: NotificationsSection,
+}
+
+/// `[notifications]`: Neutron's notifications on RabbitMQ, for the monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationsSection {
+    /// oslo.messaging's `rabbit://user:pass@host:5672/vhost`; unset: polling only.
+    pub transport_url: Option<String>,
+    /// The exchange Neutron publishes on (its `control_exchange`, default `neutron`).
+    pub exchange: String,
+}
+
+impl Default for NotificationsSection {
+    fn default() -> Self {
+        NotificationsSection {
+            transport_url: None,
+            exchange: "neutron".into(),
+        }
+    }
 }
 
 /// `[praas]`: the API and the allocation of router ports. The first three keys are the
@@ -407,14 +426,16 @@ enum Section {
     Database,
     Dataplane,
     OpenStack,
+    Notifications,
 }
 
 impl Section {
-    const ALL: [Section; 4] = [
+    const ALL: [Section; 5] = [
         Section::Praas,
         Section::Database,
         Section::Dataplane,
         Section::OpenStack,
+        Section::Notifications,
     ];
 
     fn name(self) -> &'static str {
@@ -423,6 +444,7 @@ impl Section {
             Section::Database => "database",
             Section::Dataplane => "dataplane",
             Section::OpenStack => "openstack",
+            Section::Notifications => "notifications",
         }
     }
 
@@ -446,6 +468,7 @@ impl Section {
             ],
             Section::Database => &["connection"],
             Section::Dataplane => &["driver", "resync_interval", "enabled"],
+            Section::Notifications => &["transport_url", "exchange"],
             Section::OpenStack => &[
                 "clouds_file",
                 "cloud",
@@ -526,6 +549,20 @@ fn set(
                 .ok()
                 .filter(|n| (1..=10_000_000).contains(n))
                 .ok_or_else(|| invalid("expected a number from 1 to 10000000".into()))?
+        }
+        (Section::Notifications, "transport_url") => {
+            config.notifications.transport_url = if value.is_empty() {
+                None
+            } else {
+                crate::monitor::notifications::amqp_url(value).map_err(invalid)?;
+                Some(value.to_string())
+            }
+        }
+        (Section::Notifications, "exchange") => {
+            if value.is_empty() {
+                return Err(invalid("expected an exchange name".into()));
+            }
+            config.notifications.exchange = value.to_string()
         }
         (Section::Database, "connection") => {
             config.database.connection = parse_database_url(value).map_err(invalid)?

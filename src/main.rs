@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use futures_util::FutureExt;
 
 mod demo;
 use clap::{Parser, Subcommand};
@@ -307,9 +308,22 @@ async fn serve(path: &Path, roles: Roles) -> Result<()> {
                 cfg.praas.on_port_deleted,
             );
             let interval = cfg.praas.monitoring_interval();
+            let wake = Arc::new(tokio::sync::Notify::new());
+            match &cfg.notifications.transport_url {
+                Some(url) => {
+                    tasks.spawn(praas::monitor::notifications::listen(
+                        url.clone(),
+                        cfg.notifications.exchange.clone(),
+                        wake.clone(),
+                        Arc::default(),
+                    )
+                    .map(Ok));
+                }
+                None => tracing::info!("no [notifications] transport_url: the monitor polls only"),
+            }
             tracing::info!(?interval, "monitor started");
             tasks.spawn(async move {
-                monitor.run(interval).await;
+                monitor.run(interval, wake).await;
                 Ok(())
             });
         }

@@ -28,7 +28,9 @@ use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
 use praas::simnode::{SimLayout, SimNode, SimNodeOptions};
 use praas::store::{Policy, Store, Strategy};
 use serde_json::{json, Value};
-use tokio::sync::RwLock;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::{Notify, RwLock};
 use tower::ServiceExt;
 
 /// Tests that stop Keystone take this for writing; all others for reading.
@@ -989,4 +991,101 @@ async fn the_monitor_follows_neutron_and_changes_nothing_when_it_is_down() {
     )
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// With Neutron's notifications on the real RabbitMQ, a deleted port's mapping goes without
+/// waiting for the polling cycle (set to ten minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_make_the_monitor_react_at_once() {
+    let test = "notifications_make_the_monitor_react_at_once";
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find(test) else {
+        return;
+    };
+    let rabbit = "rabbit://guest:guest@127.0.0.1:5672/";
+    if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: CI must run RabbitMQ (scripts/services)");
+        }
+        eprintln!("skipped {test}: no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+        return;
+    }
+    let a = cloud.project("a");
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    let (app, store) = cloud.app_and_store().await;
+    let member = cloud.token("a-member").await;
+    let vm = format!("vm-notified-{}", uuid::Uuid::new_v4().simple());
+    let port = neutron_call(
+        &cloud,
+        "a-member",
+        reqwest::Method::POST,
+        "ports",
+        Some(
+            json!({"port": {"network_id": s(&a["network_id"]), "device_id": vm,
+            "device_owner": "compute:nova", "name": vm}}),
+        ),
+    )
+    .await;
+    let port_id = s(&port["port"]["id"]);
+    let (status, body) = call(
+        &app,
+        Some(&member),
+        Method::POST,
+        "/v1/mappings",
+        Some(json!({"mapping": {"internal_port_id": port_id, "internal_port": 22}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = s(&body["mapping"]["id"]);
+
+    let monitor = Monitor::new(
+        store.clone(),
+        Arc::new(NeutronDirectory::new(cloud.session("openstack"))),
+        PortGone::Delete,
+    );
+    let counters = monitor.counters();
+    let (wake, listening) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let listener = tokio::spawn(praas::monitor::notifications::listen(
+        rabbit.into(),
+        "neutron".into(),
+        wake.clone(),
+        listening.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), listening.notified())
+        .await
+        .expect("not listening to RabbitMQ after 10 s");
+    let running = tokio::spawn(monitor.run(Duration::from_secs(600), wake));
+    // The first cycle runs at once; after it, only a notification can start another.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counters.cycles.load(Ordering::Relaxed) < 1 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cycles = counters.cycles.load(Ordering::Relaxed);
+    assert!(store.get(&id).await.unwrap().is_some());
+
+    let deleted_at = std::time::Instant::now();
+    neutron_call(
+        &cloud,
+        "admin",
+        reqwest::Method::DELETE,
+        &format!("ports/{port_id}"),
+        None,
+    )
+    .await;
+    while store.get(&id).await.unwrap().is_some() {
+        assert!(
+            deleted_at.elapsed() < Duration::from_secs(15),
+            "the mapping of a deleted port is still there after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "{test}: port deleted -> mapping deleted in {:?} (polling interval 600 s)",
+        deleted_at.elapsed()
+    );
+    assert!(counters.cycles.load(Ordering::Relaxed) > cycles);
+    running.abort();
+    listener.abort();
 }

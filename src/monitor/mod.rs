@@ -312,14 +312,20 @@ impl Monitor {
         Ok(report)
     }
 
-    /// Runs a cycle every `interval` until the task is dropped; failed cycles change nothing
-    /// and are retried at the next interval.
-    pub async fn run(self, interval: Duration) {
+    /// Runs a cycle every `interval`, and soon after each wake-up (a notification), until the
+    /// task is dropped; failed cycles change nothing and are retried at the next turn.
+    pub async fn run(self, interval: Duration, wake: Arc<tokio::sync::Notify>) {
         let lease = interval * 3;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = wake.notified() => {
+                    // Events come in bursts (port.update then router.update...): one cycle.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
             self.counters.cycles.fetch_add(1, Ordering::Relaxed);
             match self.cycle(lease).await {
                 Ok(report) => {
@@ -348,6 +354,8 @@ impl Monitor {
         }
     }
 }
+
+pub mod notifications;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,193 @@
+//! Neutron's notifications on RabbitMQ, so that the monitor reacts within moments instead of
+//! at its next polling cycle (which stays as the safety net).
+//!
+//! Neutron publishes through oslo.messaging on the topic exchange `neutron` with the routing
+//! key `notifications.info`; the body is an envelope whose `oslo.message` field is itself JSON
+//! text carrying `event_type`. A private queue is bound to that key; the events that can
+//! change a mapping wake the monitor. A lost broker is reconnected with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+/// Events after which mappings may need a change.
+pub const EVENTS: [&str; 6] = [
+    "port.delete.end",
+    "port.update.end",
+    "router.update.end",
+    "router.delete.end",
+    "router.interface.delete",
+    "router.interface.delete.end",
+];
+
+/// The event type of an oslo.messaging notification body, if it is one.
+pub fn event_type(body: &[u8]) -> Option<String> {
+    let outer: Value = serde_json::from_slice(body).ok()?;
+    // oslo.messaging's envelope (version 2.0) carries the message as JSON text.
+    let message = match outer.get("oslo.message").and_then(Value::as_str) {
+        Some(text) => serde_json::from_str::<Value>(text).ok()?,
+        None => outer,
+    };
+    message
+        .get("event_type")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// Whether `event` can change a mapping.
+pub fn relevant(event: &str) -> bool {
+    EVENTS.contains(&event)
+}
+
+/// `rabbit://user:pass@host:port/vhost` (oslo.messaging's form) as an AMQP URL. Only the first
+/// host of a list is used.
+pub fn amqp_url(transport_url: &str) -> Result<String, String> {
+    let rest = transport_url
+        .strip_prefix("rabbit://")
+        .or_else(|| transport_url.strip_prefix("amqp://"))
+        .ok_or_else(|| format!("{transport_url:?} is not a rabbit:// transport URL"))?;
+    let (hosts, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let first = hosts.split(',').next().unwrap_or_default();
+    if first.is_empty() {
+        return Err(format!("{transport_url:?} names no host"));
+    }
+    let vhost = if vhost.is_empty() { "%2f" } else { vhost };
+    Ok(format!("amqp://{first}/{vhost}"))
+}
+
+/// Consumes notifications until the task is dropped, waking `wake` on relevant events;
+/// `listening` is notified each time the queue is bound and consumed.
+pub async fn listen(
+    transport_url: String,
+    exchange: String,
+    wake: Arc<Notify>,
+    listening: Arc<Notify>,
+) {
+    let url = match amqp_url(&transport_url) {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(error = %e, "notifications disabled");
+            return;
+        }
+    };
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match consume(&url, &exchange, &wake, &listening).await {
+            Ok(()) => warn!("the notification stream ended; reconnecting"),
+            Err(e) => warn!(error = %e, ?pause, "notifications unavailable; reconnecting"),
+        }
+        // A reconnection may have missed events: one cycle catches up.
+        wake.notify_one();
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn consume(
+    url: &str,
+    exchange: &str,
+    wake: &Notify,
+    listening: &Notify,
+) -> Result<(), lapin::Error> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    // As oslo.messaging declares it (not durable), so that either side may come first.
+    channel
+        .exchange_declare(
+            exchange,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().as_str(),
+            exchange,
+            "notifications.info",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().as_str(),
+            "praas-monitor",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    info!(%exchange, "listening to Neutron's notifications");
+    listening.notify_one();
+    while let Some(delivery) = consumer.next().await {
+        let delivery = delivery?;
+        match event_type(&delivery.data) {
+            Some(event) if relevant(&event) => {
+                debug!(%event, "notification");
+                wake.notify_one();
+            }
+            Some(_) => {}
+            None => debug!("a message that is not a notification"),
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oslo_envelopes_are_unwrapped() {
+        let inner =
+            r#"{"event_type": "port.delete.end", "payload": {"port_id": "p"}, "priority": "INFO"}"#;
+        let body = serde_json::json!({"oslo.version": "2.0", "oslo.message": inner}).to_string();
+        assert_eq!(
+            event_type(body.as_bytes()).as_deref(),
+            Some("port.delete.end")
+        );
+        // Version 1 bodies carry the message directly.
+        assert_eq!(
+            event_type(inner.as_bytes()).as_deref(),
+            Some("port.delete.end")
+        );
+        assert_eq!(event_type(b"not json"), None);
+        assert!(relevant("router.update.end") && !relevant("port.create.end"));
+    }
+
+    #[test]
+    fn transport_urls_become_amqp_urls() {
+        assert_eq!(
+            amqp_url("rabbit://guest:guest@127.0.0.1:5672/").unwrap(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            amqp_url("rabbit://u:p@h1:5672,u:p@h2:5672/openstack").unwrap(),
+            "amqp://u:p@h1:5672/openstack"
+        );
+        assert!(amqp_url("kafka://x").is_err());
+        assert!(amqp_url("rabbit:///").is_err());
+    }
+}
