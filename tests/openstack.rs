@@ -1061,8 +1061,6 @@ async fn notifications_make_the_monitor_react_at_once() {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let cycles = counters.cycles.load(Ordering::Relaxed);
     assert!(store.get(&id).await.unwrap().is_some());
 
     let deleted_at = std::time::Instant::now();
@@ -1085,7 +1083,8 @@ async fn notifications_make_the_monitor_react_at_once() {
         "{test}: port deleted -> mapping deleted in {:?} (polling interval 600 s)",
         deleted_at.elapsed()
     );
-    assert!(counters.cycles.load(Ordering::Relaxed) > cycles);
+    // Only the first cycle was the timer's: the one that saw the deletion was woken.
+    assert!(counters.cycles.load(Ordering::Relaxed) >= 2);
     running.abort();
     listener.abort();
 }
