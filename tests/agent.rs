@@ -17,7 +17,7 @@ use praas::dataplane::sync::{FlowCleaner, RouterSync};
 use praas::dataplane::{DataplaneError, ExternalKey, RouterNamespace, RuleSet, Target};
 use praas::simnode;
 use praas::store::{
-    ExternalPorts, ListFilter, MappingUpdate, NewMapping, Policy, Status, Store, Strategy,
+    ExternalPorts, Hold, ListFilter, MappingUpdate, NewMapping, Policy, Status, Store, Strategy,
 };
 
 struct NoFlows;
@@ -188,6 +188,40 @@ async fn committed_changes_reach_the_namespace_as_differences() {
     for m in store.list(&ListFilter::default()).await.unwrap() {
         assert_eq!(m.status, Status::Active, "{}", m.id);
     }
+
+    // A mapping the monitor holds leaves the dataplane and keeps its status; released, it
+    // comes back and is confirmed.
+    let hold = MappingUpdate {
+        hold: Some(Hold::Keep {
+            status: Status::Down,
+            reason: "router has no external gateway".into(),
+        }),
+        ..Default::default()
+    };
+    store.update(&e.id, &hold).await.unwrap();
+    agent.pass_mappings(&ids(&[&e.id])).await.unwrap();
+    assert_eq!(last_update(&fake), (0, 1));
+    let held = store.get(&e.id).await.unwrap().unwrap();
+    assert_eq!((held.status, held.held), (Status::Down, true));
+    let programmed = fake.table(&ns.0).unwrap();
+    assert!(!programmed
+        .forwards
+        .values()
+        .any(|t| t.ip == held.internal_ip_address));
+    let release = MappingUpdate {
+        hold: Some(Hold::Release),
+        ..Default::default()
+    };
+    store.update(&e.id, &release).await.unwrap();
+    agent.pass_mappings(&ids(&[&e.id])).await.unwrap();
+    assert_eq!(last_update(&fake), (1, 0));
+    assert_eq!(
+        store.get(&e.id).await.unwrap().unwrap().status,
+        Status::Active
+    );
+    // A full pass agrees.
+    agent.pass().await.unwrap();
+    assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

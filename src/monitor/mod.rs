@@ -197,6 +197,7 @@ pub struct CycleReport {
 /// Counters since start, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct MonitorCounters {
+    /// Cycles finished, failed ones included.
     pub cycles: AtomicU64,
     pub failed_cycles: AtomicU64,
     pub deleted: AtomicU64,
@@ -326,8 +327,9 @@ impl Monitor {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
+            let result = self.cycle(lease).await;
             self.counters.cycles.fetch_add(1, Ordering::Relaxed);
-            match self.cycle(lease).await {
+            match result {
                 Ok(report) => {
                     self.counters
                         .deleted
