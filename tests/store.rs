@@ -311,3 +311,35 @@ on_both!(a_listing_returns_exactly_what_was_stored, |store: Arc<
         a.description
     );
 });
+
+on_both!(
+    one_monitor_lease_holder_at_a_time,
+    |store: Arc<Store>| async move {
+        let minute = std::time::Duration::from_secs(60);
+        assert!(store.acquire_lease("a", minute).await.unwrap());
+        assert!(
+            !store.acquire_lease("b", minute).await.unwrap(),
+            "a holds it"
+        );
+        assert!(store.acquire_lease("a", minute).await.unwrap(), "renewal");
+        store.release_lease("b").await.unwrap(); // not b's to release
+        assert!(!store.acquire_lease("b", minute).await.unwrap());
+        store.release_lease("a").await.unwrap();
+        assert!(store
+            .acquire_lease("b", std::time::Duration::from_millis(1))
+            .await
+            .unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            store.acquire_lease("c", minute).await.unwrap(),
+            "b's lease ran out"
+        );
+        // Two contenders at once: exactly one wins.
+        store.release_lease("c").await.unwrap();
+        let (x, y) = tokio::join!(
+            store.acquire_lease("x", minute),
+            store.acquire_lease("y", minute)
+        );
+        assert!(x.unwrap() ^ y.unwrap());
+    }
+);
