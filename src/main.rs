@@ -300,6 +300,9 @@ async fn serve(path: &Path, roles: Roles) -> Result<()> {
                 .context("serving the API")
         });
     }
+    // Set at shutdown: the monitor then gives its lease up.
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let mut monitor_task = None;
     match (roles.monitor, &session) {
         (Some(_), Some(session)) => {
             let monitor = Monitor::new(
@@ -322,10 +325,10 @@ async fn serve(path: &Path, roles: Roles) -> Result<()> {
                 None => tracing::info!("no [notifications] transport_url: the monitor polls only"),
             }
             tracing::info!(?interval, "monitor started");
-            tasks.spawn(async move {
-                monitor.run(interval, wake).await;
-                Ok(())
-            });
+            let mut stopping = stopping.subscribe();
+            monitor_task = Some(tokio::spawn(monitor.run_until(interval, wake, async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            })));
         }
         (Some(true), None) => bail!(
             "the monitor reads Neutron: set [openstack] clouds_file (or OS_CLIENT_CONFIG_FILE) to a clouds.yaml \
@@ -337,14 +340,37 @@ async fn serve(path: &Path, roles: Roles) -> Result<()> {
         ),
         (None, _) => {}
     }
-    if tasks.is_empty() {
+    if tasks.is_empty() && monitor_task.is_none() {
         bail!("nothing to run: the agent needs [dataplane] enabled = true");
     }
-    tokio::select! {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("handling SIGTERM")?;
+    let monitor_done = async {
+        match monitor_task.as_mut() {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("interrupted; stopping");
             Ok(())
         }
+        _ = terminate.recv() => {
+            tracing::info!("terminated; stopping");
+            Ok(())
+        }
         Some(done) = tasks.join_next() => done.context("a task panicked")?,
+        done = monitor_done => done.context("the monitor panicked").map(drop),
+    };
+    if let Some(task) = monitor_task.filter(|t| !t.is_finished()) {
+        stopping.send_replace(true);
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the monitor did not stop within 5 s; its lease runs out by itself");
+        }
     }
+    outcome
 }

@@ -316,6 +316,27 @@ impl Monitor {
     /// Runs a cycle every `interval`, and soon after each wake-up (a notification), until the
     /// task is dropped; failed cycles change nothing and are retried at the next turn.
     pub async fn run(self, interval: Duration, wake: Arc<tokio::sync::Notify>) {
+        self.run_until(interval, wake, std::future::pending()).await
+    }
+
+    /// As [`Monitor::run`], until `stop` completes; then the lease is given up, so that a
+    /// standby monitor takes over at its next cycle instead of after the lease runs out. A
+    /// cycle cut short by `stop` leaves every mapping consistent: each change is its own
+    /// transaction.
+    pub async fn run_until(
+        self,
+        interval: Duration,
+        wake: Arc<tokio::sync::Notify>,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::select! {
+            _ = self.turns(interval, &wake) => {}
+            _ = stop => {}
+        }
+        self.release().await;
+    }
+
+    async fn turns(&self, interval: Duration, wake: &tokio::sync::Notify) {
         let lease = interval * 3;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -80,9 +80,16 @@ pub async fn listen(
             return;
         }
     };
-    let mut pause = Duration::from_millis(500);
+    const FIRST_PAUSE: Duration = Duration::from_millis(500);
+    let mut pause = FIRST_PAUSE;
     loop {
-        match consume(&url, &exchange, &wake, &listening).await {
+        let mut consumed = false;
+        let result = consume(&url, &exchange, &wake, &listening, &mut consumed).await;
+        // A connection that got as far as consuming starts the backoff again.
+        if consumed {
+            pause = FIRST_PAUSE;
+        }
+        match result {
             Ok(()) => warn!("the notification stream ended; reconnecting"),
             Err(e) => warn!(error = %e, ?pause, "notifications unavailable; reconnecting"),
         }
@@ -98,6 +105,7 @@ async fn consume(
     exchange: &str,
     wake: &Notify,
     listening: &Notify,
+    consumed: &mut bool,
 ) -> Result<(), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
@@ -139,6 +147,7 @@ async fn consume(
         )
         .await?;
     info!(%exchange, "listening to Neutron's notifications");
+    *consumed = true;
     listening.notify_one();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
