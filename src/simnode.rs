@@ -367,6 +367,43 @@ impl SimNode {
         Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
     }
 
+    /// Moves VM `vm` to `address` (as its DHCP client would after Neutron changed the port's
+    /// fixed IP), keeping its default route through the router.
+    pub fn readdress_vm(
+        &mut self,
+        vm: usize,
+        address: ipnet::Ipv4Net,
+        router: Ipv4Addr,
+    ) -> Result<(), SimNodeError> {
+        let ns = &self.vms[vm].namespace;
+        run(
+            &["ip", "-n", ns, "-batch", "-"],
+            Some(&format!(
+                "addr flush dev eth0\naddr add {address} dev eth0\nroute replace default via {router}\n"
+            )),
+        )?;
+        self.vms[vm].ip = address.addr();
+        Ok(())
+    }
+
+    /// Moves the router's gateway to `address` (as the L3 agent does when Neutron changes the
+    /// router's external fixed IP), keeping the default route to `upstream`.
+    pub fn readdress_gateway(
+        &mut self,
+        address: ipnet::Ipv4Net,
+        upstream: Ipv4Addr,
+    ) -> Result<(), SimNodeError> {
+        run(
+            &["ip", "-n", self.router_ns.name(), "-batch", "-"],
+            Some(&format!(
+                "addr flush dev {qg}\naddr add {address} dev {qg}\nroute replace default via {upstream}\n",
+                qg = self.gateway_device
+            )),
+        )?;
+        self.gateway_ip = address.addr();
+        Ok(())
+    }
+
     /// Every namespace this node made.
     pub fn namespaces(&self) -> &[String] {
         &self.namespaces

@@ -813,7 +813,7 @@ async fn a_member_maps_its_vm_and_keystone_down_is_503_while_traffic_flows() {
     }
 }
 
-/// Neutron as `user` (a cloud of clouds.yaml), for changes the tests make.
+/// Neutron as `user` (a cloud of clouds.yaml), for changes the tests make; must succeed.
 async fn neutron_call(
     cloud: &Cloud,
     user: &str,
@@ -821,13 +821,26 @@ async fn neutron_call(
     path: &str,
     body: Option<Value>,
 ) -> Value {
+    let (status, value) = neutron_try(cloud, user, method.clone(), path, body).await;
+    assert!(status.is_success(), "{method} {path}: {status} {value}");
+    value
+}
+
+/// Neutron as `user`: the status and the body (`Null` when it is not JSON).
+async fn neutron_try(
+    cloud: &Cloud,
+    user: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
     let token = cloud.token(user).await;
     let url = format!(
         "{}/v2.0/{path}",
         cloud.resources["neutron"].as_str().unwrap()
     );
     let mut req = reqwest::Client::new()
-        .request(method.clone(), &url)
+        .request(method, &url)
         .header("X-Auth-Token", token);
     if let Some(b) = body {
         req = req.json(&b);
@@ -835,8 +848,7 @@ async fn neutron_call(
     let resp = req.send().await.unwrap();
     let status = resp.status();
     let text = resp.text().await.unwrap();
-    assert!(status.is_success(), "{method} {url}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// The monitor against the real Neutron: a changed fixed IP is followed (same external port),
@@ -1091,4 +1103,596 @@ async fn notifications_make_the_monitor_react_at_once() {
     }
     running.abort();
     listener.abort();
+}
+
+/// A router of the test's own in project A: a network and subnet of its own behind it (so
+/// that no other test sees a second router on its network), a gateway on the external network,
+/// and VM ports. Leftovers of an interrupted run are removed first.
+struct OwnRouter {
+    id: String,
+    network_id: String,
+    subnet_id: String,
+    /// The subnet, with the router's interface address.
+    interface: ipnet::Ipv4Net,
+    /// (port id, fixed IP) of each VM port.
+    vms: Vec<(String, std::net::Ipv4Addr)>,
+}
+
+const OWN_PREFIX: &str = "praas-own-";
+
+impl OwnRouter {
+    async fn create(cloud: &Cloud, vms: usize) -> OwnRouter {
+        Self::remove_leftovers(cloud).await;
+        let tag = format!("{OWN_PREFIX}{}", uuid::Uuid::new_v4().simple());
+        let s = |v: &Value| v.as_str().unwrap().to_string();
+        let member = |method, path: &str, body| {
+            let (cloud, path) = (cloud, path.to_string());
+            async move { neutron_call(cloud, "a-member", method, &path, body).await }
+        };
+        use reqwest::Method as M;
+        let network = member(M::POST, "networks", Some(json!({"network": {"name": tag}}))).await;
+        let network_id = s(&network["network"]["id"]);
+        let subnet = member(
+            M::POST,
+            "subnets",
+            Some(
+                json!({"subnet": {"name": tag, "network_id": network_id, "ip_version": 4,
+                "cidr": "10.30.0.0/24", "gateway_ip": "10.30.0.1", "enable_dhcp": false}}),
+            ),
+        )
+        .await;
+        let subnet_id = s(&subnet["subnet"]["id"]);
+        let public = s(&cloud.resources["external_network"]["id"]);
+        let router = member(
+            M::POST,
+            "routers",
+            Some(json!({"router": {"name": tag, "external_gateway_info": {"network_id": public}}})),
+        )
+        .await;
+        let id = s(&router["router"]["id"]);
+        member(
+            M::PUT,
+            &format!("routers/{id}/add_router_interface"),
+            Some(json!({"subnet_id": subnet_id})),
+        )
+        .await;
+        let mut ports = vec![];
+        for i in 0..vms {
+            let port = member(
+                M::POST,
+                "ports",
+                Some(
+                    json!({"port": {"network_id": network_id, "name": format!("{tag}-vm{i}"),
+                    "device_id": format!("{tag}-vm{i}"), "device_owner": "compute:nova"}}),
+                ),
+            )
+            .await;
+            ports.push((
+                s(&port["port"]["id"]),
+                s(&port["port"]["fixed_ips"][0]["ip_address"])
+                    .parse()
+                    .unwrap(),
+            ));
+        }
+        OwnRouter {
+            id,
+            network_id,
+            subnet_id,
+            interface: "10.30.0.1/24".parse().unwrap(),
+            vms: ports,
+        }
+    }
+
+    /// The router's gateway address, as Neutron has it now.
+    async fn gateway(&self, cloud: &Cloud) -> Option<std::net::Ipv4Addr> {
+        let r = neutron_call(
+            cloud,
+            "admin",
+            reqwest::Method::GET,
+            &format!("routers/{}", self.id),
+            None,
+        )
+        .await;
+        r["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+            .as_str()
+            .map(|ip| ip.parse().unwrap())
+    }
+
+    /// The simulated node an L3 agent would build for this router and its VMs.
+    async fn node(&self, cloud: &Cloud) -> SimNode {
+        let layout = SimLayout {
+            router_id: self.id.clone(),
+            gateway: ipnet::Ipv4Net::new(
+                self.gateway(cloud).await.unwrap(),
+                external_prefix(cloud),
+            )
+            .unwrap(),
+            upstream: upstream(cloud),
+            internal: self.interface,
+            vm_ips: self.vms.iter().map(|(_, ip)| *ip).collect(),
+        };
+        tokio::task::spawn_blocking(move || {
+            SimNode::new(SimNodeOptions {
+                layout: Some(layout),
+                ..Default::default()
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+
+    async fn remove(self, cloud: &Cloud) {
+        remove_router(cloud, &self.id, &self.network_id, &self.subnet_id).await;
+    }
+
+    /// Routers, ports and networks named by an earlier, interrupted run.
+    async fn remove_leftovers(cloud: &Cloud) {
+        let routers = neutron_call(cloud, "admin", reqwest::Method::GET, "routers", None).await;
+        let networks = neutron_call(cloud, "admin", reqwest::Method::GET, "networks", None).await;
+        let named = |v: &Value| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(OWN_PREFIX))
+        };
+        for r in routers["routers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| named(r))
+        {
+            let name = r["name"].as_str().unwrap();
+            if let Some(n) = networks["networks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == name)
+            {
+                let (id, network) = (r["id"].as_str().unwrap(), n["id"].as_str().unwrap());
+                let subnet = n["subnets"][0].as_str().unwrap_or_default();
+                remove_router(cloud, id, network, subnet).await;
+            }
+        }
+    }
+}
+
+async fn remove_router(cloud: &Cloud, id: &str, network: &str, subnet: &str) {
+    use reqwest::Method as M;
+    // Each step may already have been done by the test or by an interrupted run.
+    neutron_try(
+        cloud,
+        "admin",
+        M::PUT,
+        &format!("routers/{id}/remove_router_interface"),
+        Some(json!({"subnet_id": subnet})),
+    )
+    .await;
+    neutron_try(cloud, "admin", M::DELETE, &format!("routers/{id}"), None).await;
+    let ports = neutron_call(
+        cloud,
+        "admin",
+        M::GET,
+        &format!("ports?network_id={network}"),
+        None,
+    )
+    .await;
+    for p in ports["ports"].as_array().unwrap() {
+        let port = p["id"].as_str().unwrap();
+        neutron_try(cloud, "admin", M::DELETE, &format!("ports/{port}"), None).await;
+    }
+    neutron_try(
+        cloud,
+        "admin",
+        M::DELETE,
+        &format!("networks/{network}"),
+        None,
+    )
+    .await;
+}
+
+fn upstream(cloud: &Cloud) -> std::net::Ipv4Addr {
+    cloud.resources["external_network"]["gateway_ip"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The monitor and a router's gateway, against the real Neutron: removed → the mapping is held
+/// DOWN (out of the dataplane); set again (Neutron picks the address) → released, following the
+/// new gateway address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_holds_mappings_while_their_router_has_no_gateway() {
+    let test = "the_monitor_holds_mappings_while_their_router_has_no_gateway";
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find(test) else {
+        return;
+    };
+    let router = OwnRouter::create(&cloud, 1).await;
+    let public = cloud.resources["external_network"]["id"].clone();
+    let (app, store) = cloud.app_and_store().await;
+    let token = cloud.token("a-member").await;
+    let (status, body) = call(
+        &app,
+        Some(&token),
+        Method::POST,
+        "/v1/mappings",
+        Some(json!({"mapping": {"internal_port_id": router.vms[0].0, "internal_port": 22}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["mapping"]["id"].as_str().unwrap().to_string();
+    let monitor = Monitor::new(
+        store.clone(),
+        Arc::new(NeutronDirectory::new(cloud.session("openstack"))),
+        PortGone::Delete,
+    );
+    let lease = Duration::from_secs(30);
+    let set_gateway = |info: Value| {
+        let (cloud, path) = (&cloud, format!("routers/{}", router.id));
+        async move {
+            neutron_call(
+                cloud,
+                "a-member",
+                reqwest::Method::PUT,
+                &path,
+                Some(json!({"router": {"external_gateway_info": info}})),
+            )
+            .await
+        }
+    };
+
+    set_gateway(json!({})).await;
+    monitor.cycle(lease).await.unwrap();
+    let held = store.get(&id).await.unwrap().unwrap();
+    assert!(
+        held.held && held.status == praas::store::Status::Down,
+        "{held:?}"
+    );
+    assert!(held.status_reason.unwrap().contains("no external gateway"));
+
+    // A gateway again, at an address of Neutron's choosing (often not the first one).
+    set_gateway(json!({"network_id": public})).await;
+    monitor.cycle(lease).await.unwrap();
+    let back = store.get(&id).await.unwrap().unwrap();
+    assert!(!back.held, "{back:?}");
+    assert_eq!(Some(back.external_ip_address), router.gateway(&cloud).await);
+    assert_eq!(
+        back.status,
+        praas::store::Status::Pending,
+        "to be programmed again"
+    );
+    router.remove(&cloud).await;
+}
+
+/// Sets `resource` (a Neutron path) to the first of `candidates` that Neutron accepts (some
+/// addresses may be taken), and returns it.
+async fn first_free(
+    cloud: &Cloud,
+    path: &str,
+    candidates: impl IntoIterator<Item = std::net::Ipv4Addr>,
+    body: impl Fn(std::net::Ipv4Addr) -> Value,
+) -> std::net::Ipv4Addr {
+    for ip in candidates {
+        let (status, answer) =
+            neutron_try(cloud, "admin", reqwest::Method::PUT, path, Some(body(ip))).await;
+        if status.is_success() {
+            return ip;
+        }
+        assert_eq!(status, reqwest::StatusCode::CONFLICT, "{path}: {answer}");
+    }
+    panic!("{path}: no free address among the candidates");
+}
+
+/// Waits until `probe` says yes, up to `limit`; returns how long it took.
+async fn until(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let yes = tokio::task::block_in_place(&mut probe);
+        if yes {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What Neutron changes reaches the packets: the monitor with the agent on the node an L3
+/// agent would build from Neutron's allocation. Polling every 2 s: a changed fixed IP (the VM
+/// moves with it) is followed on the same external port; a changed gateway address is
+/// followed; a removed gateway stops forwarding until it returns; Neutron stopped changes nothing and traffic flows; a deleted port's connection is
+/// refused within the interval. Then with notifications (polling at 10 minutes): a deleted
+/// port's connection is refused within moments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_neutron_changes_reaches_the_packets() {
+    let test = "what_neutron_changes_reaches_the_packets";
+    // Stops Neutron.
+    let _alone = KEYSTONE.write().await;
+    let Some(cloud) = Cloud::find(test) else {
+        return;
+    };
+    if !common::kernel_tests_enabled(test) {
+        return;
+    }
+    let rabbit = "rabbit://guest:guest@127.0.0.1:5672/";
+    if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: CI must run RabbitMQ (scripts/services)");
+        }
+        eprintln!("skipped {test}: no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+        return;
+    }
+    let router = OwnRouter::create(&cloud, 2).await;
+    let mut node = router.node(&cloud).await;
+    let (app, store) = cloud.app_and_store().await;
+    let sync = Arc::new(RouterSync::new(
+        Arc::from(Driver::Nftables.backend().unwrap()),
+        Arc::new(Conntrack),
+    ));
+    let agent = tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(3600)).run());
+    let view = Arc::new(NeutronDirectory::new(cloud.session("openstack")));
+    let interval = Duration::from_secs(2);
+    let polling = Monitor::new(store.clone(), view.clone(), PortGone::Delete);
+    let counters = polling.counters();
+    let (stop_polling, stopped) = tokio::sync::oneshot::channel::<()>();
+    let polling = tokio::spawn(polling.run_until(interval, Arc::new(Notify::new()), async {
+        let _ = stopped.await;
+    }));
+
+    let token = cloud.token("a-member").await;
+    let mut mapped = vec![];
+    for (port_id, _) in &router.vms {
+        let (status, body) = call(
+            &app,
+            Some(&token),
+            Method::POST,
+            "/v1/mappings",
+            Some(json!({"mapping": {"internal_port_id": port_id, "internal_port": 22}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        mapped.push((
+            body["mapping"]["id"].as_str().unwrap().to_string(),
+            body["mapping"]["external_port"].as_u64().unwrap() as u16,
+        ));
+    }
+    let _servers = [
+        node.serve_tcp(0, 22).unwrap(),
+        node.serve_tcp(1, 22).unwrap(),
+    ];
+    let client = node.client_ns.clone();
+    let upstream = upstream(&cloud);
+    let answers = |gateway: std::net::Ipv4Addr, port: u16| {
+        let client = client.clone();
+        move || {
+            SimNode::tcp_exchange(&client, None, SocketAddrV4::new(gateway, port), "hi").ok()
+                == Some(format!("from={upstream} hi"))
+        }
+    };
+    let refused = |gateway: std::net::Ipv4Addr, port: u16| {
+        let client = client.clone();
+        move || SimNode::connect(&client, None, SocketAddrV4::new(gateway, port)).is_err()
+    };
+    let gateway = node.gateway_ip;
+    for (_, port) in &mapped {
+        until(
+            Duration::from_secs(10),
+            "first connection",
+            answers(gateway, *port),
+        )
+        .await;
+    }
+
+    // The VM's fixed IP changes in Neutron, and the VM takes the new address.
+    let (vm_port, old_ip) = router.vms[0].clone();
+    let subnet = router.subnet_id.clone();
+    let new_ip = first_free(
+        &cloud,
+        &format!("ports/{vm_port}"),
+        (200..=250).map(|h| std::net::Ipv4Addr::new(10, 30, 0, h)),
+        |ip| json!({"port": {"fixed_ips": [{"subnet_id": subnet, "ip_address": ip.to_string()}]}}),
+    )
+    .await;
+    assert_ne!(new_ip, old_ip);
+    let moved = ipnet::Ipv4Net::new(new_ip, router.interface.prefix_len()).unwrap();
+    node.readdress_vm(0, moved, router.interface.addr())
+        .unwrap();
+    let took = until(
+        interval * 4,
+        "the same external port to the new address",
+        answers(gateway, mapped[0].1),
+    )
+    .await;
+    eprintln!("{test}: fixed IP {old_ip} -> {new_ip} followed in {took:?} (interval {interval:?})");
+    let m = store.get(&mapped[0].0).await.unwrap().unwrap();
+    assert_eq!(m.internal_ip_address, new_ip);
+    assert_eq!(
+        m.external_ports.first(),
+        mapped[0].1,
+        "the user keeps the port"
+    );
+
+    // The router's gateway address changes in Neutron, and the L3 agent moves it.
+    let public = cloud.resources["external_network"]["id"].clone();
+    let new_gateway = first_free(
+        &cloud,
+        &format!("routers/{}", router.id),
+        (240..=250)
+            .rev()
+            .map(|h| std::net::Ipv4Addr::new(203, 0, 113, h)),
+        |ip| {
+            json!({"router": {"external_gateway_info": {"network_id": public,
+                "external_fixed_ips": [{"ip_address": ip.to_string()}]}}})
+        },
+    )
+    .await;
+    assert_ne!(new_gateway, gateway);
+    let moved = ipnet::Ipv4Net::new(new_gateway, external_prefix(&cloud)).unwrap();
+    node.readdress_gateway(moved, upstream).unwrap();
+    let took = until(
+        interval * 4,
+        "the new gateway address",
+        answers(new_gateway, mapped[1].1),
+    )
+    .await;
+    eprintln!("{test}: gateway {gateway} -> {new_gateway} followed in {took:?}");
+    let gateway = new_gateway;
+    until(
+        interval * 4,
+        "both on the new address",
+        answers(gateway, mapped[0].1),
+    )
+    .await;
+    assert_eq!(
+        store
+            .get(&mapped[0].0)
+            .await
+            .unwrap()
+            .unwrap()
+            .external_ip_address,
+        gateway
+    );
+
+    // The gateway is removed: the mappings are held DOWN, out of the dataplane; it returns
+    // (at the same address, which the node still has): they forward again.
+    neutron_call(
+        &cloud,
+        "admin",
+        reqwest::Method::PUT,
+        &format!("routers/{}", router.id),
+        Some(json!({"router": {"external_gateway_info": {}}})),
+    )
+    .await;
+    until(
+        interval * 4,
+        "no gateway, no forwarding",
+        refused(gateway, mapped[0].1),
+    )
+    .await;
+    let held = store.get(&mapped[0].0).await.unwrap().unwrap();
+    assert_eq!(held.status, praas::store::Status::Down, "{held:?}");
+    first_free(&cloud, &format!("routers/{}", router.id), [gateway], |ip| {
+        json!({"router": {"external_gateway_info": {"network_id": public,
+                "external_fixed_ips": [{"ip_address": ip.to_string()}]}}})
+    })
+    .await;
+    for (_, port) in &mapped {
+        until(interval * 4, "the gateway back", answers(gateway, *port)).await;
+    }
+
+    // Neutron stops: cycles fail, nothing changes, traffic flows.
+    let pid = std::fs::read_to_string(cloud.dir.join("neutron.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    praas::simnode::run(&["kill", &pid], None).unwrap();
+    let stopped = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "Neutron did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = counters.failed_cycles.load(Ordering::Relaxed);
+    let generation = store.generation().await.unwrap();
+    // A failing cycle takes about a second (reads are retried with backoff).
+    tokio::time::sleep(interval * 4).await;
+    let failed_meanwhile = counters.failed_cycles.load(Ordering::Relaxed) - failed;
+    let unchanged = store.generation().await.unwrap() == generation;
+    let flowing = tokio::task::block_in_place(answers(gateway, mapped[0].1))
+        && tokio::task::block_in_place(answers(gateway, mapped[1].1));
+    let restarted = std::process::Command::new("bash")
+        .args(["scripts/dev-cloud", "up"])
+        .env("PRAAS_CLOUD_DIR", &cloud.dir)
+        .output()
+        .unwrap();
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    assert!(
+        failed_meanwhile >= 2,
+        "cycles failed while Neutron was down: {failed_meanwhile}"
+    );
+    assert!(unchanged, "a cycle without Neutron changed the store");
+    assert!(flowing, "traffic stopped while Neutron was down");
+
+    // Neutron back, cycles resume: a deleted port's connection is refused within the interval.
+    let failed = counters.failed_cycles.load(Ordering::Relaxed);
+    neutron_call(
+        &cloud,
+        "admin",
+        reqwest::Method::DELETE,
+        &format!("ports/{}", router.vms[1].0),
+        None,
+    )
+    .await;
+    let took = until(
+        interval * 3,
+        "the deleted port's connection to be refused",
+        refused(gateway, mapped[1].1),
+    )
+    .await;
+    eprintln!("{test}: DELETE port issued -> connection refused in {took:?} by polling every {interval:?}");
+    assert!(store.get(&mapped[1].0).await.unwrap().is_none());
+    assert_eq!(counters.failed_cycles.load(Ordering::Relaxed), failed);
+    assert!(tokio::task::block_in_place(answers(gateway, mapped[0].1)));
+    // Stopping gives the lease up, so the next monitor acts at once.
+    stop_polling.send(()).unwrap();
+    polling.await.unwrap();
+
+    // Notifications, with polling at ten minutes: the deletion is acted on within moments.
+    let notified = Monitor::new(store.clone(), view, PortGone::Delete);
+    let counters = notified.counters();
+    let (wake, listening) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let listener = tokio::spawn(praas::monitor::notifications::listen(
+        rabbit.into(),
+        "neutron".into(),
+        wake.clone(),
+        listening.clone(),
+    ));
+    tokio::time::timeout(Duration::from_secs(10), listening.notified())
+        .await
+        .expect("not listening to RabbitMQ after 10 s");
+    let notified = tokio::spawn(notified.run(Duration::from_secs(600), wake));
+    until(Duration::from_secs(10), "the first cycle", || {
+        counters.cycles.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let deleted = std::time::Instant::now();
+    neutron_call(
+        &cloud,
+        "admin",
+        reqwest::Method::DELETE,
+        &format!("ports/{vm_port}"),
+        None,
+    )
+    .await;
+    until(
+        Duration::from_secs(10),
+        "a notified deletion",
+        refused(gateway, mapped[0].1),
+    )
+    .await;
+    eprintln!(
+        "{test}: DELETE port issued -> connection refused in {:?} with notifications",
+        deleted.elapsed()
+    );
+    notified.abort();
+    listener.abort();
+    agent.abort();
+    sockets::forget(&node.router_ns);
+    drop(node);
+    router.remove(&cloud).await;
+}
+
+fn external_prefix(cloud: &Cloud) -> u8 {
+    cloud.resources["external_network"]["cidr"]
+        .as_str()
+        .unwrap()
+        .parse::<ipnet::Ipv4Net>()
+        .unwrap()
+        .prefix_len()
 }
