@@ -72,6 +72,7 @@ async fn setup(connection: &str) -> Setup {
             gateway_ip: Some(GATEWAY.parse().unwrap()),
             distributed: false,
             subnets: vec!["10.0.0.0/8".parse().unwrap()],
+            subnet_ids: vec![],
         }],
         ports: None,
     };

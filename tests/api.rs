@@ -10,7 +10,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use praas::api::{self, AppState};
 use praas::dataplane::{PortRange, Protocol};
-use praas::openstack::{PortInfo, RouterInfo, StaticDirectory};
+use praas::openstack::{FixedIp, PortInfo, RouterInfo, StaticDirectory};
 use praas::store::{Policy, Store, Strategy};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -18,33 +18,64 @@ use tower::ServiceExt;
 const R1: &str = "11111111-1111-4111-8111-111111111111";
 const R2: &str = "22222222-2222-4222-8222-222222222222";
 const R_NO_GW: &str = "33333333-3333-4333-8333-333333333333";
+/// A gateway but no interface: it serves no subnet.
+const R_NO_IF: &str = "55555555-5555-4555-8555-555555555555";
 
 fn directory(ports: bool) -> StaticDirectory {
-    let router = |id: &str, project: &str, gw: Option<&str>, subnet: &str| RouterInfo {
+    // Subnets are named after their range; the twin has the shared subnet's range on another
+    // network.
+    let router = |id: &str, project: &str, gw: Option<&str>, subnets: &[&str]| RouterInfo {
         id: id.into(),
         project_id: Some(project.into()),
         gateway_ip: gw.map(|g| g.parse().unwrap()),
         distributed: false,
-        subnets: vec![subnet.parse().unwrap()],
+        subnets: subnets.iter().map(|s| s.parse().unwrap()).collect(),
+        subnet_ids: subnets.iter().map(|s| format!("subnet-{s}")).collect(),
     };
     StaticDirectory {
         routers: vec![
-            router(R1, "p1", Some("203.0.113.10"), "10.0.0.0/24"),
-            router(R2, "p2", Some("203.0.113.20"), "10.2.0.0/24"),
-            router(R_NO_GW, "p1", None, "10.3.0.0/24"),
+            router(R1, "p1", Some("203.0.113.10"), &["10.0.0.0/24"]),
+            // p2's router, also on a network shared with p1.
+            router(
+                R2,
+                "p2",
+                Some("203.0.113.20"),
+                &["10.2.0.0/24", "10.5.0.0/24"],
+            ),
+            router(R_NO_GW, "p1", None, &["10.3.0.0/24"]),
+            router(R_NO_IF, "p1", Some("203.0.113.30"), &[]),
         ],
         ports: ports.then(|| {
-            let port = |id: &str, project: &str, ip: &str| PortInfo {
+            let port = |id: &str, project: &str, ip: &str, subnet: &str, owner: &str| PortInfo {
                 id: id.into(),
                 project_id: Some(project.into()),
-                addresses: vec![ip.parse().unwrap()],
+                device_id: if owner.is_empty() { "" } else { "some-device" }.into(),
+                device_owner: owner.into(),
+                fixed_ips: vec![FixedIp {
+                    ip: ip.parse().unwrap(),
+                    subnet_id: Some(format!("subnet-{subnet}")),
+                }],
             };
+            let vm = "compute:nova";
             vec![
-                port("port-a", "p1", "10.0.0.5"),
-                port("port-a2", "p1", "10.0.0.6"),
-                port("port-b", "p2", "10.2.0.5"),
+                port("port-a", "p1", "10.0.0.5", "10.0.0.0/24", vm),
+                port("port-a2", "p1", "10.0.0.6", "10.0.0.0/24", vm),
+                port("port-b", "p2", "10.2.0.5", "10.2.0.0/24", vm),
                 // Project p2's port with an address on p1's subnet.
-                port("port-b-on-p1", "p2", "10.0.0.77"),
+                port("port-b-on-p1", "p2", "10.0.0.77", "10.0.0.0/24", vm),
+                // p1's VM on the shared network, and p2's port with the same address on a
+                // network of p2's own with the same range.
+                port("port-a-shared", "p1", "10.5.0.7", "10.5.0.0/24", vm),
+                port("port-b-twin", "p2", "10.5.0.7", "10.5.0.0/24-twin", vm),
+                // Neutron's own port, and a port no instance uses.
+                port(
+                    "port-a-dhcp",
+                    "p1",
+                    "10.0.0.2",
+                    "10.0.0.0/24",
+                    "network:dhcp",
+                ),
+                port("port-a-unbound", "p1", "10.0.0.8", "10.0.0.0/24", ""),
             ]
         }),
     }
@@ -186,35 +217,87 @@ async fn only_the_callers_own_ports_and_addresses_can_be_mapped() {
             MEMBER_P1,
             json!({"internal_port_id": "port-b", "internal_port": 22}),
             StatusCode::NOT_FOUND,
+            "port port-b not found",
         ),
         // An address that is not the port's.
         (
             MEMBER_P1,
             json!({"internal_port_id": "port-a", "internal_ip_address": "10.0.0.9", "internal_port": 22}),
             StatusCode::BAD_REQUEST,
+            "not a fixed address of port port-a",
         ),
         // An address on the caller's subnet held by no port of the caller's project.
         (
             MEMBER_P1,
             json!({"internal_ip_address": "10.0.0.77", "internal_port": 22}),
             StatusCode::BAD_REQUEST,
+            "not a fixed address of an instance's port of your project",
         ),
         (
             MEMBER_P1,
             json!({"internal_ip_address": "10.0.0.200", "internal_port": 22}),
             StatusCode::BAD_REQUEST,
+            "not a fixed address of an instance's port of your project",
         ),
         // Unknown port.
         (
             MEMBER_P1,
             json!({"internal_port_id": "nope", "internal_port": 22}),
             StatusCode::NOT_FOUND,
+            "port nope not found",
+        ),
+        // p2 holds p1's shared-network address on a twin network: p2's router, attached to
+        // the shared network, must not forward to p1's VM (by port or by address).
+        (
+            MEMBER_P2,
+            json!({"router_id": R2, "internal_port_id": "port-b-twin", "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+            "not on a subnet attached to router",
+        ),
+        (
+            MEMBER_P2,
+            json!({"router_id": R2, "internal_ip_address": "10.5.0.7", "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+            "not on a subnet attached to router",
+        ),
+        // Neutron's own ports and unbound ones are no instances.
+        (
+            MEMBER_P1,
+            json!({"internal_port_id": "port-a-dhcp", "internal_port": 53}),
+            StatusCode::BAD_REQUEST,
+            "belongs to Neutron (network:dhcp)",
+        ),
+        (
+            MEMBER_P1,
+            json!({"internal_ip_address": "10.0.0.2", "internal_port": 53}),
+            StatusCode::BAD_REQUEST,
+            "not a fixed address of an instance's port",
+        ),
+        (
+            MEMBER_P1,
+            json!({"internal_port_id": "port-a-unbound", "internal_port": 22}),
+            StatusCode::BAD_REQUEST,
+            "not bound to an instance",
         ),
     ];
-    for (caller, body, want) in cases {
+    for (caller, body, want, message) in cases {
         let (status, answer) = post(&app, caller, body.clone()).await;
         assert_eq!(status, want, "{body} -> {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(message)),
+            "{body} -> {answer}"
+        );
     }
+    // The shared network's VM is reached through p2's router when an admin maps its real port.
+    let (status, body) = post(
+        &app,
+        ADMIN,
+        json!({"router_id": R2, "internal_port_id": "port-a-shared", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     // An admin may map any project's port; the mapping belongs to the router's project.
     let (status, body) = post(
         &app,
@@ -303,6 +386,21 @@ async fn conflicts_and_checks_answer_with_the_right_status_and_code() {
     assert_eq!(
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, "invalid_request"),
+        "{body}"
+    );
+    // A router with no interface serves no address at all.
+    let (status, body) = post(
+        &app,
+        MEMBER_P1,
+        json!({"router_id": R_NO_IF, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not on a subnet attached"),
         "{body}"
     );
 }
@@ -965,7 +1063,8 @@ mod fuzz {
 #[tokio::test]
 async fn a_mapping_whose_router_or_port_went_away_cannot_be_changed() {
     // Mappings stored while their router had a gateway and their port existed; the directory
-    // now says otherwise (as Neutron would after a gateway removal or a port deletion).
+    // now says otherwise (as Neutron would after a gateway removal, a port deletion, a changed
+    // fixed IP or a removed router interface).
     let store = Arc::new(common::sqlite_store().await);
     let policy = Policy::default();
     let stored = |router: &str, ip: &str, port_id: &str| praas::store::NewMapping {
@@ -997,6 +1096,20 @@ async fn a_mapping_whose_router_or_port_went_away_cannot_be_changed() {
         .create(stored(R1, "10.0.0.9", "deleted-port"), &policy)
         .await
         .unwrap();
+    // port-a holds 10.0.0.5 now, not 10.0.0.50.
+    let moved = store
+        .create(stored(R1, "10.0.0.50", "port-a"), &policy)
+        .await
+        .unwrap();
+    let unbound = store
+        .create(stored(R1, "10.0.0.8", "port-a-unbound"), &policy)
+        .await
+        .unwrap();
+    // The router's interface on the port's subnet was removed.
+    let detached = store
+        .create(stored(R_NO_IF, "10.0.0.5", "port-a"), &policy)
+        .await
+        .unwrap();
     let app = api::router(Arc::new(AppState {
         store,
         directory: Arc::new(directory(true)),
@@ -1007,6 +1120,9 @@ async fn a_mapping_whose_router_or_port_went_away_cannot_be_changed() {
         (&no_gateway, "router_has_no_gateway"),
         (&gone, "router_gone"),
         (&port_gone, "port_gone"),
+        (&moved, "address_changed"),
+        (&unbound, "port_gone"),
+        (&detached, "address_unreachable"),
     ] {
         let (status, body) = call(
             &app,

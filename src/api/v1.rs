@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::{Caller, SharedState};
 use crate::dataplane::{PortRange, Protocol};
-use crate::openstack::RouterInfo;
+use crate::openstack::{FixedIp, RouterInfo};
 use crate::store::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 
 /// Longest description accepted.
@@ -255,12 +255,22 @@ pub fn check_in_range(
     Ok(())
 }
 
+/// Where a new mapping may point: an address, the subnet it is on and the port holding it, as
+/// far as the directory knows them.
+#[derive(Debug)]
+struct Internal {
+    fixed: FixedIp,
+    port_id: Option<String>,
+}
+
+/// The router of a new mapping, and the one internal address among `candidates` it reaches.
 async fn resolve_router(
     state: &SharedState,
     caller: &Caller,
     id: Option<&str>,
-    ip: Ipv4Addr,
-) -> Result<RouterInfo, ApiError> {
+    mut candidates: Vec<Internal>,
+) -> Result<(RouterInfo, Internal), ApiError> {
+    let ip = candidates[0].fixed.ip;
     let router = match id {
         Some(id) => state
             .directory
@@ -295,25 +305,35 @@ async fn resolve_router(
             format!("router {} has no external gateway", router.id),
         ));
     }
-    if !router.subnets.is_empty() && !router.serves(ip) {
-        return Err(ApiError::bad_request(format!(
+    candidates.retain(|c| router.reaches(&c.fixed));
+    match candidates.len() {
+        1 => Ok((router, candidates.remove(0))),
+        0 => Err(ApiError::bad_request(format!(
             "{ip} is not on a subnet attached to router {}",
             router.id
-        )));
+        ))),
+        _ => Err(ApiError::bad_request(format!(
+            "several of your ports hold {ip} on subnets of router {}; give internal_port_id",
+            router.id
+        ))),
     }
-    Ok(router)
 }
 
-/// The internal address of a new mapping, and its port when known. Where ports are known
-/// (Neutron), the port must exist and be the caller's (another project's is "not found"), the
-/// address must be one of its fixed IPs, and an address given alone must be a fixed IP of one
-/// of the caller's ports: a mapping never reaches an address its project does not own.
-async fn internal_address(
+/// The internal addresses a new mapping may point at (the router then picks the one it
+/// reaches). Where ports are known (Neutron), the port must exist and be the caller's (another
+/// project's is "not found") and an instance's, the address must be one of its fixed IPs, and
+/// an address given alone must be a fixed IP of one of the caller's ports: a mapping never
+/// reaches an address its project does not own.
+async fn internal_candidates(
     state: &SharedState,
     caller: &Caller,
     req: &CreateMapping,
-) -> Result<(Ipv4Addr, Option<String>), ApiError> {
+) -> Result<Vec<Internal>, ApiError> {
     let directory = &state.directory;
+    let unknown_subnet = |ip| FixedIp {
+        ip,
+        subnet_id: None,
+    };
     match (req.internal_ip_address, &req.internal_port_id) {
         (ip, Some(port_id)) if directory.knows_ports() => {
             let port = directory
@@ -325,14 +345,14 @@ async fn internal_address(
                         .is_none_or(|owner| caller.sees(owner))
                 })
                 .ok_or_else(|| ApiError::not_found(format!("port {port_id} not found")))?;
-            let ip = match (ip, port.addresses.as_slice()) {
-                (Some(ip), addresses) if addresses.contains(&ip) => ip,
-                (Some(ip), _) => {
-                    return Err(ApiError::bad_request(format!(
-                        "{ip} is not a fixed address of port {port_id}"
-                    )))
-                }
-                (None, [ip]) => *ip,
+            if let Some(why) = port.not_mappable() {
+                return Err(ApiError::bad_request(why));
+            }
+            let fixed = match (ip, port.fixed_ips.as_slice()) {
+                (Some(ip), _) => port.fixed_ip(ip).cloned().ok_or_else(|| {
+                    ApiError::bad_request(format!("{ip} is not a fixed address of port {port_id}"))
+                })?,
+                (None, [one]) => one.clone(),
                 (None, []) => {
                     return Err(ApiError::bad_request(format!(
                         "port {port_id} has no IPv4 address"
@@ -344,25 +364,42 @@ async fn internal_address(
                     )))
                 }
             };
-            Ok((ip, Some(port.id)))
+            Ok(vec![Internal {
+                fixed,
+                port_id: Some(port.id),
+            }])
         }
-        (Some(ip), Some(port_id)) => Ok((ip, Some(port_id.clone()))),
+        (Some(ip), Some(port_id)) => Ok(vec![Internal {
+            fixed: unknown_subnet(ip),
+            port_id: Some(port_id.clone()),
+        }]),
         (None, Some(port_id)) => Err(ApiError::bad_request(format!(
             "port {port_id} is unknown here; give internal_ip_address"
         ))),
         (Some(ip), None) if directory.knows_ports() => {
-            let owned = directory
+            let owned: Vec<Internal> = directory
                 .ports_with_address(ip, caller.port_scope())
-                .await?;
-            match owned.as_slice() {
-                [] => Err(ApiError::bad_request(format!(
-                    "{ip} is not a fixed address of a port of your project"
-                ))),
-                [one] => Ok((ip, Some(one.id.clone()))),
-                _ => Ok((ip, None)),
+                .await?
+                .into_iter()
+                .filter(|p| p.not_mappable().is_none())
+                .filter_map(|p| {
+                    Some(Internal {
+                        fixed: p.fixed_ip(ip)?.clone(),
+                        port_id: Some(p.id),
+                    })
+                })
+                .collect();
+            if owned.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "{ip} is not a fixed address of an instance's port of your project"
+                )));
             }
+            Ok(owned)
         }
-        (Some(ip), None) => Ok((ip, None)),
+        (Some(ip), None) => Ok(vec![Internal {
+            fixed: unknown_subnet(ip),
+            port_id: None,
+        }]),
         (None, None) => Err(ApiError::bad_request(
             "internal_ip_address or internal_port_id is required",
         )),
@@ -429,9 +466,10 @@ pub async fn create_mapping(
     )?;
     let protocol = protocol(req.protocol.as_deref())?;
     let allowed_cidrs = cidrs(req.allowed_cidrs.as_deref().unwrap_or_default())?;
-    let (internal_ip, internal_port_id) = internal_address(state, caller, &req).await?;
+    let candidates = internal_candidates(state, caller, &req).await?;
     let description = description(req.description)?.unwrap_or_default();
-    let router = resolve_router(state, caller, req.router_id.as_deref(), internal_ip).await?;
+    let (router, internal) =
+        resolve_router(state, caller, req.router_id.as_deref(), candidates).await?;
     if let (Some(expected), Some(gw)) = (expected_gateway, router.gateway_ip) {
         if expected != gw {
             return Err(ApiError::bad_request(format!(
@@ -459,8 +497,8 @@ pub async fn create_mapping(
         external_ip_address: router.gateway_ip.expect("checked by resolve_router"),
         protocol,
         external_ports,
-        internal_ip_address: internal_ip,
-        internal_port_id,
+        internal_ip_address: internal.fixed.ip,
+        internal_port_id: internal.port_id,
         internal_ports,
         description,
         allowed_cidrs,
@@ -544,10 +582,11 @@ pub async fn visible(state: &SharedState, caller: &Caller, id: &str) -> Result<M
 }
 
 /// Before a change: Neutron must still agree to what the mapping points at (its router, with a
-/// gateway; its port), else the change is refused with 409 and the mapping left as it is.
+/// gateway; its port, an instance's, still holding the address on a subnet of the router),
+/// else the change is refused with 409 and the mapping left as it is (the monitor brings it up
+/// to date).
 pub async fn still_mappable(state: &SharedState, m: &Mapping) -> Result<(), ApiError> {
-    let router = state.directory.router(&m.router_id).await?;
-    match router {
+    let router = match state.directory.router(&m.router_id).await? {
         None => {
             return Err(ApiError::conflict(
                 "router_gone",
@@ -560,15 +599,42 @@ pub async fn still_mappable(state: &SharedState, m: &Mapping) -> Result<(), ApiE
                 format!("router {} has no external gateway", m.router_id),
             ))
         }
-        Some(_) => {}
-    }
-    if let Some(port_id) = &m.internal_port_id {
-        if state.directory.knows_ports() && state.directory.port(port_id).await?.is_none() {
+        Some(r) => r,
+    };
+    let mut fixed = FixedIp {
+        ip: m.internal_ip_address,
+        subnet_id: None,
+    };
+    if let (Some(port_id), true) = (&m.internal_port_id, state.directory.knows_ports()) {
+        let Some(port) = state.directory.port(port_id).await? else {
             return Err(ApiError::conflict(
                 "port_gone",
                 format!("port {port_id} no longer exists"),
             ));
+        };
+        let held = port.fixed_ip(m.internal_ip_address).cloned();
+        match (port.not_mappable(), held) {
+            (Some(why), _) => return Err(ApiError::conflict("port_gone", why)),
+            (None, None) => {
+                return Err(ApiError::conflict(
+                    "address_changed",
+                    format!(
+                        "port {port_id} no longer holds {}; the monitor follows it",
+                        m.internal_ip_address
+                    ),
+                ))
+            }
+            (None, Some(f)) => fixed = f,
         }
+    }
+    if !router.reaches(&fixed) {
+        return Err(ApiError::conflict(
+            "address_unreachable",
+            format!(
+                "{} is no longer on a subnet attached to router {}",
+                m.internal_ip_address, m.router_id
+            ),
+        ));
     }
     Ok(())
 }

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::openstack::neutron::{NeutronDirectory, PortState};
-use crate::openstack::{OpenStackError, RouterInfo};
+use crate::openstack::neutron::NeutronDirectory;
+use crate::openstack::{OpenStackError, PortInfo, RouterInfo};
 use crate::store::{Hold, ListFilter, Mapping, MappingUpdate, Status, Store, StoreError};
 
 /// What to do with the mappings of a deleted port.
@@ -51,14 +51,14 @@ pub enum MonitorError {
 #[async_trait::async_trait]
 pub trait NetworkView: Send + Sync {
     /// The ports among `ids` that exist. An error means nothing is known.
-    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortState>, OpenStackError>;
+    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortInfo>, OpenStackError>;
     /// The routers among `ids` that exist.
     async fn routers(&self, ids: &[String]) -> Result<HashMap<String, RouterInfo>, OpenStackError>;
 }
 
 #[async_trait::async_trait]
 impl NetworkView for NeutronDirectory {
-    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortState>, OpenStackError> {
+    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortInfo>, OpenStackError> {
         self.ports_by_id(ids).await
     }
 
@@ -89,7 +89,7 @@ pub struct Change {
 pub fn decide(
     m: &Mapping,
     router: Option<&RouterInfo>,
-    port: Option<Option<&PortState>>,
+    port: Option<Option<&PortInfo>>,
     port_gone: PortGone,
 ) -> Action {
     let Some(router) = router else {
@@ -140,10 +140,15 @@ pub fn decide(
             format!("router {} has no external gateway", router.id),
         );
     };
+    // The mapped address while the port holds it on a subnet of the router (an interface
+    // removed takes the subnet away), else the port's address that the router reaches.
     let internal = match port {
-        Some(p) if p.addresses.contains(&m.internal_ip_address) => m.internal_ip_address,
-        Some(p) => match p.addresses.iter().find(|ip| router.serves(**ip)) {
-            Some(ip) => *ip,
+        Some(p) => match p
+            .fixed_ip(m.internal_ip_address)
+            .filter(|f| router.reaches(f))
+            .or_else(|| p.fixed_ips.iter().find(|f| router.reaches(f)))
+        {
+            Some(f) => f.ip,
             None => {
                 return hold(
                     Status::Error,
@@ -154,6 +159,15 @@ pub fn decide(
                 )
             }
         },
+        None if !router.serves(m.internal_ip_address) => {
+            return hold(
+                Status::Error,
+                format!(
+                    "{} is no longer on a subnet of router {}",
+                    m.internal_ip_address, router.id
+                ),
+            )
+        }
         None => m.internal_ip_address,
     };
     let mut reasons = vec![];

@@ -13,14 +13,29 @@ fn router(gateway: Option<&str>) -> RouterInfo {
         gateway_ip: gateway.map(|g| g.parse().unwrap()),
         distributed: false,
         subnets: vec!["10.0.0.0/24".parse().unwrap()],
+        subnet_ids: vec!["s1".into()],
     }
 }
 
-fn port(device: &str, addresses: &[&str]) -> PortState {
-    PortState {
+/// A port with `addresses`: those in 10.0.0.0/24 on the router's subnet `s1`, others on
+/// `s-other`.
+fn port(device: &str, addresses: &[&str]) -> PortInfo {
+    let net: ipnet::Ipv4Net = "10.0.0.0/24".parse().unwrap();
+    PortInfo {
         id: "port-1".into(),
+        project_id: Some("p1".into()),
         device_id: device.into(),
-        addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        device_owner: "compute:nova".into(),
+        fixed_ips: addresses
+            .iter()
+            .map(|a| {
+                let ip = a.parse().unwrap();
+                crate::openstack::FixedIp {
+                    ip,
+                    subnet_id: Some(if net.contains(&ip) { "s1" } else { "s-other" }.into()),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -140,6 +155,56 @@ fn a_changed_address_is_followed_on_the_routers_subnets() {
     }
 }
 
+fn held_in_error(action: Action) -> String {
+    match action {
+        Action::Update(Change {
+            hold:
+                Some(Hold::Keep {
+                    status: Status::Error,
+                    reason,
+                }),
+            internal_ip: None,
+            ..
+        }) => reason,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_address_the_router_no_longer_reaches_is_held_in_error() {
+    // The same address, but on a subnet of another network with the same range: the router
+    // would forward to whoever holds it on its own subnet.
+    let mut twin = port("vm-1", &["10.0.0.5"]);
+    twin.fixed_ips[0].subnet_id = Some("s-twin".into());
+    let r = router(Some("203.0.113.10"));
+    let reason = held_in_error(decide(
+        &mapping(),
+        Some(&r),
+        Some(Some(&twin)),
+        PortGone::Delete,
+    ));
+    assert!(reason.contains("no address on a subnet"), "{reason}");
+    // The router's interface on the subnet was removed.
+    let detached = RouterInfo {
+        subnets: vec![],
+        subnet_ids: vec![],
+        ..router(Some("203.0.113.10"))
+    };
+    let p = port("vm-1", &["10.0.0.5"]);
+    held_in_error(decide(
+        &mapping(),
+        Some(&detached),
+        Some(Some(&p)),
+        PortGone::Delete,
+    ));
+    let no_port = Mapping {
+        internal_port_id: None,
+        ..mapping()
+    };
+    let reason = held_in_error(decide(&no_port, Some(&detached), None, PortGone::Delete));
+    assert!(reason.contains("no longer on a subnet"), "{reason}");
+}
+
 #[test]
 fn gateways_are_followed_and_their_removal_holds_mappings_until_they_return() {
     let p = port("vm-1", &["10.0.0.5"]);
@@ -190,14 +255,14 @@ fn gateways_are_followed_and_their_removal_holds_mappings_until_they_return() {
 /// A scripted Neutron: what it knows, or that it fails.
 #[derive(Default)]
 struct FakeNetwork {
-    ports: Mutex<HashMap<String, PortState>>,
+    ports: Mutex<HashMap<String, PortInfo>>,
     routers: Mutex<HashMap<String, RouterInfo>>,
     fail: Mutex<bool>,
 }
 
 #[async_trait::async_trait]
 impl NetworkView for FakeNetwork {
-    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortState>, OpenStackError> {
+    async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortInfo>, OpenStackError> {
         if *self.fail.lock().unwrap() {
             return Err(OpenStackError::Status {
                 service: "Neutron",
@@ -274,14 +339,14 @@ async fn a_cycle_applies_decisions_and_a_failing_neutron_changes_nothing() {
         let mut ports = net.ports.lock().unwrap();
         ports.insert(
             "port-1".into(),
-            PortState {
+            PortInfo {
                 id: "port-1".into(),
                 ..port("vm-1", &["10.0.0.5"])
             },
         );
         ports.insert(
             "port-2".into(),
-            PortState {
+            PortInfo {
                 id: "port-2".into(),
                 ..port("vm-2", &["10.0.0.60"])
             },

@@ -67,13 +67,48 @@ impl OpenStackError {
     }
 }
 
+/// A fixed IPv4 address of a port, and the subnet it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedIp {
+    pub ip: Ipv4Addr,
+    /// `None` where the source does not say.
+    pub subnet_id: Option<String>,
+}
+
 /// What PRaaS needs to know about a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortInfo {
     pub id: String,
     pub project_id: Option<String>,
+    /// The instance (or other device) the port is bound to; empty when unbound.
+    pub device_id: String,
+    /// What owns it: `compute:<zone>` for an instance, `network:*` for Neutron's own ports.
+    pub device_owner: String,
     /// Its fixed IPv4 addresses.
-    pub addresses: Vec<Ipv4Addr>,
+    pub fixed_ips: Vec<FixedIp>,
+}
+
+impl PortInfo {
+    /// The fixed IP `ip`, if the port holds it.
+    pub fn fixed_ip(&self, ip: Ipv4Addr) -> Option<&FixedIp> {
+        self.fixed_ips.iter().find(|f| f.ip == ip)
+    }
+
+    /// Why a mapping may not point at this port, if it may not: Neutron's own ports (router
+    /// interfaces, DHCP, gateways) would expose the network's infrastructure, and an unbound
+    /// port has no instance behind it (the monitor removes mappings of unbound ports).
+    pub fn not_mappable(&self) -> Option<String> {
+        if self.device_owner.starts_with("network:") {
+            Some(format!(
+                "port {} belongs to Neutron ({}), not to an instance",
+                self.id, self.device_owner
+            ))
+        } else if self.device_id.is_empty() {
+            Some(format!("port {} is not bound to an instance", self.id))
+        } else {
+            None
+        }
+    }
 }
 
 /// What PRaaS needs to know about a router.
@@ -88,11 +123,26 @@ pub struct RouterInfo {
     pub distributed: bool,
     /// Subnets attached to the router's internal interfaces.
     pub subnets: Vec<Ipv4Net>,
+    /// Their ids, where the source knows them (Neutron does; namespaces do not).
+    pub subnet_ids: Vec<String>,
 }
 
 impl RouterInfo {
+    /// Whether `ip` lies in one of the router's subnets.
     pub fn serves(&self, ip: Ipv4Addr) -> bool {
         self.subnets.iter().any(|s| s.contains(&ip))
+    }
+
+    /// Whether the router reaches a port's fixed IP: its address lies in one of the router's
+    /// subnets and, where both sides name subnets, its subnet is one of them. An address alone
+    /// is not enough: another network can have the same range, and a port there with the same
+    /// address must not make this router forward to whoever holds it on the attached one.
+    pub fn reaches(&self, fixed: &FixedIp) -> bool {
+        let subnet_attached = match (&fixed.subnet_id, self.subnet_ids.is_empty()) {
+            (Some(id), false) => self.subnet_ids.contains(id),
+            _ => true,
+        };
+        subnet_attached && self.serves(fixed.ip)
     }
 }
 
@@ -179,7 +229,7 @@ impl RouterDirectory for StaticDirectory {
             .ports
             .iter()
             .flatten()
-            .filter(|p| p.addresses.contains(&ip))
+            .filter(|p| p.fixed_ip(ip).is_some())
             .filter(|p| project_id.is_none_or(|want| p.project_id.as_deref() == Some(want)))
             .cloned()
             .collect())

@@ -97,6 +97,8 @@ fn read_router(id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
         gateway_ip,
         distributed,
         subnets,
+        // Namespaces carry addresses, not Neutron's subnet ids.
+        subnet_ids: vec![],
     }))
 }
 

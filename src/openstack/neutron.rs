@@ -11,7 +11,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::session::Session;
-use super::{DirectoryError, OpenStackError, PortInfo, RouterDirectory, RouterInfo};
+use super::{
+    DirectoryError, FixedIp as PortFixedIp, OpenStackError, PortInfo, RouterDirectory, RouterInfo,
+};
 
 /// Router interface kinds whose subnets a router serves (legacy, DVR, HA).
 const INTERFACE_OWNERS: [&str; 3] = [
@@ -26,15 +28,6 @@ const PAGE: usize = 500;
 /// Ids per filtered request: 50 UUIDs keep the query near 2 KB, under the request-line limits
 /// of common WSGI servers (gunicorn's is 4 KB).
 pub const CHUNK: usize = 50;
-
-/// What the monitor needs to know about a port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortState {
-    pub id: String,
-    /// The instance (or other device) the port is bound to; empty when unbound.
-    pub device_id: String,
-    pub addresses: Vec<Ipv4Addr>,
-}
 
 /// [`RouterDirectory`] backed by the Neutron API.
 pub struct NeutronDirectory {
@@ -71,11 +64,14 @@ struct Port {
     #[serde(default)]
     device_id: String,
     #[serde(default)]
+    device_owner: String,
+    #[serde(default)]
     fixed_ips: Vec<FixedIp>,
 }
 
 #[derive(Deserialize)]
 struct Subnet {
+    id: String,
     cidr: String,
 }
 
@@ -170,7 +166,7 @@ impl NeutronDirectory {
             .flat_map(|p| &p.fixed_ips)
             .filter_map(|f| f.subnet_id.clone())
             .collect();
-        let mut subnets = vec![];
+        let (mut subnets, mut ids) = (vec![], vec![]);
         if !subnet_ids.is_empty() {
             let query: Vec<(&str, &str)> = subnet_ids
                 .iter()
@@ -180,6 +176,7 @@ impl NeutronDirectory {
             for s in self.list::<Subnet>("subnets", &query).await? {
                 if let Ok(net) = s.cidr.parse::<Ipv4Net>() {
                     subnets.push(net);
+                    ids.push(s.id);
                 }
             }
         }
@@ -188,6 +185,7 @@ impl NeutronDirectory {
             gateway_ip,
             distributed: r.distributed.unwrap_or(false),
             subnets,
+            subnet_ids: ids,
             id: r.id,
         })
     }
@@ -207,11 +205,18 @@ fn decode<T: DeserializeOwned>(value: Option<Value>) -> Result<Option<T>, OpenSt
 fn port_info(p: Port) -> PortInfo {
     PortInfo {
         project_id: p.project_id.or(p.tenant_id),
-        addresses: p
+        fixed_ips: p
             .fixed_ips
-            .iter()
-            .filter_map(|f| f.ip_address.parse().ok())
+            .into_iter()
+            .filter_map(|f| {
+                Some(PortFixedIp {
+                    ip: f.ip_address.parse().ok()?,
+                    subnet_id: f.subnet_id,
+                })
+            })
             .collect(),
+        device_id: p.device_id,
+        device_owner: p.device_owner,
         id: p.id,
     }
 }
@@ -223,19 +228,19 @@ impl NeutronDirectory {
     pub async fn ports_by_id(
         &self,
         ids: &[String],
-    ) -> Result<HashMap<String, PortState>, OpenStackError> {
+    ) -> Result<HashMap<String, PortInfo>, OpenStackError> {
         let mut found = HashMap::new();
         for chunk in ids.chunks(CHUNK) {
             let query: Vec<(&str, &str)> = chunk.iter().map(|id| ("id", id.as_str())).collect();
             for p in self.list::<Port>("ports", &query).await? {
-                found.insert(p.id.clone(), port_state(p));
+                found.insert(p.id.clone(), port_info(p));
             }
         }
         let missing: Vec<&String> = ids.iter().filter(|id| !found.contains_key(*id)).collect();
         for id in missing {
             if let Some(p) = self.show::<Port>("ports", "port", id).await? {
                 tracing::warn!(port = %id, "a port missing from a listing exists");
-                found.insert(id.clone(), port_state(p));
+                found.insert(id.clone(), port_info(p));
             }
         }
         Ok(found)
@@ -284,7 +289,7 @@ impl NeutronDirectory {
         let mut cidrs: HashMap<String, Ipv4Net> = HashMap::new();
         for chunk in subnet_ids.chunks(CHUNK) {
             let query: Vec<(&str, &str)> = chunk.iter().map(|id| ("id", id.as_str())).collect();
-            for s in self.list::<SubnetWithId>("subnets", &query).await? {
+            for s in self.list::<Subnet>("subnets", &query).await? {
                 if let Ok(net) = s.cidr.parse() {
                     cidrs.insert(s.id, net);
                 }
@@ -293,12 +298,12 @@ impl NeutronDirectory {
         Ok(routers
             .into_iter()
             .map(|r| {
-                let subnets = interfaces
+                let (subnet_ids, subnets) = interfaces
                     .get(&r.id)
                     .into_iter()
                     .flatten()
-                    .filter_map(|id| cidrs.get(id).copied())
-                    .collect();
+                    .filter_map(|id| Some((id.clone(), *cidrs.get(id)?)))
+                    .unzip();
                 let info = RouterInfo {
                     project_id: r.project_id.or(r.tenant_id),
                     gateway_ip: r
@@ -308,30 +313,13 @@ impl NeutronDirectory {
                         .find_map(|f| f.ip_address.parse::<Ipv4Addr>().ok()),
                     distributed: r.distributed.unwrap_or(false),
                     subnets,
+                    subnet_ids,
                     id: r.id,
                 };
                 (info.id.clone(), info)
             })
             .collect())
     }
-}
-
-fn port_state(p: Port) -> PortState {
-    PortState {
-        addresses: p
-            .fixed_ips
-            .iter()
-            .filter_map(|f| f.ip_address.parse().ok())
-            .collect(),
-        device_id: p.device_id,
-        id: p.id,
-    }
-}
-
-#[derive(Deserialize)]
-struct SubnetWithId {
-    id: String,
-    cidr: String,
 }
 
 #[async_trait::async_trait]
