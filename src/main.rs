@@ -18,6 +18,7 @@ use praas::config::{self, Allocation, AuthStrategy, Config};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::RouterSync;
 use praas::dataplane::Driver;
+use praas::monitor::notifications::Subscription;
 use praas::monitor::Monitor;
 use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NamespaceDirectory, NeutronDirectory, RouterDirectory, Session};
@@ -315,8 +316,7 @@ async fn serve(path: &Path, roles: Roles) -> Result<()> {
             match &cfg.notifications.transport_url {
                 Some(url) => {
                     tasks.spawn(praas::monitor::notifications::listen(
-                        url.clone(),
-                        cfg.notifications.exchange.clone(),
+                        Subscription::new(url.clone(), cfg.notifications.exchange.clone()),
                         wake.clone(),
                         Arc::default(),
                     )

@@ -22,6 +22,7 @@ use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::netlink::sockets;
 use praas::dataplane::sync::RouterSync;
 use praas::dataplane::Driver;
+use praas::monitor::notifications::Subscription;
 use praas::monitor::{Monitor, PortGone};
 use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
@@ -175,6 +176,10 @@ async fn the_service_logs_in_from_clouds_yaml_and_reads_neutron() {
         router.subnets,
         vec![a["cidr"].as_str().unwrap().parse().unwrap()]
     );
+    assert_eq!(
+        router.subnet_ids,
+        vec![a["subnet_id"].as_str().unwrap().to_string()]
+    );
     let vm = &a["vms"][0];
     let port = neutron
         .port(vm["port_id"].as_str().unwrap())
@@ -182,7 +187,11 @@ async fn the_service_logs_in_from_clouds_yaml_and_reads_neutron() {
         .unwrap()
         .unwrap();
     assert_eq!(port.project_id.as_deref(), a["project_id"].as_str());
-    assert_eq!(port.addresses[0].to_string(), vm["ip"].as_str().unwrap());
+    assert_eq!(port.fixed_ips[0].ip.to_string(), vm["ip"].as_str().unwrap());
+    assert_eq!(
+        port.fixed_ips[0].subnet_id.as_deref(),
+        a["subnet_id"].as_str()
+    );
     // The router serving an address, found through the port that holds it.
     let ip = vm["ip"].as_str().unwrap().parse().unwrap();
     let serving = neutron
@@ -1014,12 +1023,7 @@ async fn notifications_make_the_monitor_react_at_once() {
     let Some(cloud) = Cloud::find(test) else {
         return;
     };
-    let rabbit = "rabbit://guest:guest@127.0.0.1:5672/";
-    if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: CI must run RabbitMQ (scripts/services)");
-        }
-        eprintln!("skipped {test}: no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+    if !common::rabbitmq_enabled(test) {
         return;
     }
     let a = cloud.project("a");
@@ -1058,8 +1062,7 @@ async fn notifications_make_the_monitor_react_at_once() {
     let counters = monitor.counters();
     let (wake, listening) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let listener = tokio::spawn(praas::monitor::notifications::listen(
-        rabbit.into(),
-        "neutron".into(),
+        Subscription::new(common::RABBIT_URL.into(), "neutron".into()),
         wake.clone(),
         listening.clone(),
     ));
@@ -1414,12 +1417,7 @@ async fn what_neutron_changes_reaches_the_packets() {
     if !common::kernel_tests_enabled(test) {
         return;
     }
-    let rabbit = "rabbit://guest:guest@127.0.0.1:5672/";
-    if std::net::TcpStream::connect("127.0.0.1:5672").is_err() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: CI must run RabbitMQ (scripts/services)");
-        }
-        eprintln!("skipped {test}: no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+    if !common::rabbitmq_enabled(test) {
         return;
     }
     let router = OwnRouter::create(&cloud, 2).await;
@@ -1648,8 +1646,7 @@ async fn what_neutron_changes_reaches_the_packets() {
     let counters = notified.counters();
     let (wake, listening) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let listener = tokio::spawn(praas::monitor::notifications::listen(
-        rabbit.into(),
-        "neutron".into(),
+        Subscription::new(common::RABBIT_URL.into(), "neutron".into()),
         wake.clone(),
         listening.clone(),
     ));

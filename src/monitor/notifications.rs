@@ -65,14 +65,41 @@ pub fn amqp_url(transport_url: &str) -> Result<String, String> {
     Ok(format!("amqp://{first}/{vhost}"))
 }
 
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// oslo.messaging's `rabbit://…` URL.
+    pub transport_url: String,
+    /// Neutron's control exchange.
+    pub exchange: String,
+    /// How the connection shows in RabbitMQ (`rabbitmqctl list_connections client_properties`,
+    /// the management UI), as oslo.messaging names its own.
+    pub connection_name: String,
+}
+
+impl Subscription {
+    /// Named `praas-monitor:<host>:<pid>`.
+    pub fn new(transport_url: String, exchange: String) -> Self {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        Subscription {
+            transport_url,
+            exchange,
+            connection_name: format!("praas-monitor:{host}:{}", std::process::id()),
+        }
+    }
+}
+
 /// Consumes notifications until the task is dropped, waking `wake` on relevant events;
 /// `listening` is notified each time the queue is bound and consumed.
-pub async fn listen(
-    transport_url: String,
-    exchange: String,
-    wake: Arc<Notify>,
-    listening: Arc<Notify>,
-) {
+pub async fn listen(subscription: Subscription, wake: Arc<Notify>, listening: Arc<Notify>) {
+    let Subscription {
+        transport_url,
+        exchange,
+        connection_name,
+    } = subscription;
     let url = match amqp_url(&transport_url) {
         Ok(u) => u,
         Err(e) => {
@@ -84,7 +111,17 @@ pub async fn listen(
     let mut pause = FIRST_PAUSE;
     loop {
         let mut consumed = false;
-        let result = consume(&url, &exchange, &wake, &listening, &mut consumed).await;
+        let properties =
+            ConnectionProperties::default().with_connection_name(connection_name.as_str().into());
+        let result = consume(
+            &url,
+            properties,
+            &exchange,
+            &wake,
+            &listening,
+            &mut consumed,
+        )
+        .await;
         // A connection that got as far as consuming starts the backoff again.
         if consumed {
             pause = FIRST_PAUSE;
@@ -102,12 +139,13 @@ pub async fn listen(
 
 async fn consume(
     url: &str,
+    properties: ConnectionProperties,
     exchange: &str,
     wake: &Notify,
     listening: &Notify,
     consumed: &mut bool,
 ) -> Result<(), lapin::Error> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(url, properties).await?;
     let channel = conn.create_channel().await?;
     // As oslo.messaging declares it (not durable), so that either side may come first.
     channel

@@ -63,3 +63,19 @@ pub async fn mariadb_store(test: &str) -> Option<Store> {
     store.migrate().await.unwrap();
     Some(store)
 }
+
+/// The RabbitMQ of `scripts/services` on loopback.
+pub const RABBIT_URL: &str = "rabbit://guest:guest@127.0.0.1:5672/";
+
+/// Whether RabbitMQ answers on loopback. Otherwise it prints one line saying why `test` is
+/// skipped and returns false; under CI (which starts RabbitMQ) it panics instead.
+pub fn rabbitmq_enabled(test: &str) -> bool {
+    if std::net::TcpStream::connect("127.0.0.1:5672").is_ok() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: CI must run RabbitMQ (scripts/services)");
+    }
+    eprintln!("skipped {test}: no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+    false
+}
