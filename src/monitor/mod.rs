@@ -206,7 +206,15 @@ pub struct CycleReport {
     pub updated: usize,
     /// Not the lease holder: nothing was looked at.
     pub standby: bool,
+    /// Deletions held back until the next cycle confirms them (see [`MASS_DELETION`]).
+    pub held_back: usize,
 }
+
+/// A cycle that would delete at least this many mappings, and more than half of all, acts only
+/// when the next cycle finds the same: a Neutron that suddenly shows far fewer ports or routers
+/// (a database failover, a service user that lost its cloud-wide view) looks exactly like a
+/// mass deletion, and deleting on doubt cannot be undone.
+pub const MASS_DELETION: usize = 10;
 
 /// Counters since start, for metrics and tests.
 #[derive(Debug, Default)]
@@ -225,6 +233,8 @@ pub struct Monitor {
     /// Who this monitor is, in the lease.
     holder: String,
     counters: Arc<MonitorCounters>,
+    /// The deletions of the last cycle that held a mass deletion back (empty: none).
+    unconfirmed: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Monitor {
@@ -243,6 +253,7 @@ impl Monitor {
                 uuid::Uuid::new_v4().simple()
             ),
             counters: Arc::default(),
+            unconfirmed: std::sync::Mutex::default(),
         }
     }
 
@@ -274,14 +285,38 @@ impl Monitor {
         // Any failure here abandons the cycle before anything is changed.
         let routers = self.view.routers(&router_ids).await?;
         let ports = self.view.ports(&port_ids).await?;
+        let decisions: Vec<(&Mapping, Action)> = mappings
+            .iter()
+            .map(|m| {
+                let port = m.internal_port_id.as_ref().map(|id| ports.get(id));
+                (
+                    m,
+                    decide(m, routers.get(&m.router_id), port, self.port_gone),
+                )
+            })
+            .collect();
+        let deletions: BTreeSet<String> = decisions
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Delete { .. }))
+            .map(|(m, _)| m.id.clone())
+            .collect();
+        let hold_back = self.unconfirmed_mass_deletion(&deletions, mappings.len());
+        // The reads may have taken long: a standby may have taken over meanwhile.
+        if !self.store.acquire_lease(&self.holder, lease).await? {
+            return Ok(CycleReport {
+                standby: true,
+                ..Default::default()
+            });
+        }
         let mut report = CycleReport {
             mappings: mappings.len(),
+            held_back: if hold_back { deletions.len() } else { 0 },
             ..Default::default()
         };
-        for m in &mappings {
-            let port = m.internal_port_id.as_ref().map(|id| ports.get(id));
-            match decide(m, routers.get(&m.router_id), port, self.port_gone) {
+        for (m, action) in decisions {
+            match action {
                 Action::Keep => {}
+                Action::Delete { .. } if hold_back => {}
                 Action::Delete { reason } => {
                     if self.store.delete(&m.id).await?.is_some() {
                         info!(mapping = %m.id, project = %m.project_id, router = %m.router_id,
@@ -316,8 +351,11 @@ impl Monitor {
                                 }),
                                 ..Default::default()
                             };
-                            self.store.update(&m.id, &hold).await?;
-                            report.updated += 1;
+                            match self.store.update(&m.id, &hold).await {
+                                Ok(_) => report.updated += 1,
+                                Err(StoreError::NotFound { .. }) => {}
+                                Err(e) => return Err(e.into()),
+                            }
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -325,6 +363,25 @@ impl Monitor {
             }
         }
         Ok(report)
+    }
+
+    /// Whether `deletions` (out of `mappings`) are a mass deletion that the previous cycle did
+    /// not already find; remembers them for the next cycle to confirm.
+    fn unconfirmed_mass_deletion(&self, deletions: &BTreeSet<String>, mappings: usize) -> bool {
+        let mass = deletions.len() >= MASS_DELETION && deletions.len() * 2 > mappings;
+        let mut last = self.unconfirmed.lock().expect("not poisoned");
+        let confirmed = !last.is_empty() && deletions.is_subset(&last);
+        if mass && !confirmed {
+            warn!(
+                deletions = deletions.len(),
+                mappings,
+                "monitor: Neutron shows most mapped ports or routers gone; deleting only if the next cycle finds the same"
+            );
+            *last = deletions.clone();
+            return true;
+        }
+        last.clear();
+        false
     }
 
     /// Runs a cycle every `interval`, and soon after each wake-up (a notification), until the

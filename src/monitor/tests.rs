@@ -406,3 +406,51 @@ async fn a_cycle_applies_decisions_and_a_failing_neutron_changes_nothing() {
             .standby
     );
 }
+
+#[tokio::test]
+async fn a_mass_deletion_waits_for_the_next_cycle_to_confirm_it() {
+    let store = store().await;
+    let policy = Policy::default();
+    for n in 0..12 {
+        store
+            .create(
+                new(&format!("10.0.0.{}", 10 + n), &format!("port-{n}")),
+                &policy,
+            )
+            .await
+            .unwrap();
+    }
+    let net = Arc::new(FakeNetwork::default());
+    net.routers
+        .lock()
+        .unwrap()
+        .insert(ROUTER.into(), router(Some("203.0.113.10")));
+    // Neutron shows none of the ports.
+    let monitor = Monitor::new(store.clone(), net.clone(), PortGone::Delete);
+    let lease = Duration::from_secs(90);
+    let first = monitor.cycle(lease).await.unwrap();
+    assert_eq!((first.deleted, first.held_back), (0, 12), "{first:?}");
+    assert_eq!(store.list(&ListFilter::default()).await.unwrap().len(), 12);
+    // A glitch: the ports are back; nothing was lost and nothing is pending.
+    {
+        let mut ports = net.ports.lock().unwrap();
+        for n in 0..12 {
+            let id = format!("port-{n}");
+            ports.insert(
+                id.clone(),
+                PortInfo {
+                    id,
+                    ..port("vm", &[&format!("10.0.0.{}", 10 + n)])
+                },
+            );
+        }
+    }
+    let back = monitor.cycle(lease).await.unwrap();
+    assert_eq!((back.deleted, back.held_back), (0, 0), "{back:?}");
+    // Really gone, seen twice: deleted.
+    net.ports.lock().unwrap().clear();
+    assert_eq!(monitor.cycle(lease).await.unwrap().held_back, 12);
+    let second = monitor.cycle(lease).await.unwrap();
+    assert_eq!((second.deleted, second.held_back), (12, 0), "{second:?}");
+    assert!(store.list(&ListFilter::default()).await.unwrap().is_empty());
+}

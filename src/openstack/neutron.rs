@@ -22,7 +22,7 @@ const INTERFACE_OWNERS: [&str; 3] = [
     "network:ha_router_replicated_interface",
 ];
 
-/// Entries per page when listing.
+/// Entries per page asked for when listing (Neutron may give fewer).
 const PAGE: usize = 500;
 
 /// Ids per filtered request: 50 UUIDs keep the query near 2 KB, under the request-line limits
@@ -132,11 +132,20 @@ impl NeutronDirectory {
                     service: "Neutron",
                     what: format!("{url}: the collection was not found"),
                 })?;
+            // A page without the collection is an error, never an empty page.
             let page: Vec<T> =
-                decode(body.get_mut(collection).map(Value::take))?.unwrap_or_default();
-            let full = page.len() >= PAGE;
+                decode(body.get_mut(collection).map(Value::take))?.ok_or_else(|| {
+                    OpenStackError::Malformed {
+                        service: "Neutron",
+                        what: format!("{url}: no {collection:?} in the answer"),
+                    }
+                })?;
+            // Neutron may cap pages below our limit (`pagination_max_limit`): follow `next`
+            // whenever it is given, and only when the page was not empty (Neutron gives a
+            // `next` link on a full last page too).
+            let empty = page.is_empty();
             all.extend(page);
-            if full {
+            if !empty {
                 next = body
                     .get(format!("{collection}_links"))
                     .and_then(Value::as_array)
@@ -147,6 +156,12 @@ impl NeutronDirectory {
                             .and_then(|l| l["href"].as_str())
                             .map(str::to_string)
                     });
+                if next.as_deref() == Some(url.as_str()) {
+                    return Err(OpenStackError::Malformed {
+                        service: "Neutron",
+                        what: format!("{url}: the next page is this page"),
+                    });
+                }
             }
         }
         Ok(all)
@@ -399,5 +414,27 @@ impl NeutronDirectory {
             query.push(("project_id", p));
         }
         self.list("ports", &query).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openstack::session::tests::{fake_cloud_with, session};
+
+    #[tokio::test]
+    async fn short_pages_are_followed_and_an_answer_without_its_collection_is_an_error() {
+        let (base, _) = fake_cloud_with(chrono::Duration::hours(1)).await;
+        let neutron = NeutronDirectory::new(Arc::new(session(&base)));
+        let ids: Vec<String> = (0..5).map(|n| format!("p{n}")).collect();
+        let ports = neutron.ports_by_id(&ids).await.unwrap();
+        assert_eq!(ports.len(), 5, "{ports:?}");
+        assert_eq!(ports["p3"].fixed_ips[0].subnet_id.as_deref(), Some("s"));
+        let routers = neutron.routers_by_id(&["r1".into()]).await;
+        assert!(
+            matches!(routers, Err(OpenStackError::Malformed { .. })),
+            "{:?}",
+            routers.map(|r| r.len())
+        );
     }
 }

@@ -400,6 +400,7 @@ pub(crate) mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (c1, c2, c3, b) = (counts.clone(), counts.clone(), counts.clone(), base.clone());
+        let b2 = base.clone();
         let c4 = counts.clone();
         let app = Router::new()
             .route(
@@ -465,6 +466,39 @@ pub(crate) mod tests {
                     c3.bad.fetch_add(1, Ordering::SeqCst);
                     async { StatusCode::BAD_REQUEST }
                 }),
+            )
+            // Five ports in pages of two, whatever the limit asked for, as Neutron with a
+            // low `pagination_max_limit`; the last page links to an empty one.
+            .route(
+                "/net/v2.0/ports",
+                get(
+                    move |axum::extract::Query(q): axum::extract::Query<
+                        std::collections::HashMap<String, String>,
+                    >| {
+                        let b = b2.clone();
+                        async move {
+                            let start = q
+                                .get("marker")
+                                .and_then(|m| m.strip_prefix('p'))
+                                .map_or(0, |n| n.parse::<usize>().unwrap() + 1);
+                            let page: Vec<_> = (start..(start + 2).min(5))
+                                .map(|n| json!({"id": format!("p{n}"), "device_id": "vm",
+                                    "fixed_ips": [{"ip_address": format!("10.0.0.{n}"), "subnet_id": "s"}]}))
+                                .collect();
+                            let mut links = vec![];
+                            if let Some(last) = page.last() {
+                                links.push(json!({"rel": "next", "href":
+                                    format!("{b}/net/v2.0/ports?limit=500&marker={}", last["id"].as_str().unwrap())}));
+                            }
+                            Json(json!({"ports": page, "ports_links": links}))
+                        }
+                    },
+                ),
+            )
+            // An answer without its collection.
+            .route(
+                "/net/v2.0/routers",
+                get(|| async { Json(json!({"unexpected": []})) }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await });
         (base, counts)
