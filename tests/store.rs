@@ -343,3 +343,126 @@ on_both!(
         assert!(x.unwrap() ^ y.unwrap());
     }
 );
+
+on_both!(
+    concurrent_changes_of_one_mapping_leave_its_row_and_claims_agreeing,
+    |store: Arc<Store>| async move {
+        let p = Policy::default();
+        let m = store
+            .create(new(Some("4000"), "10.0.0.5", "22"), &p)
+            .await
+            .unwrap();
+        // Sixteen writers move the external port while others re-point the address, as the
+        // API and the monitor may at once.
+        let mut tasks = vec![];
+        for n in 1..=16u16 {
+            let (store, id) = (store.clone(), m.id.clone());
+            tasks.push(tokio::spawn(async move {
+                let update = if n % 2 == 0 {
+                    MappingUpdate {
+                        external_ports: Some(PortRange::single(4000 + n).unwrap()),
+                        ..Default::default()
+                    }
+                } else {
+                    MappingUpdate {
+                        internal_ip_address: Some(format!("10.0.0.{}", 10 + n).parse().unwrap()),
+                        ..Default::default()
+                    }
+                };
+                store.update(&id, &update).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let now = store.get(&m.id).await.unwrap().unwrap();
+        // Every port the mapping does not hold now is free; its own is not.
+        for port in 4000..=4016u16 {
+            let other = new(Some(&port.to_string()), "10.0.1.5", &port.to_string());
+            let created = store.create(other, &p).await;
+            if port == now.external_ports.first() {
+                assert!(
+                    matches!(created, Err(StoreError::ExternalPortInUse { .. })),
+                    "{port}: {created:?}"
+                );
+            } else {
+                let other = created.unwrap_or_else(|e| panic!("port {port} leaked: {e}"));
+                store.delete(&other.id).await.unwrap();
+            }
+        }
+        // The internal socket it holds is its current one only.
+        let socket = new(Some("4100"), &now.internal_ip_address.to_string(), "22");
+        assert!(store.create(socket, &p).await.is_err());
+
+        // An update racing a delete: the delete wins or the update does, and nothing is left
+        // claimed by a mapping that no longer exists.
+        let (a, b) = (store.clone(), store.clone());
+        let id = m.id.clone();
+        let (deleted, updated) = tokio::join!(async move { a.delete(&id).await }, async move {
+            b.update(
+                &m.id,
+                &MappingUpdate {
+                    external_ports: Some(PortRange::single(4050).unwrap()),
+                    ..Default::default()
+                },
+            )
+            .await
+        });
+        assert!(deleted.unwrap().is_some());
+        assert!(
+            matches!(updated, Ok(_) | Err(StoreError::NotFound { .. })),
+            "{updated:?}"
+        );
+        for port in [now.external_ports.first(), 4050] {
+            let again = new(Some(&port.to_string()), "10.0.2.5", &port.to_string());
+            store
+                .create(again, &p)
+                .await
+                .unwrap_or_else(|e| panic!("port {port} leaked: {e}"));
+        }
+    }
+);
+
+on_both!(
+    a_held_mapping_keeps_its_status_whatever_an_agent_reports,
+    |store: Arc<Store>| async move {
+        use praas::store::{Hold, Status};
+        let m = store
+            .create(new(None, "10.0.0.5", "22"), &Policy::default())
+            .await
+            .unwrap();
+        let hold = MappingUpdate {
+            hold: Some(Hold::Keep {
+                status: Status::Down,
+                reason: "router has no external gateway".into(),
+            }),
+            ..Default::default()
+        };
+        store.update(&m.id, &hold).await.unwrap();
+        // An agent pass that read the mapping before the hold reports it programmed.
+        store
+            .set_status(std::slice::from_ref(&m.id), Status::Active, None)
+            .await
+            .unwrap();
+        let now = store.get(&m.id).await.unwrap().unwrap();
+        assert_eq!(now.status, Status::Down);
+        assert_eq!(
+            now.status_reason.as_deref(),
+            Some("router has no external gateway")
+        );
+        // Released, it takes the agent's word again.
+        let release = MappingUpdate {
+            hold: Some(Hold::Release),
+            ..Default::default()
+        };
+        store.update(&m.id, &release).await.unwrap();
+        store
+            .set_status(std::slice::from_ref(&m.id), Status::Active, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get(&m.id).await.unwrap().unwrap().status,
+            Status::Active
+        );
+    }
+);

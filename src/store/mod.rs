@@ -468,6 +468,30 @@ impl Store {
         found.as_ref().map(from_row).transpose()
     }
 
+    /// A mapping read inside `tx`, so that what a change builds on cannot change under it: on
+    /// MySQL the row is locked until the transaction ends (a concurrent update or delete of
+    /// the same mapping waits, then sees this one's result); on SQLite writers are already one
+    /// at a time. Without it, an API port change and a monitor re-point could interleave and
+    /// leave the row and its port claims disagreeing.
+    async fn get_for_update(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+    ) -> Result<Option<Mapping>, StoreError> {
+        let lock = match self.dialect {
+            Dialect::MySql => " FOR UPDATE",
+            Dialect::Sqlite => "",
+        };
+        let found = sqlx::query(&format!(
+            "SELECT {} FROM mappings WHERE id = ?{lock}",
+            row::column_list()
+        ))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        found.as_ref().map(from_row).transpose()
+    }
+
     /// The mappings among `ids` that exist, in id order: one query per 500 ids.
     pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Mapping>, StoreError> {
         let mut found = Vec::with_capacity(ids.len());
@@ -553,10 +577,11 @@ impl Store {
     /// the mapping goes back to `PENDING` until the dataplane confirms it.
     pub async fn update(&self, id: &str, update: &MappingUpdate) -> Result<Mapping, StoreError> {
         let _writer = self.writer().await;
-        let mut mapping = self
-            .get(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound { id: id.into() })?;
+        let mut tx = self.pool.begin().await?;
+        let Some(mut mapping) = self.get_for_update(&mut tx, id).await? else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound { id: id.into() });
+        };
         let external_changed = update
             .external_ports
             .is_some_and(|p| p != mapping.external_ports);
@@ -608,7 +633,6 @@ impl Store {
             }
         }
         mapping.updated_at = now();
-        let mut tx = self.pool.begin().await?;
         let written = async {
             if external_changed {
                 sqlx::query("DELETE FROM external_ports WHERE mapping_id = ?")
@@ -655,10 +679,11 @@ impl Store {
     /// Deletes a mapping and frees its ports; returns what was deleted.
     pub async fn delete(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
         let _writer = self.writer().await;
-        let Some(mapping) = self.get(id).await? else {
+        let mut tx = self.pool.begin().await?;
+        let Some(mapping) = self.get_for_update(&mut tx, id).await? else {
+            tx.rollback().await?;
             return Ok(None);
         };
-        let mut tx = self.pool.begin().await?;
         let written = async {
             for table in ["external_ports", "internal_sockets", "mappings"] {
                 let column = if table == "mappings" {
@@ -679,7 +704,9 @@ impl Store {
     }
 
     /// Records what the dataplane made of mappings. Does not bump the generation: a status is
-    /// an outcome of programming, not a change to program.
+    /// an outcome of programming, not a change to program. A mapping the monitor holds keeps
+    /// its status and reason (an agent pass that began before the hold must not report it
+    /// `ACTIVE`).
     pub async fn set_status(
         &self,
         ids: &[String],
@@ -695,7 +722,7 @@ impl Store {
         for chunk in ids.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(", ");
             let sql = format!(
-                "UPDATE mappings SET status = ?, status_reason = ? WHERE id IN ({placeholders})"
+                "UPDATE mappings SET status = ?, status_reason = ? WHERE held = 0 AND id IN ({placeholders})"
             );
             let mut query = sqlx::query(&sql)
                 .bind(status.as_str())
