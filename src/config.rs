@@ -492,7 +492,12 @@ fn set(
         line,
         section: section.name(),
         key: key.to_string(),
-        value: value.to_string(),
+        // URLs may carry passwords: messages never show them.
+        value: if value.contains("://") {
+            redacted(value)
+        } else {
+            value.to_string()
+        },
         reason,
     };
     match (section, key) {
@@ -676,6 +681,30 @@ fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
     }
 }
 
+/// `url` with every password replaced by `***`, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(|h| match h.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{user}:***@{host}")
+            }
+            None => h.to_string(),
+        })
+        .collect();
+    let path = if rest.contains('/') {
+        format!("/{path}")
+    } else {
+        String::new()
+    };
+    format!("{scheme}://{}{path}", hosts.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,6 +713,22 @@ mod tests {
         match parse(text) {
             Err(ConfigError::Invalid { key, .. }) => key,
             other => panic!("expected an invalid value error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn passwords_in_urls_never_show_in_errors() {
+        assert_eq!(
+            redacted("rabbit://u:p@h1:5672,v:q@h2:5672/openstack"),
+            "rabbit://u:***@h1:5672,v:***@h2:5672/openstack"
+        );
+        assert_eq!(redacted("rabbit://h:5672"), "rabbit://h:5672");
+        for text in [
+            "[notifications]\ntransport_url = kafka://u:s3cret@h:9092/\n",
+            "[database]\nconnection = 9db://praas:s3cret@db/praas\n",
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(!e.contains("s3cret") && e.contains("***"), "{e}");
         }
     }
 

@@ -117,6 +117,10 @@ impl Caller {
     }
 }
 
+/// Longer tokens are refused without asking Keystone (Fernet tokens are under 255 bytes, JWS
+/// ones about 800).
+pub const MAX_TOKEN_LEN: usize = 4096;
+
 fn unauthorized(auth_url: &str, message: &str) -> ApiError {
     let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
     // As keystonemiddleware does: where to get a token.
@@ -161,6 +165,11 @@ impl FromRequestParts<SharedState> for Caller {
                         "authentication required: send a Keystone token in X-Auth-Token",
                     ));
                 };
+                // Keystone's tokens are a few hundred bytes; validated tokens are cached by
+                // value, so a size bound keeps the cache's memory bounded too.
+                if token.len() > MAX_TOKEN_LEN {
+                    return Err(unauthorized(auth_url, "the token is invalid or expired"));
+                }
                 match tokens.validate(token).await {
                     Ok(Some(info)) => {
                         let Some(project_id) = info.project_id else {

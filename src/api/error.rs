@@ -102,12 +102,13 @@ impl From<StoreError> for ApiError {
 }
 
 impl From<DirectoryError> for ApiError {
+    /// The details (Neutron's URLs, its answer) go to the log, not to the caller.
     fn from(e: DirectoryError) -> Self {
         tracing::error!(error = %e, "router directory failure");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "router_directory_unavailable",
-            e.to_string(),
+            "the network service cannot be read right now, so nothing was changed; retry later",
         )
     }
 }
@@ -139,5 +140,29 @@ impl From<QueryRejection> for ApiError {
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         Self::bad_request(r.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_failure_does_not_show_its_details_to_the_caller() {
+        let e = ApiError::from(DirectoryError(
+            "Neutron at http://10.0.0.1:9696/v2.0/ports answered 500: Traceback ...".into(),
+        ));
+        assert_eq!(
+            (e.status, e.code),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "router_directory_unavailable"
+            )
+        );
+        assert!(
+            !e.message.contains("9696") && !e.message.contains("Traceback"),
+            "{}",
+            e.message
+        );
     }
 }

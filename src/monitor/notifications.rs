@@ -52,14 +52,15 @@ pub fn relevant(event: &str) -> bool {
 /// `rabbit://user:pass@host:port/vhost` (oslo.messaging's form) as an AMQP URL. Only the first
 /// host of a list is used.
 pub fn amqp_url(transport_url: &str) -> Result<String, String> {
+    let shown = crate::config::redacted(transport_url);
     let rest = transport_url
         .strip_prefix("rabbit://")
         .or_else(|| transport_url.strip_prefix("amqp://"))
-        .ok_or_else(|| format!("{transport_url:?} is not a rabbit:// transport URL"))?;
+        .ok_or_else(|| format!("{shown:?} is not a rabbit:// transport URL"))?;
     let (hosts, vhost) = rest.split_once('/').unwrap_or((rest, ""));
     let first = hosts.split(',').next().unwrap_or_default();
     if first.is_empty() {
-        return Err(format!("{transport_url:?} names no host"));
+        return Err(format!("{shown:?} names no host"));
     }
     let vhost = if vhost.is_empty() { "%2f" } else { vhost };
     Ok(format!("amqp://{first}/{vhost}"))
@@ -236,5 +237,7 @@ mod tests {
         );
         assert!(amqp_url("kafka://x").is_err());
         assert!(amqp_url("rabbit:///").is_err());
+        let refused = amqp_url("kafka://u:secret@h:5672/").unwrap_err();
+        assert!(!refused.contains("secret"), "{refused}");
     }
 }

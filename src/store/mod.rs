@@ -96,7 +96,7 @@ pub enum Dialect {
 /// `mysql+pymysql://user:pass@host/db`, `mysql://…`, `mariadb://…`.
 pub fn translate_url(url: &str) -> Result<(String, Dialect), StoreError> {
     let bad = |reason: &str| StoreError::Connection {
-        url: redact(url),
+        url: crate::config::redacted(url),
         reason: reason.into(),
     };
     if url == "sqlite::memory:" || url == "sqlite://" {
@@ -124,20 +124,6 @@ pub fn translate_url(url: &str) -> Result<(String, Dialect), StoreError> {
             Ok((format!("mysql://{base}"), Dialect::MySql))
         }
         _ => Err(bad("unsupported database (use sqlite or mysql)")),
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
     }
 }
 

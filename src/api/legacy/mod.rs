@@ -4,7 +4,8 @@
 //! As the original, outcomes (`SUCCESS`, `CREATED`, `REMOVED`, `NO CREATED`, `USED`, and
 //! `ERROR` for a refused request) are answered with HTTP 200 and the status word in the body;
 //! a request that cannot be parsed gets its HTTP status (400, 404, 405) with an `ERROR` body,
-//! and a caller whose role may not write gets 403.
+//! a caller whose role may not write gets 403, and one without a valid token 401 (503 when
+//! Keystone cannot be asked), each with an `ERROR` body.
 
 pub mod protocol;
 
@@ -35,10 +36,23 @@ fn answer(status: StatusCode, body: Value) -> Response {
 
 async fn handle(
     State(state): State<SharedState>,
-    caller: Caller,
+    caller: Result<Caller, ApiError>,
     method: Method,
     uri: Uri,
 ) -> Response {
+    // Refused authentication keeps its status (401, 503) and header, in this protocol's shape.
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => {
+            let mut response = answer(e.status, protocol::error(&e.message));
+            if let Some(value) = e.www_authenticate {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::WWW_AUTHENTICATE, value);
+            }
+            return response;
+        }
+    };
     let request =
         match protocol::parse(method.as_str(), uri.path(), uri.query().unwrap_or_default()) {
             Ok(r) => r,
