@@ -122,8 +122,26 @@ pub fn kernel_tests_enabled(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: CI must run the kernel tests as root");
     }
-    eprintln!("skipped {test}: needs root (network namespaces and netfilter)");
+    skipped(test, "needs root (network namespaces and netfilter)");
     false
+}
+
+/// Says that `test` is skipped and why: one line on stderr, and one in the file named by
+/// `PRAAS_SKIPPED` when set (the test harness keeps a passing test's output to itself, so
+/// `scripts/test` lists and counts the skips from there).
+pub fn skipped(test: &str, reason: &str) {
+    let line = format!("skipped {test}: {reason}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("PRAAS_SKIPPED") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
 }
 
 /// A name unique to this process and call, short enough for interface names (≤ 15 bytes).

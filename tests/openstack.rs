@@ -63,9 +63,9 @@ impl Cloud {
                     dir.display()
                 );
             }
-            eprintln!(
-                "skipped {test}: no dev cloud at {} (scripts/dev-cloud up)",
-                dir.display()
+            praas::simnode::skipped(
+                test,
+                &format!("no dev cloud at {} (scripts/dev-cloud up)", dir.display()),
             );
             return None;
         }

@@ -42,13 +42,22 @@ pub async fn mariadb_store(test: &str) -> Option<Store> {
     let base = std::env::var("PRAAS_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://praas_test:praas-test-password@127.0.0.1/praas_test".into());
     sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&base).await {
+    // A short wait: without a server every test would wait out sqlx's 30 s default.
+    let admin = match sqlx::any::AnyPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(3))
+        .connect(&base)
+        .await
+    {
         Ok(pool) => pool,
         Err(e) => {
+            let shown = praas::config::redacted(&base);
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: MariaDB must be reachable in CI at {base}: {e}");
+                panic!("{test}: MariaDB must be reachable in CI at {shown}: {e}");
             }
-            eprintln!("skipped {test} on MariaDB: {base} not reachable ({e})");
+            praas::simnode::skipped(
+                &format!("{test} on MariaDB"),
+                &format!("{shown} not reachable ({e})"),
+            );
             return None;
         }
     };
@@ -76,6 +85,6 @@ pub fn rabbitmq_enabled(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: CI must run RabbitMQ (scripts/services)");
     }
-    eprintln!("skipped {test}: no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+    praas::simnode::skipped(test, "no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
     false
 }
