@@ -216,6 +216,11 @@ pub struct CycleReport {
 /// mass deletion, and deleting on doubt cannot be undone.
 pub const MASS_DELETION: usize = 10;
 
+/// How long a notification waits for the rest of its burst before the cycle.
+const BURST: Duration = Duration::from_millis(200);
+/// The least time between the starts of two cycles when notifications wake the monitor.
+pub const NOTIFIED_GAP: Duration = Duration::from_secs(1);
+
 /// Counters since start, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct MonitorCounters {
@@ -411,14 +416,19 @@ impl Monitor {
         let lease = interval * 3;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_cycle: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = wake.notified() => {
                     // Events come in bursts (port.update then router.update...): one cycle.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // A busy cloud sends a stream of them: at most one notified cycle per
+                    // NOTIFIED_GAP, so Neutron is not read back to back.
+                    let earliest = last_cycle.map_or_else(tokio::time::Instant::now, |t| t + NOTIFIED_GAP);
+                    tokio::time::sleep_until(earliest.max(tokio::time::Instant::now() + BURST)).await;
                 }
             }
+            last_cycle = Some(tokio::time::Instant::now());
             let result = self.cycle(lease).await;
             self.counters.cycles.fetch_add(1, Ordering::Relaxed);
             match result {

@@ -454,3 +454,22 @@ async fn a_mass_deletion_waits_for_the_next_cycle_to_confirm_it() {
     assert_eq!((second.deleted, second.held_back), (12, 0), "{second:?}");
     assert!(store.list(&ListFilter::default()).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_notifications_runs_at_most_one_cycle_a_second() {
+    let store = store().await;
+    let net = Arc::new(FakeNetwork::default());
+    let monitor = Monitor::new(store, net, PortGone::Delete);
+    let counters = monitor.counters();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let running = tokio::spawn(monitor.run(Duration::from_secs(600), wake.clone()));
+    // The first cycle runs at once; then 2.5 s of an event every 20 ms. Without the gap that
+    // is a cycle every 200 ms (about 12); with it, one a second.
+    for _ in 0..125 {
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cycles = counters.cycles.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((2..=4).contains(&cycles), "{cycles} cycles in 2.5 s");
+    running.abort();
+}
