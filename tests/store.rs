@@ -466,3 +466,110 @@ on_both!(
         );
     }
 );
+
+/// What the database holds, as a store whose cache was never filled reads it: a selective
+/// filter that selects everything (every mapping is tcp here) goes to the database.
+async fn fresh(store: &Store) -> Vec<praas::store::Mapping> {
+    let filter = ListFilter {
+        protocol: Some(Protocol::Tcp),
+        ..Default::default()
+    };
+    store.list(&filter).await.unwrap()
+}
+
+/// Two processes on one database: `ours` lists (from its cache where nothing changed) and
+/// `theirs` writes; every listing of `ours` must be what the database holds.
+async fn listings_follow_every_write_of_another_process(ours: Store, theirs: Store) {
+    use praas::store::Status;
+    let p = Policy::default();
+    let everything = ListFilter::default();
+    let a = ours.create(new(None, "10.0.0.5", "22"), &p).await.unwrap();
+    assert_eq!(ours.list(&everything).await.unwrap(), vec![a.clone()]);
+    // Listed twice without a change: the second comes from memory, the same.
+    assert_eq!(ours.list(&everything).await.unwrap(), vec![a.clone()]);
+
+    let b = theirs
+        .create(new(None, "10.0.0.6", "22"), &p)
+        .await
+        .unwrap();
+    let listed = ours.list(&everything).await.unwrap();
+    assert_eq!(listed.len(), 2, "another process's create");
+    assert_eq!(listed, fresh(&theirs).await);
+
+    theirs
+        .set_status(std::slice::from_ref(&b.id), Status::Active, None)
+        .await
+        .unwrap();
+    let listed = ours.list(&everything).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|m| m.id == b.id && m.status == Status::Active),
+        "another process's status: {listed:?}"
+    );
+
+    theirs
+        .update(
+            &a.id,
+            &MappingUpdate {
+                description: Some("changed elsewhere".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let listed = ours.list(&everything).await.unwrap();
+    assert!(listed.iter().any(|m| m.description == "changed elsewhere"));
+    theirs.delete(&b.id).await.unwrap();
+    assert_eq!(ours.list(&everything).await.unwrap().len(), 1);
+
+    // Our own writes keep the cache (and it stays right), filters and pages included.
+    let mut mine = vec![];
+    for n in 0..20 {
+        let m = ours
+            .create(new(None, &format!("10.0.1.{n}"), "22"), &p)
+            .await
+            .unwrap();
+        mine.push(m);
+    }
+    ours.set_status(
+        &[mine[3].id.clone(), mine[4].id.clone()],
+        Status::Error,
+        Some("x"),
+    )
+    .await
+    .unwrap();
+    ours.delete(&mine[0].id).await.unwrap();
+    let all = ours.list(&everything).await.unwrap();
+    assert_eq!(all, fresh(&theirs).await);
+    let page = ListFilter {
+        limit: Some(5),
+        marker: Some(all[2].id.clone()),
+        ..Default::default()
+    };
+    assert_eq!(ours.list(&page).await.unwrap(), all[3..8].to_vec());
+    let port = all[7].external_ports.first();
+    let by_port = ListFilter {
+        external_port: Some(port),
+        ..Default::default()
+    };
+    assert_eq!(ours.list(&by_port).await.unwrap(), vec![all[7].clone()]);
+    assert_eq!(theirs.list(&by_port).await.unwrap(), vec![all[7].clone()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_listings_follow_every_write_of_another_process() {
+    let url = common::sqlite_url();
+    let (ours, theirs) = (common::open(&url).await, common::open(&url).await);
+    listings_follow_every_write_of_another_process(ours, theirs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_listings_follow_every_write_of_another_process() {
+    let Some(url) = common::mariadb_url("listings_follow_every_write_of_another_process").await
+    else {
+        return;
+    };
+    let (ours, theirs) = (common::open(&url).await, common::open(&url).await);
+    listings_follow_every_write_of_another_process(ours, theirs).await;
+}

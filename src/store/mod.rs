@@ -8,6 +8,7 @@
 //! overlapping ranges can never both succeed.
 
 pub mod allocate;
+mod cache;
 pub mod model;
 mod row;
 
@@ -139,6 +140,7 @@ pub struct Store {
     /// into waiting. MariaDB's row locks need no such thing.
     sqlite_writer: Option<Mutex<()>>,
     feed: Arc<ChangeFeed>,
+    listing: cache::ListingCache,
 }
 
 /// The changes this process makes, for an agent in the same process: (generation, mapping id)
@@ -202,6 +204,7 @@ impl Store {
             dialect,
             sqlite_writer: (dialect == Dialect::Sqlite).then(|| Mutex::new(())),
             feed: Arc::default(),
+            listing: cache::ListingCache::default(),
         })
     }
 
@@ -225,8 +228,9 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a writing transaction: commits it when `written` (the generation it wrote) is
-    /// there, publishing the change to the feed first, so that a reader that sees the new
+    /// Ends a writing transaction of `mapping_id` (`now`: as it is after the write, `None`
+    /// when deleted): commits it when `written` (the generation it wrote) is there, publishing
+    /// the change to the feed first, so that a reader that sees the new
     /// generation in the database always finds its entry (see [`ChangeFeed`]). On an error it
     /// rolls back at once: a transaction left for the pool to roll back later keeps its locks
     /// (InnoDB holds a shared lock on a duplicate key it refused), and every writer near them
@@ -236,6 +240,7 @@ impl Store {
         tx: Transaction<'_, Any>,
         written: Result<i64, StoreError>,
         mapping_id: &str,
+        now: Option<&Mapping>,
     ) -> Result<(), StoreError> {
         let generation = match written {
             Ok(generation) => generation,
@@ -249,7 +254,13 @@ impl Store {
         self.feed.publish(generation, mapping_id);
         let result = tx.commit().await;
         self.feed.notify.notify_one();
-        Ok(result?)
+        result?;
+        let change = match now {
+            Some(m) => cache::Written::Mapping(m),
+            None => cache::Written::Deleted(mapping_id),
+        };
+        self.listing.written(generation, change);
+        Ok(())
     }
 
     /// Fills in who holds a port or socket that a write found taken, read after the write
@@ -439,7 +450,8 @@ impl Store {
             bump_generation(&mut tx, self.dialect).await
         }
         .await;
-        self.finish(tx, written, &mapping.id).await?;
+        self.finish(tx, written, &mapping.id, Some(&mapping))
+            .await?;
         Ok(mapping)
     }
 
@@ -501,6 +513,26 @@ impl Store {
 
     /// Mappings matching `filter`, in id order.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Mapping>, StoreError> {
+        let version = self.version().await?;
+        if let Some(hit) = self.listing.list(version, filter) {
+            return Ok(hit);
+        }
+        // A listing of everything fills the cache; a selective one (a project's, a router's)
+        // asks the database for just its rows.
+        let selective = ListFilter {
+            limit: None,
+            marker: None,
+            ..filter.clone()
+        } != ListFilter::default();
+        if selective {
+            return self.read(filter).await;
+        }
+        let all = self.read(&ListFilter::default()).await?;
+        Ok(self.listing.fill(version, all, filter))
+    }
+
+    /// The rows matching `filter`, from the database.
+    async fn read(&self, filter: &ListFilter) -> Result<Vec<Mapping>, StoreError> {
         let mut sql = format!("SELECT {} FROM mappings WHERE 1 = 1", row::column_list());
         let mut binds: Vec<Bind> = vec![];
         let mut eq = |column: &str, value: Option<String>| {
@@ -658,7 +690,8 @@ impl Store {
             bump_generation(&mut tx, self.dialect).await
         }
         .await;
-        self.finish(tx, written, &mapping.id).await?;
+        self.finish(tx, written, &mapping.id, Some(&mapping))
+            .await?;
         Ok(mapping)
     }
 
@@ -685,7 +718,7 @@ impl Store {
             bump_generation(&mut tx, self.dialect).await
         }
         .await;
-        self.finish(tx, written, &mapping.id).await?;
+        self.finish(tx, written, &mapping.id, None).await?;
         Ok(Some(mapping))
     }
 
@@ -718,7 +751,16 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
+        let counter = bump_counter(&mut tx, self.dialect, STATUSES).await?;
         tx.commit().await?;
+        self.listing.written(
+            counter,
+            cache::Written::Statuses {
+                ids,
+                status,
+                reason,
+            },
+        );
         Ok(())
     }
 
@@ -755,7 +797,37 @@ impl Store {
             .await?;
         Ok(row.try_get::<i64, _>(0)?)
     }
+
+    /// Both counters, for the listing cache: changes and recorded statuses.
+    async fn version(&self) -> Result<cache::Version, StoreError> {
+        let rows = sqlx::query("SELECT id, value FROM generation WHERE id IN (1, 2)")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut version = cache::Version {
+            changes: -1,
+            statuses: -1,
+        };
+        for row in rows {
+            let value = row.try_get::<i64, _>(1)?;
+            match row.try_get::<i64, _>(0)? {
+                CHANGES => version.changes = value,
+                STATUSES => version.statuses = value,
+                _ => {}
+            }
+        }
+        if version.changes < 0 || version.statuses < 0 {
+            return Err(StoreError::Corrupt {
+                id: "(generation)".into(),
+                reason: "a change counter is missing: run praas db-sync".into(),
+            });
+        }
+        Ok(version)
+    }
 }
+
+/// The rows of `generation`: changes to mappings, and statuses recorded.
+const CHANGES: i64 = 1;
+const STATUSES: i64 = 2;
 
 enum Bind {
     Text(String),
@@ -769,10 +841,20 @@ async fn bump_generation(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
 ) -> Result<i64, StoreError> {
+    bump_counter(tx, dialect, CHANGES).await
+}
+
+/// Bumps row `id` of `generation` (see [`bump_generation`]).
+async fn bump_counter(
+    tx: &mut Transaction<'_, Any>,
+    dialect: Dialect,
+    id: i64,
+) -> Result<i64, StoreError> {
     match dialect {
         Dialect::Sqlite => {
             let row =
-                sqlx::query("UPDATE generation SET value = value + 1 WHERE id = 1 RETURNING value")
+                sqlx::query("UPDATE generation SET value = value + 1 WHERE id = ? RETURNING value")
+                    .bind(id)
                     .fetch_one(&mut **tx)
                     .await?;
             Ok(row.try_get::<i64, _>(0)?)
@@ -780,7 +862,8 @@ async fn bump_generation(
         Dialect::MySql => {
             // LAST_INSERT_ID(expr) hands the new value back in the statement's OK packet.
             let done =
-                sqlx::query("UPDATE generation SET value = LAST_INSERT_ID(value + 1) WHERE id = 1")
+                sqlx::query("UPDATE generation SET value = LAST_INSERT_ID(value + 1) WHERE id = ?")
+                    .bind(id)
                     .execute(&mut **tx)
                     .await?;
             done.last_insert_id().ok_or_else(|| StoreError::Corrupt {

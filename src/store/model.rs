@@ -169,7 +169,7 @@ pub enum Hold {
 }
 
 /// Selects mappings; `None` fields do not filter.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
     pub project_id: Option<String>,
     pub router_id: Option<String>,

@@ -24,21 +24,34 @@ pub fn forward(id: &str, protocol: Protocol, ext: &str, vm: Ipv4Addr, int: &str)
 
 /// A fresh SQLite store in a temporary file.
 pub async fn sqlite_store() -> Store {
+    open(&sqlite_url()).await
+}
+
+/// The URL of a fresh SQLite database in a temporary file.
+pub fn sqlite_url() -> String {
     let dir = std::env::temp_dir().join(format!(
         "praas-store-test-{}-{}",
         std::process::id(),
         uuid::Uuid::new_v4()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
-        .await
-        .unwrap();
+    format!("sqlite:///{}/praas.db", dir.display())
+}
+
+/// The store at `url`, its schema brought up to date.
+pub async fn open(url: &str) -> Store {
+    let store = Store::open(url).await.unwrap();
     store.migrate().await.unwrap();
     store
 }
 
 /// A fresh MariaDB store (its own database), or `None` with the reason printed.
 pub async fn mariadb_store(test: &str) -> Option<Store> {
+    Some(open(&mariadb_url(test).await?).await)
+}
+
+/// The URL of a fresh MariaDB database, or `None` with the reason printed.
+pub async fn mariadb_url(test: &str) -> Option<String> {
     let base = std::env::var("PRAAS_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://praas_test:praas-test-password@127.0.0.1/praas_test".into());
     sqlx::any::install_default_drivers();
@@ -67,10 +80,7 @@ pub async fn mariadb_store(test: &str) -> Option<Store> {
         .execute(&admin)
         .await
         .unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let store = Store::open(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    Some(store)
+    Some(format!("{}/{name}", base.rsplit_once('/').unwrap().0))
 }
 
 /// The RabbitMQ of `scripts/services` on loopback.
