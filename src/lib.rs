@@ -1,5 +1,6 @@
 pub mod agent;
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod dataplane;
 pub mod monitor;
