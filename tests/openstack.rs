@@ -1817,3 +1817,137 @@ async fn the_proxy_cli_manages_a_members_mappings() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
     server.abort();
 }
+
+/// `praas monitor` as operators run it: a process reading its INI file and clouds.yaml,
+/// reacting to Neutron's notifications, and giving its lease up when systemd stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn praas_monitor_runs_as_a_process_and_gives_its_lease_up_on_sigterm() {
+    let test = "praas_monitor_runs_as_a_process_and_gives_its_lease_up_on_sigterm";
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find(test) else {
+        return;
+    };
+    if !common::rabbitmq_enabled(test) {
+        return;
+    }
+    let a = cloud.project("a");
+    let s = |v: &Value| v.as_str().unwrap().to_string();
+    let url = common::sqlite_url();
+    let store = common::open(&url).await;
+    let vm = format!("vm-process-{}", uuid::Uuid::new_v4().simple());
+    let port = neutron_call(
+        &cloud,
+        "a-member",
+        reqwest::Method::POST,
+        "ports",
+        Some(
+            json!({"port": {"network_id": s(&a["network_id"]), "device_id": vm,
+            "device_owner": "compute:nova", "name": vm}}),
+        ),
+    )
+    .await;
+    let port_id = s(&port["port"]["id"]);
+    let m = store
+        .create(
+            praas::store::NewMapping {
+                project_id: s(&a["project_id"]),
+                router_id: s(&a["router_id"]),
+                distributed: false,
+                external_ip_address: s(&a["router_gateway_ip"]).parse().unwrap(),
+                protocol: praas::dataplane::Protocol::Tcp,
+                external_ports: praas::store::ExternalPorts::Allocate { len: 1 },
+                internal_ip_address: s(&port["port"]["fixed_ips"][0]["ip_address"])
+                    .parse()
+                    .unwrap(),
+                internal_port_id: Some(port_id.clone()),
+                internal_ports: praas::dataplane::PortRange::single(22).unwrap(),
+                description: String::new(),
+                allowed_cidrs: vec![],
+                masquerade: false,
+            },
+            &Policy::default(),
+        )
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("praas-monitor-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("praas.conf");
+    // Polling every 20 s (a lease of 60 s): the deletion below is seen by notification.
+    std::fs::write(
+        &config,
+        format!(
+            "[praas]\nsecond_monitoring = 20\n[database]\nconnection = {url}\n\
+             [openstack]\nclouds_file = {}\n[notifications]\ntransport_url = {}\n",
+            cloud.dir.join("clouds.yaml").display(),
+            common::RABBIT_URL
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_praas"))
+        .args(["monitor", "--config-file"])
+        .arg(&config)
+        .env("PRAAS_LOG", "praas=info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = String::new();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.recv().await {
+            seen += &line;
+            seen.push('\n');
+            if seen.contains("monitor started")
+                && seen.contains("listening to Neutron's notifications")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        ready.is_ok(),
+        "the monitor did not start listening:\n{seen}"
+    );
+    // Its first cycle has run (or runs now); the port goes, and so does the mapping.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    neutron_call(
+        &cloud,
+        "admin",
+        reqwest::Method::DELETE,
+        &format!("ports/{port_id}"),
+        None,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while store.get(&m.id).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor process did not delete the mapping of a deleted port"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stopped as systemd stops it: it exits cleanly and the lease is free at once.
+    let pid = child.id().unwrap().to_string();
+    praas::simnode::run(&["kill", "-TERM", &pid], None).unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("no exit 10 s after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        store
+            .acquire_lease("the-next-monitor", Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "the lease was not given up"
+    );
+}

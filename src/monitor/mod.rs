@@ -244,10 +244,7 @@ pub struct Monitor {
 
 impl Monitor {
     pub fn new(store: Arc<Store>, view: Arc<dyn NetworkView>, port_gone: PortGone) -> Self {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default();
+        let host = hostname();
         Monitor {
             store,
             view,
@@ -457,6 +454,14 @@ impl Monitor {
             warn!(error = %e, "could not release the monitor lease");
         }
     }
+}
+
+/// This node's name, to tell monitors apart (empty if it cannot be read).
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
 }
 
 pub mod notifications;

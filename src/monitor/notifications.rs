@@ -81,10 +81,7 @@ pub struct Subscription {
 impl Subscription {
     /// Named `praas-monitor:<host>:<pid>`.
     pub fn new(transport_url: String, exchange: String) -> Self {
-        let host = nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .unwrap_or_default();
+        let host = super::hostname();
         Subscription {
             transport_url,
             exchange,
