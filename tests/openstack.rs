@@ -841,6 +841,22 @@ async fn a_member_maps_its_vm_and_keystone_down_is_503_while_traffic_flows() {
     }
 }
 
+/// A new VM port of project A's member on A's network, named `prefix-<unique>` (bound to an
+/// instance of the same name); Neutron's answer.
+async fn vm_port(cloud: &Cloud, prefix: &str) -> Value {
+    let name = format!("{prefix}-{}", uuid::Uuid::new_v4().simple());
+    let network = cloud.project("a")["network_id"].clone();
+    neutron_call(
+        cloud,
+        "a-member",
+        reqwest::Method::POST,
+        "ports",
+        Some(json!({"port": {"network_id": network, "device_id": name,
+            "device_owner": "compute:nova", "name": name}})),
+    )
+    .await
+}
+
 /// Neutron as `user` (a cloud of clouds.yaml), for changes the tests make; must succeed.
 async fn neutron_call(
     cloud: &Cloud,
@@ -893,7 +909,6 @@ async fn the_monitor_follows_neutron_and_changes_nothing_when_it_is_down() {
     let (app, store) = cloud.app_and_store().await;
     let member = cloud.token("a-member").await;
     // A VM port of its own, so that changing it disturbs no other test.
-    let vm = format!("vm-monitor-{}", uuid::Uuid::new_v4().simple());
     // Ports an interrupted run left behind.
     let network = s(&a["network_id"]);
     let old = neutron_call(
@@ -920,15 +935,7 @@ async fn the_monitor_follows_neutron_and_changes_nothing_when_it_is_down() {
             .await;
         }
     }
-    let port = neutron_call(
-        &cloud,
-        "a-member",
-        reqwest::Method::POST,
-        "ports",
-        Some(json!({"port": {"network_id": s(&a["network_id"]), "device_id": vm, "device_owner": "compute:nova",
-            "name": vm}})),
-    )
-    .await;
+    let port = vm_port(&cloud, "vm-monitor").await;
     let port_id = s(&port["port"]["id"]);
     let (status, body) = call(
         &app,
@@ -1045,22 +1052,10 @@ async fn notifications_make_the_monitor_react_at_once() {
     if !common::rabbitmq_enabled(test) {
         return;
     }
-    let a = cloud.project("a");
     let s = |v: &Value| v.as_str().unwrap().to_string();
     let (app, store) = cloud.app_and_store().await;
     let member = cloud.token("a-member").await;
-    let vm = format!("vm-notified-{}", uuid::Uuid::new_v4().simple());
-    let port = neutron_call(
-        &cloud,
-        "a-member",
-        reqwest::Method::POST,
-        "ports",
-        Some(
-            json!({"port": {"network_id": s(&a["network_id"]), "device_id": vm,
-            "device_owner": "compute:nova", "name": vm}}),
-        ),
-    )
-    .await;
+    let port = vm_port(&cloud, "vm-notified").await;
     let port_id = s(&port["port"]["id"]);
     let (status, body) = call(
         &app,
@@ -1834,18 +1829,7 @@ async fn praas_monitor_runs_as_a_process_and_gives_its_lease_up_on_sigterm() {
     let s = |v: &Value| v.as_str().unwrap().to_string();
     let url = common::sqlite_url();
     let store = common::open(&url).await;
-    let vm = format!("vm-process-{}", uuid::Uuid::new_v4().simple());
-    let port = neutron_call(
-        &cloud,
-        "a-member",
-        reqwest::Method::POST,
-        "ports",
-        Some(
-            json!({"port": {"network_id": s(&a["network_id"]), "device_id": vm,
-            "device_owner": "compute:nova", "name": vm}}),
-        ),
-    )
-    .await;
+    let port = vm_port(&cloud, "vm-process").await;
     let port_id = s(&port["port"]["id"]);
     let m = store
         .create(
