@@ -14,7 +14,8 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use praas::agent::Agent;
-use praas::api::{self, AppState};
+use praas::api::health::Readiness;
+use praas::api::{self};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::netlink::sockets;
 use praas::dataplane::nft::wire::{self, NftSocket};
@@ -23,9 +24,12 @@ use praas::dataplane::sync::RouterSync;
 use praas::dataplane::{
     Driver, ExternalKey, PortRange, Protocol, RouterNamespace, RuleSet, Target,
 };
-use praas::openstack::{RouterInfo, StaticDirectory};
-use praas::simnode;
+use praas::openstack::RouterInfo;
+use praas::placement::LocalNamespaces;
+use praas::runtime;
 use praas::store::{Policy, Store, Strategy};
+use praas::testbed::simnode;
+use praas::testbed::StaticDirectory;
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -63,7 +67,15 @@ async fn setup(connection: &str) -> Setup {
     let agent = if std::env::var_os("PRAAS_BENCH_NO_AGENT").is_some() {
         tokio::spawn(async {})
     } else {
-        tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(3600)).run())
+        tokio::spawn(
+            Agent::new(
+                store.clone(),
+                sync,
+                Arc::new(LocalNamespaces::default()),
+                Duration::from_secs(3600),
+            )
+            .run(),
+        )
     };
     let directory = StaticDirectory {
         routers: vec![RouterInfo {
@@ -76,15 +88,16 @@ async fn setup(connection: &str) -> Setup {
         }],
         ports: None,
     };
-    let app = api::router(Arc::new(AppState {
-        store: store.clone(),
-        directory: Arc::new(directory),
-        auth: api::Authenticator::noauth(),
-        policy: Policy {
+    let app = runtime::api(
+        store.clone(),
+        Arc::new(directory),
+        api::Authenticator::noauth(),
+        Policy {
             range: PortRange::new(1024, 65000).unwrap(),
             strategy: Strategy::Random,
         },
-    }));
+        Readiness::store(store.clone()),
+    );
     Setup {
         app,
         store,

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::dataplane::{Driver, PortRange};
+use crate::dataplane::Driver;
+use crate::model::PortRange;
+use crate::util::redacted;
 
 /// Where the service looks for its configuration when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/praas/praas.conf";
@@ -83,11 +85,16 @@ pub struct PraasSection {
     pub auth_strategy: AuthStrategy,
     /// What the monitor does with the mappings of a deleted port: `delete` (default, as
     /// Neutron does with port forwardings) or `down` (keep them, held DOWN).
-    pub on_port_deleted: crate::monitor::PortGone,
+    pub on_port_deleted: crate::model::PortGone,
     /// Role names of the policy (defaults `admin`, `member`, `reader`).
     pub admin_role: String,
     pub member_role: String,
     pub reader_role: String,
+    /// TCP port of the `/healthz` and `/readyz` listener of `praas agent` (default 3001), on
+    /// `bind_address`. The API roles serve them on `port_app`.
+    pub agent_status_port: u16,
+    /// The same for `praas monitor` (default 3002).
+    pub monitor_status_port: u16,
 }
 
 impl Default for PraasSection {
@@ -99,10 +106,12 @@ impl Default for PraasSection {
             second_monitoring: 30,
             port_allocation: Allocation::default(),
             auth_strategy: AuthStrategy::default(),
-            on_port_deleted: crate::monitor::PortGone::Delete,
+            on_port_deleted: crate::model::PortGone::Delete,
             admin_role: "admin".into(),
             member_role: "member".into(),
             reader_role: "reader".into(),
+            agent_status_port: 3001,
+            monitor_status_port: 3002,
         }
     }
 }
@@ -179,6 +188,10 @@ pub struct OpenStackSection {
     pub token_cache_seconds: u64,
     /// Tokens remembered at most (default 10000).
     pub token_cache_size: u64,
+    /// Seconds a router's facts (gateway, subnets, owner) read from Neutron are reused by the
+    /// API (default 10; 0 reads them for every request). Neutron's notifications, when
+    /// configured, drop them at once.
+    pub router_cache_seconds: u64,
 }
 
 impl Default for OpenStackSection {
@@ -189,6 +202,7 @@ impl Default for OpenStackSection {
             request_timeout: 10,
             token_cache_seconds: 300,
             token_cache_size: 10_000,
+            router_cache_seconds: 10,
         }
     }
 }
@@ -465,6 +479,8 @@ impl Section {
                 "admin_role",
                 "member_role",
                 "reader_role",
+                "agent_status_port",
+                "monitor_status_port",
             ],
             Section::Database => &["connection"],
             Section::Dataplane => &["driver", "resync_interval", "enabled"],
@@ -475,6 +491,7 @@ impl Section {
                 "request_timeout",
                 "token_cache_seconds",
                 "token_cache_size",
+                "router_cache_seconds",
             ],
         }
     }
@@ -522,11 +539,10 @@ fn set(
             config.praas.auth_strategy = value.parse().map_err(invalid)?
         }
         (Section::Praas, "on_port_deleted") => {
-            config.praas.on_port_deleted = match value.to_ascii_lowercase().as_str() {
-                "delete" => crate::monitor::PortGone::Delete,
-                "down" => crate::monitor::PortGone::Down,
-                _ => return Err(invalid("expected delete or down".into())),
-            }
+            config.praas.on_port_deleted = value
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|_| invalid("expected delete or down".into()))?
         }
         (Section::Praas, "admin_role" | "member_role" | "reader_role") => {
             let name = value.trim();
@@ -548,6 +564,18 @@ fn set(
                 config.openstack.token_cache_seconds = seconds;
             }
         }
+        (Section::OpenStack, "router_cache_seconds") => {
+            config.openstack.router_cache_seconds = match value {
+                "0" => 0,
+                _ => parse_seconds(value).map_err(invalid)?,
+            }
+        }
+        (Section::Praas, "agent_status_port") => {
+            config.praas.agent_status_port = parse_port(value).map_err(invalid)?
+        }
+        (Section::Praas, "monitor_status_port") => {
+            config.praas.monitor_status_port = parse_port(value).map_err(invalid)?
+        }
         (Section::OpenStack, "token_cache_size") => {
             config.openstack.token_cache_size = value
                 .parse::<u64>()
@@ -559,7 +587,7 @@ fn set(
             config.notifications.transport_url = if value.is_empty() {
                 None
             } else {
-                crate::monitor::notifications::amqp_url(value).map_err(invalid)?;
+                crate::util::amqp_url(value).map_err(|e| invalid(e.to_string()))?;
                 Some(value.to_string())
             }
         }
@@ -618,7 +646,7 @@ fn parse_port_range(value: &str) -> Result<PortRange, String> {
     if value.is_empty() {
         return Err("expected a port range such as 4000:4100".into());
     }
-    value.parse::<PortRange>()
+    value.parse::<PortRange>().map_err(|e| e.to_string())
 }
 
 fn parse_seconds(value: &str) -> Result<u64, String> {
@@ -681,30 +709,6 @@ fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
     }
 }
 
-/// `url` with every password replaced by `***`, for messages and logs.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let hosts: Vec<String> = hosts
-        .split(',')
-        .map(|h| match h.rsplit_once('@') {
-            Some((credentials, host)) => {
-                let user = credentials.split(':').next().unwrap_or_default();
-                format!("{user}:***@{host}")
-            }
-            None => h.to_string(),
-        })
-        .collect();
-    let path = if rest.contains('/') {
-        format!("/{path}")
-    } else {
-        String::new()
-    };
-    format!("{scheme}://{}{path}", hosts.join(","))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -718,11 +722,6 @@ mod tests {
 
     #[test]
     fn passwords_in_urls_never_show_in_errors() {
-        assert_eq!(
-            redacted("rabbit://u:p@h1:5672,v:q@h2:5672/openstack"),
-            "rabbit://u:***@h1:5672,v:***@h2:5672/openstack"
-        );
-        assert_eq!(redacted("rabbit://h:5672"), "rabbit://h:5672");
         for text in [
             "[notifications]\ntransport_url = kafka://u:s3cret@h:9092/\n",
             "[database]\nconnection = 9db://praas:s3cret@db/praas\n",

@@ -12,15 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use praas::agent::Agent;
-use praas::api::{self, AppState, Authenticator, RoleNames};
-use praas::dataplane::conntrack::Conntrack;
-use praas::dataplane::sync::RouterSync;
+use praas::config::{AuthStrategy, Config};
 use praas::dataplane::Driver;
-use praas::openstack::tokens::KeystoneTokens;
-use praas::openstack::{clouds, NamespaceDirectory, NeutronDirectory, RouterDirectory, Session};
-use praas::simnode::{SimLayout, SimNode, SimNodeOptions, UPSTREAM_IP};
-use praas::store::{Policy, Store};
+use praas::openstack::{clouds, Session};
+use praas::runtime::{self, Role};
+use praas::testbed::simnode::{SimLayout, SimNode, SimNodeOptions, UPSTREAM_IP};
 use serde_json::{json, Value};
 
 /// The dev cloud's project A, as `scripts/dev-cloud` wrote it down.
@@ -188,50 +184,34 @@ async fn demo(driver: Driver, cloud: Option<Cloud>) -> Result<()> {
         node.vms[0].ip, node.vms[1].ip
     );
 
-    // The all-in-one service: SQLite store, agent, API on loopback.
+    // The all-in-one service as `praas all-in-one` runs it: SQLite, agent, API on loopback,
+    // with the dev cloud's Keystone and Neutron when there is one.
     let dir = std::env::temp_dir().join(format!("praas-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let store = Arc::new(Store::open(&format!("sqlite:///{}/praas.db", dir.display())).await?);
-    store.migrate().await?;
-    let sync = Arc::new(RouterSync::new(
-        Arc::from(driver.backend()?),
-        Arc::new(Conntrack),
-    ));
-    let agent = tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(300)).run());
-    let (auth, directory, token): (Authenticator, Arc<dyn RouterDirectory>, Option<String>) =
-        match &cloud {
-            Some(c) => {
-                let service = c.session("openstack")?;
-                let token = c
-                    .session("a-member")?
+    let mut cfg = Config::default();
+    cfg.database.connection = format!("sqlite:///{}/praas.db", dir.display());
+    cfg.praas.bind_address = Ipv4Addr::LOCALHOST.into();
+    cfg.praas.port_app = 0;
+    cfg.dataplane.driver = driver;
+    let token = match &cloud {
+        Some(c) => {
+            cfg.openstack.clouds_file = Some(c.dir.join("clouds.yaml"));
+            Some(
+                c.session("a-member")?
                     .auth_token()
                     .await
-                    .context("logging in as a-member")?;
-                (
-                    Authenticator::Keystone {
-                        auth_url: service.auth_url().to_string(),
-                        tokens: Arc::new(KeystoneTokens::new(
-                            service.clone(),
-                            Duration::from_secs(300),
-                            1000,
-                        )),
-                        roles: RoleNames::default(),
-                    },
-                    Arc::new(NeutronDirectory::new(service)),
-                    Some(token),
-                )
-            }
-            None => (Authenticator::noauth(), Arc::new(NamespaceDirectory), None),
-        };
-    let state = Arc::new(AppState {
-        store,
-        directory,
-        auth,
-        policy: Policy::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+                    .context("logging in as a-member")?,
+            )
+        }
+        None => {
+            cfg.praas.auth_strategy = AuthStrategy::Noauth;
+            None
+        }
+    };
+    let running = runtime::start(&cfg, Role::AllInOne)
+        .await
+        .context("starting praas all-in-one")?;
+    let addr: SocketAddr = running.api_addr().context("the API listens")?;
     let client = Client {
         http: reqwest::Client::new(),
         base: format!("http://{addr}"),
@@ -387,8 +367,7 @@ async fn demo(driver: Driver, cloud: Option<Cloud>) -> Result<()> {
     })
     .await??;
 
-    agent.abort();
-    server.abort();
+    running.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
     praas::dataplane::netlink::sockets::forget(&node.router_ns);
     tokio::task::spawn_blocking(move || drop(node)).await?;

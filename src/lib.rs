@@ -1,10 +1,21 @@
+//! PRaaS: port forwarding of OpenStack routers' gateway addresses (PAT), as a library under the
+//! `praas` binary. The roles and where they live are listed in `docs/design.md`.
+
 pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod dataplane;
+pub mod model;
 pub mod monitor;
 pub mod openstack;
+pub mod placement;
 pub mod process;
-pub mod simnode;
+pub mod runtime;
+pub mod service;
 pub mod store;
+pub mod testbed;
+pub mod util;
+
+// Kept while the iptables driver and the dataplane benchmark still name the old path.
+pub use testbed::simnode;

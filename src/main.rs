@@ -2,27 +2,17 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use futures_util::FutureExt;
+use anyhow::{Context, Result};
 
 mod demo;
 use clap::{Parser, Subcommand};
-use praas::agent::Agent;
-use praas::api::{self, AppState, Authenticator, RoleNames};
-use praas::config::{self, Allocation, AuthStrategy, Config};
-use praas::dataplane::conntrack::Conntrack;
-use praas::dataplane::sync::RouterSync;
+use praas::config::{self, Config};
 use praas::dataplane::Driver;
-use praas::monitor::notifications::Subscription;
-use praas::monitor::Monitor;
-use praas::openstack::tokens::KeystoneTokens;
-use praas::openstack::{clouds, NamespaceDirectory, NeutronDirectory, RouterDirectory, Session};
-use praas::store::{Policy, Store, Strategy};
+use praas::runtime::{self, Role};
 
 #[derive(Parser)]
 #[command(
@@ -303,52 +293,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { driver, cloud_dir } => demo::run(driver, cloud_dir.as_deref()),
-        Command::AllInOne { config_file } => runtime().and_then(|rt| {
-            rt.block_on(serve(
-                &config_file,
-                Roles {
-                    api: true,
-                    agent: true,
-                    monitor: Some(false),
-                },
-            ))
-        }),
-        Command::Server { config_file } => runtime().and_then(|rt| {
-            rt.block_on(serve(
-                &config_file,
-                Roles {
-                    api: true,
-                    agent: false,
-                    monitor: None,
-                },
-            ))
-        }),
-        Command::Agent { config_file } => runtime().and_then(|rt| {
-            rt.block_on(serve(
-                &config_file,
-                Roles {
-                    api: false,
-                    agent: true,
-                    monitor: None,
-                },
-            ))
-        }),
-        Command::Monitor { config_file } => runtime().and_then(|rt| {
-            rt.block_on(serve(
-                &config_file,
-                Roles {
-                    api: false,
-                    agent: false,
-                    monitor: Some(true),
-                },
-            ))
-        }),
+        Command::AllInOne { config_file } => serve(&config_file, Role::AllInOne),
+        Command::Server { config_file } => serve(&config_file, Role::Server),
+        Command::Agent { config_file } => serve(&config_file, Role::Agent),
+        Command::Monitor { config_file } => serve(&config_file, Role::Monitor),
         Command::Pat {
             connection,
             command,
-        } => runtime().and_then(|rt| rt.block_on(pat(connection, command))),
+        } => async_runtime().and_then(|rt| rt.block_on(pat(connection, command))),
         Command::DbSync { config_file } => {
-            runtime().and_then(|rt| rt.block_on(db_sync(&config_file)))
+            async_runtime().and_then(|rt| rt.block_on(db_sync(&config_file)))
         }
     };
     match result {
@@ -360,7 +314,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+fn async_runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -371,225 +325,21 @@ fn load(path: &Path) -> Result<Config> {
     config::load(path).with_context(|| format!("loading {}", path.display()))
 }
 
-async fn open_store(cfg: &Config) -> Result<Store> {
-    let store = Store::open(&cfg.database.connection)
-        .await
-        .context("opening the database")?;
-    store
-        .migrate()
-        .await
-        .context("migrating the database schema")?;
-    Ok(store)
-}
-
 async fn db_sync(path: &Path) -> Result<()> {
     let cfg = load(path)?;
-    open_store(&cfg).await?;
+    runtime::open_store(&cfg).await?;
     println!("database schema is up to date");
     Ok(())
 }
 
-/// How callers are authenticated and where router facts come from, for the API role.
-///
-/// With `auth_strategy = keystone` the service's `clouds.yaml` is required: tokens are
-/// validated with Keystone and routers and ports read from Neutron. With `noauth` Neutron is
-/// still used when a `clouds.yaml` is configured; without one, router facts come from this
-/// node's namespaces and ports are not checked.
-/// The service's Keystone session, when a `clouds.yaml` is configured.
-fn openstack_session(cfg: &Config) -> Result<Option<Arc<Session>>> {
-    let Some(path) = clouds::clouds_file(cfg.openstack.clouds_file.as_deref()) else {
-        return Ok(None);
-    };
-    let cloud = clouds::load(&path, &cfg.openstack.cloud)?;
-    tracing::info!(file = %path.display(), cloud = %cfg.openstack.cloud, auth_url = %cloud.auth_url,
-        "OpenStack credentials loaded");
-    Ok(Some(Arc::new(Session::new(
-        cloud,
-        Duration::from_secs(cfg.openstack.request_timeout),
-    )?)))
-}
-
-fn openstack_parts(
-    cfg: &Config,
-    session: Option<Arc<Session>>,
-) -> Result<(Authenticator, Option<Arc<dyn RouterDirectory>>)> {
-    let roles = RoleNames {
-        admin: cfg.praas.admin_role.clone(),
-        member: cfg.praas.member_role.clone(),
-        reader: cfg.praas.reader_role.clone(),
-    };
-    let directory: Arc<dyn RouterDirectory> = match &session {
-        Some(s) => Arc::new(NeutronDirectory::new(s.clone())),
-        None => {
-            tracing::warn!(
-                "no clouds.yaml ([openstack] clouds_file or OS_CLIENT_CONFIG_FILE): \
-                router facts come from this node's namespaces and ports are not checked"
-            );
-            Arc::new(NamespaceDirectory)
-        }
-    };
-    let auth = match cfg.praas.auth_strategy {
-        AuthStrategy::Keystone => {
-            let Some(session) = session else {
-                bail!(
-                    "auth_strategy = keystone needs the service's credentials: set [openstack] clouds_file \
-                     (or OS_CLIENT_CONFIG_FILE) to a clouds.yaml with cloud {:?}",
-                    cfg.openstack.cloud
-                );
-            };
-            Authenticator::Keystone {
-                auth_url: session.auth_url().to_string(),
-                tokens: Arc::new(KeystoneTokens::new(
-                    session,
-                    Duration::from_secs(cfg.openstack.token_cache_seconds),
-                    cfg.openstack.token_cache_size as usize,
-                )),
-                roles,
-            }
-        }
-        AuthStrategy::Noauth => {
-            tracing::warn!(
-                "auth_strategy = noauth: requests are NOT authenticated; callers name their project and roles \
-                 in X-Project-Id / X-Roles headers. Development only."
-            );
-            Authenticator::Noauth { roles }
-        }
-    };
-    Ok((auth, Some(directory)))
-}
-
-/// Which roles a process runs.
-struct Roles {
-    api: bool,
-    agent: bool,
-    /// `Some(true)`: required; `Some(false)`: when OpenStack credentials are configured.
-    monitor: Option<bool>,
-}
-
-/// Runs the API, the agent and/or the monitor until interrupted.
-async fn serve(path: &Path, roles: Roles) -> Result<()> {
+/// Runs `role` until SIGTERM or SIGINT.
+fn serve(path: &Path, role: Role) -> Result<()> {
     let cfg = load(path)?;
-    let session = if roles.api || roles.monitor.is_some() {
-        openstack_session(&cfg)?
-    } else {
-        None
-    };
-    let (auth, directory) = if roles.api {
-        openstack_parts(&cfg, session.clone())?
-    } else {
-        (Authenticator::noauth(), None)
-    };
-    let (api_role, agent_role) = (roles.api, roles.agent);
-    let store = Arc::new(open_store(&cfg).await?);
-    let mut tasks = tokio::task::JoinSet::new();
-    if agent_role && cfg.dataplane.enabled {
-        let backend = cfg
-            .dataplane
-            .driver
-            .backend()
-            .context("starting the dataplane")?;
-        let sync = Arc::new(RouterSync::new(Arc::from(backend), Arc::new(Conntrack)));
-        let agent = Agent::new(store.clone(), sync, cfg.dataplane.resync_period());
-        tracing::info!(driver = ?cfg.dataplane.driver, "agent started");
-        tasks.spawn(async move {
-            agent.run().await;
-            Ok(())
-        });
-    }
-    if api_role {
-        let state = Arc::new(AppState {
-            store: store.clone(),
-            directory: directory.expect("set for the API role"),
-            auth,
-            policy: Policy {
-                range: cfg.praas.router_port_range,
-                strategy: match cfg.praas.port_allocation {
-                    Allocation::Random => Strategy::Random,
-                    Allocation::Sequential => Strategy::Sequential,
-                },
-            },
-        });
-        let addr = cfg.praas.listen_addr();
-        let listener = tokio::net::TcpListener::bind(addr)
+    async_runtime()?.block_on(async {
+        let running = runtime::start(&cfg, role)
             .await
-            .with_context(|| format!("listening on {addr}"))?;
-        tracing::info!(%addr, "API listening");
-        tasks.spawn(async move {
-            axum::serve(listener, api::router(state))
-                .await
-                .context("serving the API")
-        });
-    }
-    // Set at shutdown: the monitor then gives its lease up.
-    let (stopping, _) = tokio::sync::watch::channel(false);
-    let mut monitor_task = None;
-    match (roles.monitor, &session) {
-        (Some(_), Some(session)) => {
-            let monitor = Monitor::new(
-                store.clone(),
-                Arc::new(NeutronDirectory::new(session.clone())),
-                cfg.praas.on_port_deleted,
-            );
-            let interval = cfg.praas.monitoring_interval();
-            let wake = Arc::new(tokio::sync::Notify::new());
-            match &cfg.notifications.transport_url {
-                Some(url) => {
-                    tasks.spawn(praas::monitor::notifications::listen(
-                        Subscription::new(url.clone(), cfg.notifications.exchange.clone()),
-                        wake.clone(),
-                        Arc::default(),
-                    )
-                    .map(Ok));
-                }
-                None => tracing::info!("no [notifications] transport_url: the monitor polls only"),
-            }
-            tracing::info!(?interval, "monitor started");
-            let mut stopping = stopping.subscribe();
-            monitor_task = Some(tokio::spawn(monitor.run_until(interval, wake, async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            })));
-        }
-        (Some(true), None) => bail!(
-            "the monitor reads Neutron: set [openstack] clouds_file (or OS_CLIENT_CONFIG_FILE) to a clouds.yaml \
-             with cloud {:?}",
-            cfg.openstack.cloud
-        ),
-        (Some(false), None) => tracing::warn!(
-            "no clouds.yaml: the monitor does not run, so mappings of deleted or changed VMs are not updated"
-        ),
-        (None, _) => {}
-    }
-    if tasks.is_empty() && monitor_task.is_none() {
-        bail!("nothing to run: the agent needs [dataplane] enabled = true");
-    }
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("handling SIGTERM")?;
-    let monitor_done = async {
-        match monitor_task.as_mut() {
-            Some(task) => task.await,
-            None => std::future::pending().await,
-        }
-    };
-    let outcome = tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
-            tracing::info!("interrupted; stopping");
-            Ok(())
-        }
-        _ = terminate.recv() => {
-            tracing::info!("terminated; stopping");
-            Ok(())
-        }
-        Some(done) = tasks.join_next() => done.context("a task panicked")?,
-        done = monitor_done => done.context("the monitor panicked").map(drop),
-    };
-    if let Some(task) = monitor_task.filter(|t| !t.is_finished()) {
-        stopping.send_replace(true);
-        if tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the monitor did not stop within 5 s; its lease runs out by itself");
-        }
-    }
-    outcome
+            .with_context(|| format!("starting praas {}", role.name()))?;
+        running.run_until_signalled().await?;
+        Ok(())
+    })
 }

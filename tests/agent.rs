@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use common::kernel_tests_enabled;
 use praas::agent::Agent;
-use praas::dataplane::fake::{Call, FakeBackend};
 use praas::dataplane::sync::{FlowCleaner, RouterSync};
 use praas::dataplane::{DataplaneError, ExternalKey, RouterNamespace, RuleSet, Target};
-use praas::simnode;
+use praas::placement::LocalNamespaces;
 use praas::store::{
     ExternalPorts, Hold, ListFilter, MappingUpdate, NewMapping, Policy, Status, Store, Strategy,
 };
+use praas::testbed::fake_dataplane::{Call, FakeBackend};
+use praas::testbed::simnode;
 
 struct NoFlows;
 
@@ -92,7 +93,12 @@ async fn committed_changes_reach_the_namespace_as_differences() {
     store.migrate().await.unwrap();
     let fake = Arc::new(FakeBackend::new());
     let sync = Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows)));
-    let mut agent = Agent::new(store.clone(), sync, Duration::from_secs(3600));
+    let mut agent = Agent::new(
+        store.clone(),
+        sync,
+        Arc::new(LocalNamespaces::default()),
+        Duration::from_secs(3600),
+    );
     let policy = Policy {
         range: "4000:4100".parse().unwrap(),
         strategy: Strategy::Sequential,
@@ -234,7 +240,12 @@ async fn concurrent_local_changes_never_force_a_whole_sync(store: Store) {
     let store = Arc::new(store);
     let fake = Arc::new(FakeBackend::new());
     let sync = Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows)));
-    let agent = Agent::new(store.clone(), sync, Duration::from_secs(3600));
+    let agent = Agent::new(
+        store.clone(),
+        sync,
+        Arc::new(LocalNamespaces::default()),
+        Duration::from_secs(3600),
+    );
     let counters = agent.counters();
     let agent = tokio::spawn(agent.run());
     let policy = Policy {

@@ -8,10 +8,13 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use praas::api::{self, AppState};
+use praas::api::health::Readiness;
+use praas::api::{self};
 use praas::dataplane::{PortRange, Protocol};
-use praas::openstack::{FixedIp, PortInfo, RouterInfo, StaticDirectory};
+use praas::openstack::{FixedIp, PortInfo, RouterInfo};
+use praas::runtime;
 use praas::store::{Policy, Store, Strategy};
+use praas::testbed::StaticDirectory;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -88,16 +91,17 @@ async fn app_with(range: (u16, u16), ports: bool) -> Router {
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let state = AppState {
-        store: Arc::new(store),
-        directory: Arc::new(directory(ports)),
-        auth: api::Authenticator::noauth(),
-        policy: Policy {
+    let store = Arc::new(store);
+    runtime::api(
+        store.clone(),
+        Arc::new(directory(ports)),
+        api::Authenticator::noauth(),
+        Policy {
             range: PortRange::new(range.0, range.1).unwrap(),
             strategy: Strategy::Sequential,
         },
-    };
-    api::router(Arc::new(state))
+        Readiness::store(store),
+    )
 }
 
 async fn app() -> Router {
@@ -925,6 +929,105 @@ async fn the_original_protocol_refuses_what_v1_refuses() {
     );
 }
 
+/// Every change through either protocol is one audit event saying who, which mapping of which
+/// project, and old → new; refused requests and reads are none.
+#[tokio::test]
+async fn every_change_through_either_protocol_is_audited_once() {
+    let app = app().await;
+    let (log, _guard) = praas::testbed::audit::capture();
+    let create = format!("/pat/create?server_ip=10.0.0.5&create_server_port=22&router_id=qrouter-{R1}&gateway=203.0.113.10");
+    let (_, body) = call(&app, MEMBER_P1, Method::POST, &create, None).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    let (_, body) = call(
+        &app,
+        READER_P1,
+        Method::POST,
+        &create.replace("22", "23"),
+        None,
+    )
+    .await;
+    assert_eq!(body["status"], "ERROR", "{body}");
+    let modify = format!("/pat/modify?server_ip=10.0.0.5&modify_server_port=22&modify_router_port=4060&router_id=qrouter-{R1}&gateway=203.0.113.10");
+    let (_, body) = call(&app, MEMBER_P1, Method::POST, &modify, None).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    let remove = format!("/pat/remove?server_ip=10.0.0.5&remove_server_port=22&router_id=qrouter-{R1}&gateway=203.0.113.10");
+    let (_, body) = call(&app, MEMBER_P1, Method::POST, &remove, None).await;
+    assert_eq!(body["status"], "REMOVED", "{body}");
+    let (status, body) = call(
+        &app,
+        MEMBER_P1,
+        Method::POST,
+        "/v1/mappings",
+        Some(mapping(
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 80}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["mapping"]["id"].as_str().unwrap().to_string();
+    let (status, _) = call(
+        &app,
+        MEMBER_P1,
+        Method::PUT,
+        &format!("/v1/mappings/{id}"),
+        Some(mapping(
+            json!({"description": "web", "allowed_cidrs": ["198.51.100.0/24"]}),
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    call(&app, MEMBER_P1, Method::GET, "/v1/mappings", None).await;
+    let (status, _) = call(
+        &app,
+        MEMBER_P1,
+        Method::DELETE,
+        &format!("/v1/mappings/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let lines = log.lines();
+    let actions: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            l.split("action=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "\"create\"",
+            "\"update\"",
+            "\"delete\"",
+            "\"create\"",
+            "\"update\"",
+            "\"delete\""
+        ],
+        "{lines:#?}"
+    );
+    for line in &lines {
+        assert!(line.contains("actor=a caller of project p1"), "{line}");
+        assert!(line.contains("project=p1"), "{line}");
+    }
+    assert!(
+        lines[1].contains("external_port_range: 4000 → 4060"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[4].contains("description:  → web; allowed_cidrs: everyone → 198.51.100.0/24"),
+        "{}",
+        lines[4]
+    );
+    assert!(lines[5].contains(&format!("mapping={id}")), "{}", lines[5]);
+}
+
 /// Request decoding under arbitrary input: structured JSON over the real field names with
 /// values of every type, and raw bytes. Never a 5xx, always a JSON answer.
 mod fuzz {
@@ -1110,12 +1213,13 @@ async fn a_mapping_whose_router_or_port_went_away_cannot_be_changed() {
         .create(stored(R_NO_IF, "10.0.0.5", "port-a"), &policy)
         .await
         .unwrap();
-    let app = api::router(Arc::new(AppState {
-        store,
-        directory: Arc::new(directory(true)),
-        auth: api::Authenticator::noauth(),
+    let app = runtime::api(
+        store.clone(),
+        Arc::new(directory(true)),
+        api::Authenticator::noauth(),
         policy,
-    }));
+        Readiness::store(store),
+    );
     for (m, code) in [
         (&no_gateway, "router_has_no_gateway"),
         (&gone, "router_gone"),

@@ -1,42 +1,31 @@
-//! From `POST /v1/mappings` to packets: the API, the store, the agent and the nftables
-//! dataplane together, on a simulated network node whose router facts the API reads from the
-//! namespace itself. Needs root.
+//! From `POST /v1/mappings` to packets: `praas all-in-one` as the binary wires it (the API
+//! over HTTP, the store, the agent and the nftables dataplane), on a simulated network node
+//! whose router facts the API reads from the namespace itself. Needs root.
 
 mod common;
 
-use std::net::SocketAddrV4;
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
-use axum::Router;
 use common::kernel_tests_enabled;
-use http_body_util::BodyExt;
-use praas::agent::Agent;
-use praas::api::{self, AppState};
-use praas::dataplane::conntrack::Conntrack;
-use praas::dataplane::sync::RouterSync;
-use praas::dataplane::Driver;
-use praas::openstack::NamespaceDirectory;
-use praas::simnode::{SimNode, SimNodeOptions, GATEWAY_IP, UPSTREAM_IP};
-use praas::store::{Policy, Store, Strategy};
+use praas::config::{Allocation, AuthStrategy, Config};
+use praas::runtime::{self, Role};
+use praas::testbed::simnode::{SimNode, SimNodeOptions, GATEWAY_IP, UPSTREAM_IP};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
-async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
+/// A noauth request to PRaaS over HTTP, as project p1's member.
+async fn call(base: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
         .header("x-project-id", "p1")
         .header("x-roles", "member");
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
+    if let Some(b) = body {
+        req = req.json(&b);
     }
-    let body = body.map(|b| Body::from(b.to_string())).unwrap_or_default();
-    let resp = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    let resp = req.send().await.unwrap();
     let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let bytes = resp.bytes().await.unwrap();
     (
         status,
         if bytes.is_empty() {
@@ -47,10 +36,10 @@ async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> (
     )
 }
 
-async fn wait_for_status(app: &Router, id: &str, want: &str) -> Value {
+async fn wait_for_status(base: &str, id: &str, want: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, body) = call(app, Method::GET, &format!("/v1/mappings/{id}"), None).await;
+        let (_, body) = call(base, Method::GET, &format!("/v1/mappings/{id}"), None).await;
         if body["mapping"]["status"] == want {
             return body;
         }
@@ -73,30 +62,33 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
         .unwrap();
     let _ssh = node.serve_tcp(0, 22).unwrap();
 
+    // `praas all-in-one` as the binary starts it, from a configuration: SQLite, the nftables
+    // agent, the API on loopback, router facts from this node's namespaces (no clouds.yaml).
     let dir = std::env::temp_dir().join(format!("praas-e2e-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Arc::new(
-        Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
-            .await
-            .unwrap(),
-    );
-    store.migrate().await.unwrap();
-    let sync = Arc::new(RouterSync::new(
-        Arc::from(Driver::Nftables.backend().unwrap()),
-        Arc::new(Conntrack),
-    ));
-    let agent = tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(300)).run());
-    let app = api::router(Arc::new(AppState {
-        store,
-        directory: Arc::new(NamespaceDirectory),
-        auth: api::Authenticator::noauth(),
-        policy: Policy {
-            range: praas::dataplane::PortRange::new(4000, 4100).unwrap(),
-            strategy: Strategy::Sequential,
-        },
-    }));
+    let mut cfg = Config::default();
+    cfg.database.connection = format!("sqlite:///{}/praas.db", dir.display());
+    cfg.praas.bind_address = Ipv4Addr::LOCALHOST.into();
+    cfg.praas.port_app = 0;
+    cfg.praas.auth_strategy = AuthStrategy::Noauth;
+    cfg.praas.port_allocation = Allocation::Sequential;
+    cfg.openstack.clouds_file = None;
+    let running = runtime::start(&cfg, Role::AllInOne).await.unwrap();
+    let base = format!("http://{}", running.api_addr().unwrap());
+    let app = base.as_str();
+    // Ready once the agent's first pass has programmed the node, as a deployment waits for.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = call(app, Method::GET, "/readyz", None).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(body["error"]["code"], "agent_starting", "{body}");
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
-    let (status, body) = call(&app, Method::POST, "/v1/mappings", Some(json!({"mapping": {
+    let (status, body) = call(app, Method::POST, "/v1/mappings", Some(json!({"mapping": {
         "router_id": node.router_id, "internal_ip_address": node.vms[0].ip.to_string(), "internal_port": 22}}))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(
@@ -106,7 +98,7 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
     );
     let id = body["mapping"]["id"].as_str().unwrap().to_string();
     let port = body["mapping"]["external_port"].as_u64().unwrap() as u16;
-    wait_for_status(&app, &id, "ACTIVE").await;
+    wait_for_status(app, &id, "ACTIVE").await;
 
     let client = node.client_ns.clone();
     let dst = SocketAddrV4::new(GATEWAY_IP, port);
@@ -120,7 +112,7 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
     .unwrap();
     assert_eq!(answer, format!("from={UPSTREAM_IP} hello"));
 
-    let (status, _) = call(&app, Method::DELETE, &format!("/v1/mappings/{id}"), None).await;
+    let (status, _) = call(app, Method::DELETE, &format!("/v1/mappings/{id}"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     // The agent removes the forward and its flows: the open connection is cut, new ones fail.
     let client = node.client_ns.clone();
@@ -145,7 +137,8 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
     })
     .await
     .unwrap();
-    agent.abort();
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
     tokio::task::spawn_blocking(move || drop(node))
         .await
         .unwrap();

@@ -14,7 +14,7 @@ use common::{forward, kernel_tests_enabled};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::{RouterSync, SyncMode};
 use praas::dataplane::{DataplaneError, Driver, Forward, NamespaceKind, Protocol, RuleSet};
-use praas::simnode::{
+use praas::testbed::simnode::{
     self, SimNode, SimNodeOptions, CLIENT_SOURCES, GATEWAY_IP, INTERNAL_GATEWAY, UPSTREAM_IP,
 };
 

@@ -40,7 +40,7 @@ async fn publish(exchange: &str, event: &str) {
 
 /// The broker's process id of the connection named `name` (rabbitmqctl).
 fn connection_pid(name: &str) -> Option<String> {
-    let out = praas::simnode::run(
+    let out = praas::testbed::simnode::run(
         &[
             "rabbitmqctl",
             "-q",
@@ -68,7 +68,7 @@ async fn the_listener_wakes_on_neutron_events_and_reconnects_when_the_broker_dro
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("{test}: CI runs as root");
         }
-        praas::simnode::skipped(test, "rabbitmqctl needs root");
+        praas::testbed::simnode::skipped(test, "rabbitmqctl needs root");
         return;
     }
     let tag = uuid::Uuid::new_v4().simple().to_string();
@@ -101,7 +101,7 @@ async fn the_listener_wakes_on_neutron_events_and_reconnects_when_the_broker_dro
     // The broker drops the connection: the listener connects again, and wakes the monitor
     // once to catch up on what it may have missed meanwhile.
     let pid = connection_pid(&name).expect("the listener's connection, by its name");
-    praas::simnode::run(
+    praas::testbed::simnode::run(
         &[
             "rabbitmqctl",
             "-q",

@@ -16,18 +16,15 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use praas::agent::Agent;
-use praas::api::{self, AppState, Authenticator, RoleNames};
-use praas::dataplane::conntrack::Conntrack;
+use praas::api::health::Readiness;
+use praas::config::{Allocation, Config};
 use praas::dataplane::netlink::sockets;
-use praas::dataplane::sync::RouterSync;
-use praas::dataplane::Driver;
 use praas::monitor::notifications::Subscription;
 use praas::monitor::{Monitor, PortGone};
-use praas::openstack::tokens::KeystoneTokens;
 use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
-use praas::simnode::{SimLayout, SimNode, SimNodeOptions};
-use praas::store::{Policy, Store, Strategy};
+use praas::runtime;
+use praas::store::{Policy, Store};
+use praas::testbed::simnode::{SimLayout, SimNode, SimNodeOptions};
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
@@ -63,7 +60,7 @@ impl Cloud {
                     dir.display()
                 );
             }
-            praas::simnode::skipped(
+            praas::testbed::simnode::skipped(
                 test,
                 &format!("no dev cloud at {} (scripts/dev-cloud up)", dir.display()),
             );
@@ -94,24 +91,37 @@ impl Cloud {
         self.app_and_store().await.0
     }
 
+    /// The service's configuration on this cloud: its clouds.yaml, a fresh SQLite store, and
+    /// sequential allocation (the lowest free ports, so that tests can pick free ones at the
+    /// top).
+    fn config(&self) -> Config {
+        let mut cfg = Config::default();
+        cfg.database.connection = common::sqlite_url();
+        cfg.openstack.clouds_file = Some(self.dir.join("clouds.yaml"));
+        cfg.praas.port_allocation = Allocation::Sequential;
+        cfg.praas.bind_address = std::net::Ipv4Addr::LOCALHOST.into();
+        cfg.praas.port_app = 0;
+        cfg
+    }
+
     async fn app_and_store(&self) -> (Router, Arc<Store>) {
-        let session = self.session("openstack");
-        let store = Arc::new(common::sqlite_store().await);
-        let app = api::router(Arc::new(AppState {
-            store: store.clone(),
-            directory: Arc::new(NeutronDirectory::new(session.clone())),
-            auth: Authenticator::Keystone {
-                auth_url: session.auth_url().to_string(),
-                tokens: Arc::new(KeystoneTokens::new(session, Duration::from_secs(300), 1000)),
-                roles: RoleNames::default(),
-            },
-            // Sequential: the lowest free ports, so that tests can pick free ones at the top.
-            policy: Policy {
-                strategy: Strategy::Sequential,
-                ..Policy::default()
-            },
-        }));
+        let cfg = self.config();
+        let session = runtime::session(&cfg).unwrap();
+        let store = runtime::open_store(&cfg).await.unwrap();
+        let (directory, _) = runtime::directory(&cfg, session.as_ref());
+        let app = runtime::api(
+            store.clone(),
+            directory,
+            runtime::authenticator(&cfg, session.as_ref()).unwrap(),
+            runtime::policy(&cfg),
+            Readiness::store(store.clone()),
+        );
         (app, store)
+    }
+
+    /// The agent of `praas all-in-one` on `store` (nftables).
+    fn agent(&self, store: Arc<Store>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(runtime::agent(&self.config(), store).unwrap().run())
     }
 }
 
@@ -721,11 +731,7 @@ async fn a_member_maps_its_vm_and_keystone_down_is_503_while_traffic_flows() {
         .unwrap()
         .unwrap();
         let (app, store) = cloud.app_and_store().await;
-        let sync = Arc::new(RouterSync::new(
-            Arc::from(Driver::Nftables.backend().unwrap()),
-            Arc::new(Conntrack),
-        ));
-        let agent = tokio::spawn(Agent::new(store, sync, Duration::from_secs(3600)).run());
+        let agent = cloud.agent(store);
         (app, Some(node), Some(agent))
     } else {
         (cloud.app().await, None, None)
@@ -796,7 +802,7 @@ async fn a_member_maps_its_vm_and_keystone_down_is_503_while_traffic_flows() {
         .unwrap()
         .trim()
         .to_string();
-    praas::simnode::run(&["kill", &pid], None).unwrap();
+    praas::testbed::simnode::run(&["kill", &pid], None).unwrap();
     // Gone when the process is, not merely its listener (which closes first).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -1003,7 +1009,7 @@ async fn the_monitor_follows_neutron_and_changes_nothing_when_it_is_down() {
         .unwrap()
         .trim()
         .to_string();
-    praas::simnode::run(&["kill", &pid], None).unwrap();
+    praas::testbed::simnode::run(&["kill", &pid], None).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
         assert!(std::time::Instant::now() < deadline, "Neutron did not stop");
@@ -1437,11 +1443,7 @@ async fn what_neutron_changes_reaches_the_packets() {
     let router = OwnRouter::create(&cloud, 2).await;
     let mut node = router.node(&cloud).await;
     let (app, store) = cloud.app_and_store().await;
-    let sync = Arc::new(RouterSync::new(
-        Arc::from(Driver::Nftables.backend().unwrap()),
-        Arc::new(Conntrack),
-    ));
-    let agent = tokio::spawn(Agent::new(store.clone(), sync, Duration::from_secs(3600)).run());
+    let agent = cloud.agent(store.clone());
     let view = Arc::new(NeutronDirectory::new(cloud.session("openstack")));
     let interval = Duration::from_secs(2);
     let polling = Monitor::new(store.clone(), view.clone(), PortGone::Delete);
@@ -1597,7 +1599,7 @@ async fn what_neutron_changes_reaches_the_packets() {
         .unwrap()
         .trim()
         .to_string();
-    praas::simnode::run(&["kill", &pid], None).unwrap();
+    praas::testbed::simnode::run(&["kill", &pid], None).unwrap();
     let stopped = std::time::Instant::now();
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
         assert!(
@@ -1921,7 +1923,7 @@ async fn praas_monitor_runs_as_a_process_and_gives_its_lease_up_on_sigterm() {
     }
     // Stopped as systemd stops it: it exits cleanly and the lease is free at once.
     let pid = child.id().unwrap().to_string();
-    praas::simnode::run(&["kill", "-TERM", &pid], None).unwrap();
+    praas::testbed::simnode::run(&["kill", "-TERM", &pid], None).unwrap();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("no exit 10 s after SIGTERM")

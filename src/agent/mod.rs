@@ -18,8 +18,18 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::dataplane::sync::{RouterSync, SyncOutcome};
-use crate::dataplane::{netns, Changes, DataplaneError, Forward, RouterNamespace, RuleSet};
+use crate::dataplane::{Changes, DataplaneError, Forward, RouterNamespace, RuleSet};
+use crate::placement::{Placement, PlacementError};
 use crate::store::{ChangeFeed, ListFilter, Mapping, Status, Store, StoreError};
+
+/// Why a pass could not be made; the next turn reconciles everything again.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("reading the mappings")]
+    Store(#[from] StoreError),
+    #[error("finding the routers this node serves")]
+    Placement(#[from] PlacementError),
+}
 
 /// How often the store's generation is read to notice changes made by another process.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -37,6 +47,7 @@ pub struct PassReport {
 pub struct Agent {
     store: Arc<Store>,
     sync: Arc<RouterSync>,
+    placement: Arc<dyn Placement>,
     feed: Arc<ChangeFeed>,
     resync_every: Duration,
     /// Every namespace's mappings and rule set, as of the last pass: a change committed by this
@@ -140,11 +151,17 @@ fn plan(seen: Option<i64>, current: Option<i64>, drained: &[(i64, String)]) -> W
 }
 
 impl Agent {
-    pub fn new(store: Arc<Store>, sync: Arc<RouterSync>, resync_every: Duration) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        sync: Arc<RouterSync>,
+        placement: Arc<dyn Placement>,
+        resync_every: Duration,
+    ) -> Self {
         let feed = store.feed();
         Agent {
             store,
             sync,
+            placement,
             feed,
             resync_every,
             known: BTreeMap::new(),
@@ -221,7 +238,7 @@ impl Agent {
     }
 
     /// Reconciles every namespace on this node with the store.
-    pub async fn pass(&mut self) -> Result<PassReport, StoreError> {
+    pub async fn pass(&mut self) -> Result<PassReport, AgentError> {
         let mappings = self.store.list(&ListFilter::default()).await?;
         // Namespaces known before keep an (emptied) entry, so that their forwards are removed.
         let mut known: BTreeMap<RouterNamespace, NamespaceState> = self
@@ -230,7 +247,8 @@ impl Agent {
             .map(|ns| (ns.clone(), NamespaceState::default()))
             .collect();
         for m in mappings {
-            known.entry(m.namespace()).or_default().upsert(m);
+            let ns = self.placement.namespace(&m.router_id, m.distributed);
+            known.entry(ns).or_default().upsert(m);
         }
         self.known = known;
         let all: BTreeSet<RouterNamespace> = self.known.keys().cloned().collect();
@@ -243,7 +261,7 @@ impl Agent {
     pub async fn pass_mappings(
         &mut self,
         ids: &BTreeSet<String>,
-    ) -> Result<PassReport, StoreError> {
+    ) -> Result<PassReport, AgentError> {
         // The forwards of the changed mappings before and after, per namespace. Mappings own
         // disjoint keys, so the difference of these is the namespace's difference.
         let mut before: BTreeMap<RouterNamespace, Vec<Forward>> = BTreeMap::new();
@@ -261,7 +279,10 @@ impl Agent {
             }
         }
         for m in current {
-            let (id, ns) = (m.id.clone(), m.namespace());
+            let (id, ns) = (
+                m.id.clone(),
+                self.placement.namespace(&m.router_id, m.distributed),
+            );
             let state = self.known.entry(ns.clone()).or_default();
             state.upsert(m);
             let fwd = state.programmed(&id);
@@ -290,15 +311,16 @@ impl Agent {
         &mut self,
         namespaces: &BTreeSet<RouterNamespace>,
         changed: Option<(&BTreeSet<String>, &BTreeMap<RouterNamespace, Changes>)>,
-    ) -> Result<PassReport, StoreError> {
+    ) -> Result<PassReport, AgentError> {
         let mut report = PassReport::default();
+        let served = self.placement.served()?;
         let changed_ids = changed.map(|(ids, _)| ids);
         let sync = self.sync.clone();
         for namespace in namespaces {
             let Some(state) = self.known.get_mut(namespace) else {
                 continue;
             };
-            if !netns::exists(namespace.name()) {
+            if !served.contains(namespace) {
                 report.absent_namespaces += 1;
                 state.in_sync = false;
                 if state.mappings.is_empty() {
@@ -353,7 +375,7 @@ impl Agent {
                 }
                 Ok(Err(e)) => {
                     state.in_sync = false;
-                    warn!(%namespace, error = %e, "programming failed");
+                    warn!(%namespace, error = %crate::util::Chain(&e), "programming failed");
                     report.failed_namespaces += 1;
                     report.errors += valid.len();
                     let reason = e.to_string();

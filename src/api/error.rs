@@ -9,6 +9,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::openstack::DirectoryError;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// An error answer.
@@ -101,10 +102,32 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            ServiceError::Forbidden { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            ServiceError::NotFound { .. } => Self::not_found(message),
+            ServiceError::Invalid { .. } => Self::bad_request(message),
+            ServiceError::NoGateway { .. } => Self::conflict("router_has_no_gateway", message),
+            ServiceError::RouterGone { .. } => Self::conflict("router_gone", message),
+            ServiceError::PortGone { .. } => Self::conflict("port_gone", message),
+            ServiceError::AddressChanged { .. } => Self::conflict("address_changed", message),
+            ServiceError::AddressUnreachable { .. } => {
+                Self::conflict("address_unreachable", message)
+            }
+            ServiceError::Store(e) => e.into(),
+            ServiceError::Directory(e) => e.into(),
+        }
+    }
+}
+
 impl From<DirectoryError> for ApiError {
     /// The details (Neutron's URLs, its answer) go to the log, not to the caller.
     fn from(e: DirectoryError) -> Self {
-        tracing::error!(error = %e, "router directory failure");
+        tracing::error!(error = %crate::util::Chain(&e), "router directory failure");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "router_directory_unavailable",
@@ -149,8 +172,13 @@ mod tests {
 
     #[test]
     fn a_directory_failure_does_not_show_its_details_to_the_caller() {
-        let e = ApiError::from(DirectoryError(
-            "Neutron at http://10.0.0.1:9696/v2.0/ports answered 500: Traceback ...".into(),
+        let e = ApiError::from(DirectoryError::Neutron(
+            crate::openstack::OpenStackError::Status {
+                service: "Neutron",
+                url: "http://10.0.0.1:9696/v2.0/ports".into(),
+                status: 500,
+                body: "Traceback ...".into(),
+            },
         ));
         assert_eq!(
             (e.status, e.code),

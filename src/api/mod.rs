@@ -3,17 +3,17 @@
 
 pub mod auth;
 pub mod error;
+pub mod health;
 pub mod legacy;
 pub mod openapi;
 pub mod v1;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
-use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
@@ -22,8 +22,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{Authenticator, Caller, RoleNames};
 pub use error::ApiError;
 
-use crate::openstack::RouterDirectory;
-use crate::store::{Policy, Store};
+use crate::service::MappingService;
 
 /// Largest request body accepted (a mapping is well under 1 KiB).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,12 +30,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The header carrying each request's id, as OpenStack services name it.
 pub static REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-openstack-request-id");
 
-/// What the handlers share.
+/// What the handlers share: the mapping service they translate to, and how callers are
+/// recognised.
 pub struct AppState {
-    pub store: Arc<Store>,
-    pub directory: Arc<dyn RouterDirectory>,
-    pub policy: Policy,
+    pub service: Arc<MappingService>,
     pub auth: Authenticator,
+    pub readiness: Arc<health::Readiness>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -55,14 +54,15 @@ impl MakeRequestId for OpenStackRequestId {
 
 /// The whole HTTP service.
 pub fn router(state: SharedState) -> Router {
+    let health = health::routes(state.readiness.clone());
     Router::new()
         .merge(v1::routes())
         .merge(legacy::routes())
         .route("/v1/openapi.json", get(openapi::serve))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .merge(health)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER.clone()))
@@ -70,23 +70,6 @@ pub fn router(state: SharedState) -> Router {
             REQUEST_ID_HEADER.clone(),
             OpenStackRequestId,
         ))
-        .with_state(state)
-}
-
-async fn healthz() -> impl IntoResponse {
-    Json(serde_json::json!({"status": "ok"}))
-}
-
-async fn readyz(State(state): State<SharedState>) -> Result<impl IntoResponse, ApiError> {
-    state.store.ping().await.map_err(|e| {
-        tracing::warn!(error = ?e, "not ready: store");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            "the mapping store does not answer",
-        )
-    })?;
-    Ok(Json(serde_json::json!({"status": "ready"})))
 }
 
 async fn not_found() -> ApiError {

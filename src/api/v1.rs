@@ -18,12 +18,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::{Caller, SharedState};
-use crate::dataplane::{PortRange, Protocol};
-use crate::openstack::{FixedIp, RouterInfo};
-use crate::store::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
+use crate::model::{PortRange, Protocol};
+use crate::service::{CreateRequest, UpdateRequest};
+use crate::store::{ListFilter, Mapping, Status};
 
-/// Longest description accepted.
-pub const MAX_DESCRIPTION: usize = 255;
 /// Largest page of a listing.
 pub const MAX_LIMIT: u32 = 10_000;
 
@@ -174,8 +172,8 @@ pub struct ListQuery {
     pub marker: Option<String>,
 }
 
-fn port(value: u16, what: &str) -> Result<PortRange, ApiError> {
-    PortRange::single(value).map_err(|e| ApiError::bad_request(format!("{what}: {e}")))
+fn port(value: u16, field: &str) -> Result<PortRange, ApiError> {
+    PortRange::single(value).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
 }
 
 /// One of `single` / `range` (not both), parsed.
@@ -220,201 +218,52 @@ fn cidrs(values: &[String]) -> Result<Vec<Ipv4Net>, ApiError> {
         .collect()
 }
 
-fn description(value: Option<String>) -> Result<Option<String>, ApiError> {
-    match value {
-        Some(d) if d.chars().count() > MAX_DESCRIPTION => Err(ApiError::bad_request(format!(
-            "description is longer than {MAX_DESCRIPTION} characters"
-        ))),
-        other => Ok(other),
+impl CreateMapping {
+    /// The request in the service's terms; text that does not parse is refused naming its field.
+    pub fn parse(self) -> Result<CreateRequest, ApiError> {
+        let internal_ports = ports(
+            self.internal_port,
+            self.internal_port_range.as_deref(),
+            "internal",
+        )?
+        .ok_or_else(|| ApiError::bad_request("internal_port or internal_port_range is required"))?;
+        Ok(CreateRequest {
+            external_ports: ports(
+                self.external_port,
+                self.external_port_range.as_deref(),
+                "external",
+            )?,
+            protocol: protocol(self.protocol.as_deref())?,
+            allowed_cidrs: cidrs(self.allowed_cidrs.as_deref().unwrap_or_default())?,
+            router_id: self.router_id,
+            internal_port_id: self.internal_port_id,
+            internal_ip_address: self.internal_ip_address,
+            internal_ports,
+            description: self.description.unwrap_or_default(),
+            masquerade: self.masquerade.unwrap_or(false),
+            expected_gateway: None,
+        })
     }
 }
 
-/// Checks that the external and internal ranges fit together (N:N, or N external to 1).
-fn check_ranges(external: PortRange, internal: PortRange) -> Result<(), ApiError> {
-    if internal.len() != 1 && internal.len() != external.len() {
-        return Err(ApiError::bad_request(format!(
-            "internal ports {internal} must be one port or as many as the external ports {external}"
-        )));
-    }
-    Ok(())
-}
-
-/// Non-admins may only choose external ports inside the configured range.
-pub fn check_in_range(
-    state: &SharedState,
-    caller: &Caller,
-    external: PortRange,
-) -> Result<(), ApiError> {
-    let range = state.policy.range;
-    let inside = range.contains(external.first()) && range.contains(external.last());
-    if !inside && !caller.is_admin() {
-        return Err(ApiError::bad_request(format!(
-            "external ports {external} are outside the allowed range {range}"
-        )));
-    }
-    Ok(())
-}
-
-/// Where a new mapping may point: an address, the subnet it is on and the port holding it, as
-/// far as the directory knows them.
-#[derive(Debug)]
-struct Internal {
-    fixed: FixedIp,
-    port_id: Option<String>,
-}
-
-/// The router of a new mapping, and the one internal address among `candidates` it reaches.
-async fn resolve_router(
-    state: &SharedState,
-    caller: &Caller,
-    id: Option<&str>,
-    mut candidates: Vec<Internal>,
-) -> Result<(RouterInfo, Internal), ApiError> {
-    let ip = candidates[0].fixed.ip;
-    let router = match id {
-        Some(id) => state
-            .directory
-            .router(id)
-            .await?
-            .filter(|r| r.project_id.as_deref().is_none_or(|p| caller.sees(p)))
-            .ok_or_else(|| ApiError::not_found(format!("router {id} not found")))?,
-        None => {
-            let mut found = state
-                .directory
-                .routers_serving(ip, caller.port_scope())
-                .await?;
-            found.retain(|r| r.project_id.as_deref().is_none_or(|p| caller.sees(p)));
-            match found.len() {
-                1 => found.remove(0),
-                0 => {
-                    return Err(ApiError::bad_request(format!(
-                        "no router with a gateway serves {ip}; give router_id"
-                    )))
-                }
-                n => {
-                    return Err(ApiError::bad_request(format!(
-                        "{n} routers serve {ip}; give router_id"
-                    )))
-                }
-            }
-        }
-    };
-    if router.gateway_ip.is_none() {
-        return Err(ApiError::conflict(
-            "router_has_no_gateway",
-            format!("router {} has no external gateway", router.id),
-        ));
-    }
-    candidates.retain(|c| router.reaches(&c.fixed));
-    match candidates.len() {
-        1 => Ok((router, candidates.remove(0))),
-        0 => Err(ApiError::bad_request(format!(
-            "{ip} is not on a subnet attached to router {}",
-            router.id
-        ))),
-        _ => Err(ApiError::bad_request(format!(
-            "several of your ports hold {ip} on subnets of router {}; give internal_port_id",
-            router.id
-        ))),
-    }
-}
-
-/// The internal addresses a new mapping may point at (the router then picks the one it
-/// reaches). Where ports are known (Neutron), the port must exist and be the caller's (another
-/// project's is "not found") and an instance's, the address must be one of its fixed IPs, and
-/// an address given alone must be a fixed IP of one of the caller's ports: a mapping never
-/// reaches an address its project does not own.
-async fn internal_candidates(
-    state: &SharedState,
-    caller: &Caller,
-    req: &CreateMapping,
-) -> Result<Vec<Internal>, ApiError> {
-    let directory = &state.directory;
-    let unknown_subnet = |ip| FixedIp {
-        ip,
-        subnet_id: None,
-    };
-    match (req.internal_ip_address, &req.internal_port_id) {
-        (ip, Some(port_id)) if directory.knows_ports() => {
-            let port = directory
-                .port(port_id)
-                .await?
-                .filter(|p| {
-                    p.project_id
-                        .as_deref()
-                        .is_none_or(|owner| caller.sees(owner))
-                })
-                .ok_or_else(|| ApiError::not_found(format!("port {port_id} not found")))?;
-            if let Some(why) = port.not_mappable() {
-                return Err(ApiError::bad_request(why));
-            }
-            let fixed = match (ip, port.fixed_ips.as_slice()) {
-                (Some(ip), _) => port.fixed_ip(ip).cloned().ok_or_else(|| {
-                    ApiError::bad_request(format!("{ip} is not a fixed address of port {port_id}"))
-                })?,
-                (None, [one]) => one.clone(),
-                (None, []) => {
-                    return Err(ApiError::bad_request(format!(
-                        "port {port_id} has no IPv4 address"
-                    )))
-                }
-                (None, _) => {
-                    return Err(ApiError::bad_request(format!(
-                        "port {port_id} has several IPv4 addresses; give internal_ip_address"
-                    )))
-                }
-            };
-            Ok(vec![Internal {
-                fixed,
-                port_id: Some(port.id),
-            }])
-        }
-        (Some(ip), Some(port_id)) => Ok(vec![Internal {
-            fixed: unknown_subnet(ip),
-            port_id: Some(port_id.clone()),
-        }]),
-        (None, Some(port_id)) => Err(ApiError::bad_request(format!(
-            "port {port_id} is unknown here; give internal_ip_address"
-        ))),
-        (Some(ip), None) if directory.knows_ports() => {
-            let owned: Vec<Internal> = directory
-                .ports_with_address(ip, caller.port_scope())
-                .await?
-                .into_iter()
-                .filter(|p| p.not_mappable().is_none())
-                .filter_map(|p| {
-                    Some(Internal {
-                        fixed: p.fixed_ip(ip)?.clone(),
-                        port_id: Some(p.id),
-                    })
-                })
-                .collect();
-            if owned.is_empty() {
-                return Err(ApiError::bad_request(format!(
-                    "{ip} is not a fixed address of an instance's port of your project"
-                )));
-            }
-            Ok(owned)
-        }
-        (Some(ip), None) => Ok(vec![Internal {
-            fixed: unknown_subnet(ip),
-            port_id: None,
-        }]),
-        (None, None) => Err(ApiError::bad_request(
-            "internal_ip_address or internal_port_id is required",
-        )),
-    }
-}
-
-pub fn forbidden_unless(allowed: bool, what: &str) -> Result<(), ApiError> {
-    if allowed {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("your role may not {what}"),
-        ))
+impl UpdateMapping {
+    /// The change in the service's terms.
+    pub fn parse(self) -> Result<UpdateRequest, ApiError> {
+        Ok(UpdateRequest {
+            external_ports: ports(
+                self.external_port,
+                self.external_port_range.as_deref(),
+                "external",
+            )?,
+            internal_ports: ports(
+                self.internal_port,
+                self.internal_port_range.as_deref(),
+                "internal",
+            )?,
+            description: self.description,
+            allowed_cidrs: self.allowed_cidrs.as_deref().map(cidrs).transpose()?,
+            masquerade: self.masquerade,
+        })
     }
 }
 
@@ -435,80 +284,15 @@ pub async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<MappingEnvelope<CreateMapping>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let mapping = create_mapping(&state, &caller, body.mapping, None).await?;
+    // The role is checked before the request's values, so a reader learns nothing from them.
+    state.service.may_create(&caller)?;
+    let mapping = state.service.create(&caller, body.mapping.parse()?).await?;
     Ok((
         StatusCode::CREATED,
         Json(MappingEnvelope {
             mapping: MappingView::from(mapping),
         }),
     ))
-}
-
-/// Checks and stores a new mapping (v1 and the original protocol alike). With
-/// `expected_gateway` (the original protocol sends it), a router with another gateway is refused.
-pub async fn create_mapping(
-    state: &SharedState,
-    caller: &Caller,
-    req: CreateMapping,
-    expected_gateway: Option<Ipv4Addr>,
-) -> Result<Mapping, ApiError> {
-    forbidden_unless(caller.can_write(), "create mappings")?;
-    let internal_ports = ports(
-        req.internal_port,
-        req.internal_port_range.as_deref(),
-        "internal",
-    )?
-    .ok_or_else(|| ApiError::bad_request("internal_port or internal_port_range is required"))?;
-    let external = ports(
-        req.external_port,
-        req.external_port_range.as_deref(),
-        "external",
-    )?;
-    let protocol = protocol(req.protocol.as_deref())?;
-    let allowed_cidrs = cidrs(req.allowed_cidrs.as_deref().unwrap_or_default())?;
-    let candidates = internal_candidates(state, caller, &req).await?;
-    let description = description(req.description)?.unwrap_or_default();
-    let (router, internal) =
-        resolve_router(state, caller, req.router_id.as_deref(), candidates).await?;
-    if let (Some(expected), Some(gw)) = (expected_gateway, router.gateway_ip) {
-        if expected != gw {
-            return Err(ApiError::bad_request(format!(
-                "gateway {expected} is not the router's gateway ({gw})"
-            )));
-        }
-    }
-    let external_ports = match external {
-        Some(ext) => {
-            check_ranges(ext, internal_ports)?;
-            check_in_range(state, caller, ext)?;
-            ExternalPorts::Explicit(ext)
-        }
-        None => ExternalPorts::Allocate {
-            len: internal_ports.len(),
-        },
-    };
-    let new = NewMapping {
-        project_id: router
-            .project_id
-            .clone()
-            .unwrap_or_else(|| caller.project_id.clone()),
-        router_id: router.id.clone(),
-        distributed: router.distributed,
-        external_ip_address: router.gateway_ip.expect("checked by resolve_router"),
-        protocol,
-        external_ports,
-        internal_ip_address: internal.fixed.ip,
-        internal_port_id: internal.port_id,
-        internal_ports,
-        description,
-        allowed_cidrs,
-        masquerade: req.masquerade.unwrap_or(false),
-    };
-    let mapping = state.store.create(new, &state.policy).await?;
-    tracing::info!(mapping = %mapping.id, project = %mapping.project_id, router = %mapping.router_id,
-        external = %mapping.external_ports, internal = %format!("{}:{}", mapping.internal_ip_address, mapping.internal_ports),
-        protocol = %mapping.protocol, "mapping created");
-    Ok(mapping)
 }
 
 /// Lists mappings (the caller's project's; admins may ask for any project).
@@ -520,15 +304,6 @@ pub async fn list(
     caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<MappingList>, ApiError> {
-    forbidden_unless(caller.can_read(), "list mappings")?;
-    let project_id = match q.project_id {
-        Some(p) if caller.is_admin() || p == caller.project_id => Some(p),
-        // Another project's mappings are not the caller's to see: an empty listing, as if
-        // there were none, rather than a hint that they exist.
-        Some(_) => return Ok(Json(MappingList { mappings: vec![] })),
-        None if caller.is_admin() => None,
-        None => Some(caller.project_id.clone()),
-    };
     let internal_ip_address = q
         .internal_ip_address
         .as_deref()
@@ -555,7 +330,7 @@ pub async fn list(
         )));
     }
     let filter = ListFilter {
-        project_id,
+        project_id: q.project_id,
         router_id: q.router_id,
         internal_port_id: q.internal_port_id,
         internal_ip_address,
@@ -564,79 +339,10 @@ pub async fn list(
         limit: Some(limit),
         marker: q.marker,
     };
-    let mappings = state.store.list(&filter).await?;
+    let mappings = state.service.list(&caller, filter).await?;
     Ok(Json(MappingList {
         mappings: mappings.into_iter().map(MappingView::from).collect(),
     }))
-}
-
-/// The caller's mapping `id`; another project's is "not found", not "forbidden", so that its
-/// existence is not revealed.
-pub async fn visible(state: &SharedState, caller: &Caller, id: &str) -> Result<Mapping, ApiError> {
-    state
-        .store
-        .get(id)
-        .await?
-        .filter(|m| caller.sees(&m.project_id))
-        .ok_or_else(|| ApiError::not_found(format!("mapping {id} not found")))
-}
-
-/// Before a change: Neutron must still agree to what the mapping points at (its router, with a
-/// gateway; its port, an instance's, still holding the address on a subnet of the router),
-/// else the change is refused with 409 and the mapping left as it is (the monitor brings it up
-/// to date).
-pub async fn still_mappable(state: &SharedState, m: &Mapping) -> Result<(), ApiError> {
-    let router = match state.directory.router(&m.router_id).await? {
-        None => {
-            return Err(ApiError::conflict(
-                "router_gone",
-                format!("router {} no longer exists", m.router_id),
-            ))
-        }
-        Some(r) if r.gateway_ip.is_none() => {
-            return Err(ApiError::conflict(
-                "router_has_no_gateway",
-                format!("router {} has no external gateway", m.router_id),
-            ))
-        }
-        Some(r) => r,
-    };
-    let mut fixed = FixedIp {
-        ip: m.internal_ip_address,
-        subnet_id: None,
-    };
-    if let (Some(port_id), true) = (&m.internal_port_id, state.directory.knows_ports()) {
-        let Some(port) = state.directory.port(port_id).await? else {
-            return Err(ApiError::conflict(
-                "port_gone",
-                format!("port {port_id} no longer exists"),
-            ));
-        };
-        let held = port.fixed_ip(m.internal_ip_address).cloned();
-        match (port.not_mappable(), held) {
-            (Some(why), _) => return Err(ApiError::conflict("port_gone", why)),
-            (None, None) => {
-                return Err(ApiError::conflict(
-                    "address_changed",
-                    format!(
-                        "port {port_id} no longer holds {}; the monitor follows it",
-                        m.internal_ip_address
-                    ),
-                ))
-            }
-            (None, Some(f)) => fixed = f,
-        }
-    }
-    if !router.reaches(&fixed) {
-        return Err(ApiError::conflict(
-            "address_unreachable",
-            format!(
-                "{} is no longer on a subnet attached to router {}",
-                m.internal_ip_address, m.router_id
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Shows one mapping.
@@ -648,8 +354,7 @@ pub async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<MappingEnvelope<MappingView>>, ApiError> {
-    forbidden_unless(caller.can_read(), "show mappings")?;
-    let m = visible(&state, &caller, &id).await?;
+    let m = state.service.get(&caller, &id).await?;
     Ok(Json(MappingEnvelope {
         mapping: MappingView::from(m),
     }))
@@ -667,38 +372,8 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<MappingEnvelope<UpdateMapping>>,
 ) -> Result<Json<MappingEnvelope<MappingView>>, ApiError> {
-    let current = visible(&state, &caller, &id).await?;
-    forbidden_unless(caller.can_write(), "change mappings")?;
-    still_mappable(&state, &current).await?;
-    let req = body.mapping;
-    let external = ports(
-        req.external_port,
-        req.external_port_range.as_deref(),
-        "external",
-    )?;
-    let internal = ports(
-        req.internal_port,
-        req.internal_port_range.as_deref(),
-        "internal",
-    )?;
-    let (ext, int) = (
-        external.unwrap_or(current.external_ports),
-        internal.unwrap_or(current.internal_ports),
-    );
-    check_ranges(ext, int)?;
-    if let Some(ext) = external {
-        check_in_range(&state, &caller, ext)?;
-    }
-    let update = MappingUpdate {
-        external_ports: external,
-        internal_ports: internal,
-        description: description(req.description)?,
-        allowed_cidrs: req.allowed_cidrs.as_deref().map(cidrs).transpose()?,
-        masquerade: req.masquerade,
-        ..Default::default()
-    };
-    let mapping = state.store.update(&id, &update).await?;
-    tracing::info!(mapping = %mapping.id, project = %mapping.project_id, "mapping updated");
+    let change = body.mapping.parse()?;
+    let mapping = state.service.update(&caller, &id, change).await?;
     Ok(Json(MappingEnvelope {
         mapping: MappingView::from(mapping),
     }))
@@ -712,10 +387,6 @@ pub async fn remove(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    visible(&state, &caller, &id).await?;
-    forbidden_unless(caller.can_write(), "delete mappings")?;
-    if state.store.delete(&id).await?.is_some() {
-        tracing::info!(mapping = %id, project = %caller.project_id, "mapping deleted");
-    }
+    state.service.delete(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -781,7 +781,7 @@ mod tests {
     }
 
     fn kernel_test_namespace(name: String) -> Option<TestNamespace> {
-        if !crate::simnode::kernel_tests_enabled("conntrack") {
+        if !crate::testbed::simnode::kernel_tests_enabled("conntrack") {
             return None;
         }
         if Command::new("conntrack").arg("--version").output().is_err() {

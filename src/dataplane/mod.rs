@@ -13,60 +13,15 @@
 //! See `docs/design.md` for the rule layout and why it is built this way.
 
 pub mod conntrack;
-pub mod fake;
 pub mod iptables;
-pub mod model;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod rules;
 pub mod sync;
 
-use std::fmt;
-
-pub use model::{
-    Changes, ExternalKey, Forward, MasqueradeKey, PortRange, Protocol, RuleSet, Target,
-};
-
-/// Which namespace holds a router's gateway: `qrouter-` for legacy and HA routers, `snat-` for
-/// distributed (DVR) routers, whose centralized SNAT part carries the gateway port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NamespaceKind {
-    Qrouter,
-    Snat,
-}
-
-/// A router namespace on this network node.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RouterNamespace {
-    name: String,
-}
-
-impl RouterNamespace {
-    pub fn for_router(router_id: &str, kind: NamespaceKind) -> Self {
-        let prefix = match kind {
-            NamespaceKind::Qrouter => "qrouter-",
-            NamespaceKind::Snat => "snat-",
-        };
-        RouterNamespace {
-            name: format!("{prefix}{router_id}"),
-        }
-    }
-
-    /// A namespace by its literal name (tests and benchmarks use their own names).
-    pub fn named(name: impl Into<String>) -> Self {
-        RouterNamespace { name: name.into() }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
-
-impl fmt::Display for RouterNamespace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.name)
-    }
-}
+pub use crate::model::{Forward, NamespaceKind, PortRange, Protocol, RouterNamespace};
+pub use rules::{Changes, ExternalKey, MasqueradeKey, RuleSet, Target};
 
 /// Errors of the dataplane. Each says which namespace or mapping failed; the source error is
 /// attached, not repeated in the message.

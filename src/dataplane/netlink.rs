@@ -205,13 +205,23 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// A `NETLINK_NETFILTER` socket (nftables, conntrack).
     pub fn open() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_NETFILTER)
+    }
+
+    /// A `NETLINK_ROUTE` socket (addresses, links).
+    pub fn open_route() -> io::Result<Self> {
+        Self::open_protocol(libc::NETLINK_ROUTE)
+    }
+
+    fn open_protocol(protocol: libc::c_int) -> io::Result<Self> {
         // SAFETY: plain socket(2) call with constant arguments; the result is checked.
         let fd = unsafe {
             libc::socket(
                 libc::AF_NETLINK,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
+                protocol,
             )
         };
         if fd < 0 {
@@ -475,6 +485,82 @@ pub fn dump(
     Ok(())
 }
 
+// linux/rtnetlink.h, linux/if_addr.h
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const IFADDRMSG_LEN: usize = 8;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_LABEL: u16 = 3;
+
+/// An IPv4 address of a device, as `ip addr` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    /// The address label: the device's name unless an alias label was given.
+    pub label: String,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// The IPv4 addresses of every device in the namespace `socket` was opened in: one
+/// `RTM_GETADDR` dump, as `ip -4 addr` makes.
+pub fn ipv4_addresses(socket: &mut Socket) -> io::Result<Vec<InterfaceAddress>> {
+    let seq = socket.next_seq();
+    let mut request = Vec::with_capacity(NLMSG_HDRLEN + IFADDRMSG_LEN);
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    request.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
+    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    request.extend_from_slice(&seq.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    // ifaddrmsg: family, prefix length, flags, scope, interface index (0: all).
+    request.extend_from_slice(&[libc::AF_INET as u8, 0, 0, 0]);
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    end_message(&mut request, 0);
+    let mut found = vec![];
+    dump(socket, &request, seq, |msg| {
+        if msg.msg_type != RTM_NEWADDR {
+            return Ok(());
+        }
+        if let Some(address) = parse_address(msg.payload)? {
+            found.push(address);
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// One `RTM_NEWADDR` payload (`ifaddrmsg` and attributes); `None` for another family.
+fn parse_address(payload: &[u8]) -> io::Result<Option<InterfaceAddress>> {
+    let header = payload
+        .get(..IFADDRMSG_LEN)
+        .ok_or_else(|| invalid("short ifaddrmsg"))?;
+    if header[0] != libc::AF_INET as u8 {
+        return Ok(None);
+    }
+    let (mut local, mut address, mut label) = (None, None, None);
+    for attr in attrs(&payload[IFADDRMSG_LEN..]) {
+        let (attr_type, value) = attr?;
+        match attr_type {
+            IFA_LOCAL => local = Some(ipv4(value, "IFA_LOCAL")?),
+            IFA_ADDRESS => address = Some(ipv4(value, "IFA_ADDRESS")?),
+            IFA_LABEL => {
+                let name = value.split(|b| *b == 0).next().unwrap_or_default();
+                label = Some(String::from_utf8_lossy(name).into_owned());
+            }
+            _ => {}
+        }
+    }
+    // IFA_LOCAL is the device's own address; IFA_ADDRESS is the peer on point-to-point links.
+    let Some(ip) = local.or(address) else {
+        return Ok(None);
+    };
+    Ok(Some(InterfaceAddress {
+        label: label.unwrap_or_default(),
+        ip,
+        prefix_len: header[1],
+    }))
+}
+
 /// One open `NETLINK_NETFILTER` socket per namespace, kept for the life of the process.
 ///
 /// Why keep them: a socket is bound to the namespace it was opened in, so a kept socket needs no
@@ -545,5 +631,31 @@ pub mod sockets {
     /// Closes the namespace's socket, when its router is gone.
     pub fn forget(namespace: &RouterNamespace) {
         cache().lock().unwrap().remove(namespace.name());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_message_gives_the_label_the_address_and_the_prefix() {
+        let mut payload = vec![libc::AF_INET as u8, 24, 0, 0];
+        payload.extend_from_slice(&7u32.to_ne_bytes());
+        put_attr(&mut payload, IFA_ADDRESS, &[203, 0, 113, 10]);
+        put_attr(&mut payload, IFA_LOCAL, &[203, 0, 113, 10]);
+        put_attr(&mut payload, IFA_LABEL, b"qg-1234\0");
+        assert_eq!(
+            parse_address(&payload).unwrap(),
+            Some(InterfaceAddress {
+                label: "qg-1234".into(),
+                ip: Ipv4Addr::new(203, 0, 113, 10),
+                prefix_len: 24,
+            })
+        );
+        let mut inet6 = vec![libc::AF_INET6 as u8, 64, 0, 0];
+        inet6.extend_from_slice(&7u32.to_ne_bytes());
+        assert_eq!(parse_address(&inet6).unwrap(), None);
+        assert!(parse_address(&[2, 24]).is_err());
     }
 }

@@ -279,8 +279,8 @@ impl RouterSync {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::fake::{Call, FakeBackend};
     use crate::dataplane::{Forward, PortRange, Protocol};
+    use crate::testbed::fake_dataplane::{Call, FakeBackend};
 
     struct RecordingCleaner(Mutex<Vec<(ExternalKey, Target)>>);
 

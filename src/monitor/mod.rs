@@ -10,8 +10,8 @@
 //!   keeps the external port); none there → held `ERROR` with the reason;
 //! - gateway address changed → the mapping follows it.
 //!
-//! A held mapping stays stored but is not programmed. Every change is a log line naming the
-//! mapping, its project, and old → new, and shows in the API as `status`, `status_reason` and
+//! A held mapping stays stored but is not programmed. Every change is an audit event
+//! (`service::audit`) naming the mapping, its project, and old → new, and shows in the API as `status`, `status_reason` and
 //! `updated_at`. Anything in doubt (Neutron or Keystone unreachable, an error answer) changes
 //! nothing: the cycle is abandoned, counted, and tried again at the next one. When several
 //! monitors run, the one holding the lease in the database acts; the others wait.
@@ -26,24 +26,17 @@ use tracing::{info, warn};
 
 use crate::openstack::neutron::NeutronDirectory;
 use crate::openstack::{OpenStackError, PortInfo, RouterInfo};
+use crate::service::audit::{self, Actor};
 use crate::store::{Hold, ListFilter, Mapping, MappingUpdate, Status, Store, StoreError};
 
-/// What to do with the mappings of a deleted port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PortGone {
-    /// Delete the mapping, as Neutron deletes the port forwardings of a deleted port.
-    #[default]
-    Delete,
-    /// Keep it, held `DOWN`, for an operator to look at.
-    Down,
-}
+pub use crate::model::PortGone;
 
 /// Errors that abandon a cycle; nothing was changed by it before the first store write.
 #[derive(Debug, thiserror::Error)]
 pub enum MonitorError {
-    #[error("reading OpenStack: {0}")]
+    #[error("reading OpenStack")]
     OpenStack(#[from] OpenStackError),
-    #[error("the store: {0}")]
+    #[error("the store")]
     Store(#[from] StoreError),
 }
 
@@ -320,9 +313,8 @@ impl Monitor {
                 Action::Keep => {}
                 Action::Delete { .. } if hold_back => {}
                 Action::Delete { reason } => {
-                    if self.store.delete(&m.id).await?.is_some() {
-                        info!(mapping = %m.id, project = %m.project_id, router = %m.router_id,
-                            internal = %m.internal_ip_address, %reason, "monitor: mapping deleted");
+                    if let Some(deleted) = self.store.delete(&m.id).await? {
+                        audit::deleted(&Actor::Monitor, &deleted, Some(&reason));
                         report.deleted += 1;
                     }
                 }
@@ -335,8 +327,7 @@ impl Monitor {
                     };
                     match self.store.update(&m.id, &update).await {
                         Ok(new) => {
-                            info!(mapping = %m.id, project = %m.project_id, router = %m.router_id,
-                                change = %change.reason, status = %new.status.as_str(), "monitor: mapping updated");
+                            audit::updated(&Actor::Monitor, m, &new, Some(&change.reason));
                             report.updated += 1;
                         }
                         // Deleted meanwhile by its owner: nothing to keep true.
@@ -354,7 +345,10 @@ impl Monitor {
                                 ..Default::default()
                             };
                             match self.store.update(&m.id, &hold).await {
-                                Ok(_) => report.updated += 1,
+                                Ok(new) => {
+                                    audit::updated(&Actor::Monitor, m, &new, None);
+                                    report.updated += 1
+                                }
                                 Err(StoreError::NotFound { .. }) => {}
                                 Err(e) => return Err(e.into()),
                             }
@@ -442,7 +436,7 @@ impl Monitor {
                 }
                 Err(e) => {
                     self.counters.failed_cycles.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, "monitor cycle abandoned; nothing changed, retrying next cycle");
+                    warn!(error = %crate::util::Chain(&e), "monitor cycle abandoned; nothing changed, retrying next cycle");
                 }
             }
         }
@@ -451,7 +445,7 @@ impl Monitor {
     /// Gives the lease up.
     pub async fn release(&self) {
         if let Err(e) = self.store.release_lease(&self.holder).await {
-            warn!(error = %e, "could not release the monitor lease");
+            warn!(error = %crate::util::Chain(&e), "could not release the monitor lease");
         }
     }
 }

@@ -49,21 +49,17 @@ pub fn relevant(event: &str) -> bool {
     EVENTS.contains(&event)
 }
 
-/// `rabbit://user:pass@host:port/vhost` (oslo.messaging's form) as an AMQP URL. Only the first
-/// host of a list is used.
-pub fn amqp_url(transport_url: &str) -> Result<String, String> {
-    let shown = crate::config::redacted(transport_url);
-    let rest = transport_url
-        .strip_prefix("rabbit://")
-        .or_else(|| transport_url.strip_prefix("amqp://"))
-        .ok_or_else(|| format!("{shown:?} is not a rabbit:// transport URL"))?;
-    let (hosts, vhost) = rest.split_once('/').unwrap_or((rest, ""));
-    let first = hosts.split(',').next().unwrap_or_default();
-    if first.is_empty() {
-        return Err(format!("{shown:?} names no host"));
+pub use crate::util::amqp_url;
+
+/// Everyone to wake on an event.
+struct Wakes(Vec<Arc<Notify>>);
+
+impl Wakes {
+    fn notify_one(&self) {
+        for w in &self.0 {
+            w.notify_one();
+        }
     }
-    let vhost = if vhost.is_empty() { "%2f" } else { vhost };
-    Ok(format!("amqp://{first}/{vhost}"))
 }
 
 /// Where to listen.
@@ -93,6 +89,17 @@ impl Subscription {
 /// Consumes notifications until the task is dropped, waking `wake` on relevant events;
 /// `listening` is notified each time the queue is bound and consumed.
 pub async fn listen(subscription: Subscription, wake: Arc<Notify>, listening: Arc<Notify>) {
+    listen_all(subscription, vec![wake], listening).await
+}
+
+/// As [`listen`], waking each of `wakes` (the monitor, the API's router cache) on every
+/// relevant event and after every reconnection.
+pub async fn listen_all(
+    subscription: Subscription,
+    wakes: Vec<Arc<Notify>>,
+    listening: Arc<Notify>,
+) {
+    let wake = Wakes(wakes);
     let Subscription {
         transport_url,
         exchange,
@@ -139,7 +146,7 @@ async fn consume(
     url: &str,
     properties: ConnectionProperties,
     exchange: &str,
-    wake: &Notify,
+    wake: &Wakes,
     listening: &Notify,
     consumed: &mut bool,
 ) -> Result<(), lapin::Error> {
@@ -234,7 +241,9 @@ mod tests {
         );
         assert!(amqp_url("kafka://x").is_err());
         assert!(amqp_url("rabbit:///").is_err());
-        let refused = amqp_url("kafka://u:secret@h:5672/").unwrap_err();
+        let refused = amqp_url("kafka://u:secret@h:5672/")
+            .unwrap_err()
+            .to_string();
         assert!(!refused.contains("secret"), "{refused}");
     }
 }

@@ -1,7 +1,7 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::dataplane::{PortRange, Protocol};
+use crate::model::{PortRange, Protocol};
 use crate::store::{ExternalPorts, NewMapping, Policy};
 
 const ROUTER: &str = "r1";

@@ -5,8 +5,9 @@
 //! address, which subnets does it serve, whose is a port and what are its addresses.
 //! [`NeutronDirectory`] answers from Neutron; [`NamespaceDirectory`] reads the router facts
 //! from the router namespaces on this node, for a node that runs without OpenStack credentials
-//! (it knows no ports); [`StaticDirectory`] serves tests.
+//! (it knows no ports); tests use `testbed::StaticDirectory`.
 
+pub mod cache;
 pub mod clouds;
 mod namespaces;
 pub mod neutron;
@@ -17,6 +18,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+pub use cache::CachedDirectory;
 pub use namespaces::NamespaceDirectory;
 pub use neutron::NeutronDirectory;
 pub use session::{Session, TokenInfo};
@@ -27,7 +29,10 @@ pub enum OpenStackError {
     #[error("OpenStack configuration: {what}")]
     Config { what: String },
 
-    #[error("{service} at {url} is unreachable: {source}")]
+    #[error("{service} at {url} did not answer within the request timeout")]
+    Timeout { service: &'static str, url: String },
+
+    #[error("{service} at {url} is unreachable")]
     Unreachable {
         service: &'static str,
         url: String,
@@ -59,6 +64,12 @@ pub enum OpenStackError {
 
 impl OpenStackError {
     fn unreachable(service: &'static str, url: &str, source: reqwest::Error) -> Self {
+        if source.is_timeout() {
+            return OpenStackError::Timeout {
+                service,
+                url: url.to_string(),
+            };
+        }
         OpenStackError::Unreachable {
             service,
             url: url.to_string(),
@@ -146,15 +157,23 @@ impl RouterInfo {
     }
 }
 
-/// Why the directory could not answer.
+/// Why the directory could not answer. Neutron's own failures stay as they were (refused
+/// credentials, an error status, a timeout, no answer), so that logs and `/readyz` can tell
+/// them apart.
 #[derive(Debug, thiserror::Error)]
-#[error("router directory unavailable: {0}")]
-pub struct DirectoryError(pub String);
-
-impl From<OpenStackError> for DirectoryError {
-    fn from(e: OpenStackError) -> Self {
-        DirectoryError(e.to_string())
-    }
+pub enum DirectoryError {
+    #[error("reading Neutron")]
+    Neutron(#[from] OpenStackError),
+    #[error("reading the addresses of namespace {namespace}")]
+    Namespace {
+        namespace: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listing this node's router namespaces")]
+    Placement(#[from] crate::placement::PlacementError),
+    #[error("the lookup task ended abnormally")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// A source of router and port facts.
@@ -183,55 +202,4 @@ pub trait RouterDirectory: Send + Sync {
         ip: Ipv4Addr,
         project_id: Option<&str>,
     ) -> Result<Vec<PortInfo>, DirectoryError>;
-}
-
-/// Fixed facts, for tests and demos.
-#[derive(Debug, Clone, Default)]
-pub struct StaticDirectory {
-    pub routers: Vec<RouterInfo>,
-    /// `None`: this directory knows no ports (as the namespace directory).
-    pub ports: Option<Vec<PortInfo>>,
-}
-
-#[async_trait::async_trait]
-impl RouterDirectory for StaticDirectory {
-    async fn router(&self, id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
-        Ok(self.routers.iter().find(|r| r.id == id).cloned())
-    }
-
-    async fn routers_serving(
-        &self,
-        ip: Ipv4Addr,
-        _project_id: Option<&str>,
-    ) -> Result<Vec<RouterInfo>, DirectoryError> {
-        Ok(self
-            .routers
-            .iter()
-            .filter(|r| r.gateway_ip.is_some() && r.serves(ip))
-            .cloned()
-            .collect())
-    }
-
-    fn knows_ports(&self) -> bool {
-        self.ports.is_some()
-    }
-
-    async fn port(&self, id: &str) -> Result<Option<PortInfo>, DirectoryError> {
-        Ok(self.ports.iter().flatten().find(|p| p.id == id).cloned())
-    }
-
-    async fn ports_with_address(
-        &self,
-        ip: Ipv4Addr,
-        project_id: Option<&str>,
-    ) -> Result<Vec<PortInfo>, DirectoryError> {
-        Ok(self
-            .ports
-            .iter()
-            .flatten()
-            .filter(|p| p.fixed_ip(ip).is_some())
-            .filter(|p| project_id.is_none_or(|want| p.project_id.as_deref() == Some(want)))
-            .cloned()
-            .collect())
-    }
 }

@@ -6,91 +6,59 @@
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use serde_json::Value;
 
 use super::{DirectoryError, PortInfo, RouterDirectory, RouterInfo};
+use crate::dataplane::netlink::{self, InterfaceAddress};
 use crate::dataplane::netns;
-use crate::process;
+use crate::model::{NamespaceKind, RouterNamespace};
+use crate::placement::{LocalNamespaces, Placement};
 
 /// Reads router facts from `/run/netns/qrouter-*` and `snat-*`.
 #[derive(Debug, Clone, Default)]
 pub struct NamespaceDirectory;
 
-fn router_ids() -> Result<Vec<String>, DirectoryError> {
-    let entries = match std::fs::read_dir(netns::NETNS_RUN_DIR) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => {
-            return Err(DirectoryError(format!(
-                "reading {}: {e}",
-                netns::NETNS_RUN_DIR
-            )))
-        }
-    };
-    let mut ids: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter_map(|n| {
-            n.strip_prefix("qrouter-")
-                .or_else(|| n.strip_prefix("snat-"))
-                .map(str::to_string)
-        })
+/// (gateway address, internal subnets) of a router namespace's addresses: the first IPv4
+/// address on a `qg-` device, and the subnets of those on `qr-` and `sg-` devices.
+pub fn router_facts(addresses: &[InterfaceAddress]) -> (Option<Ipv4Addr>, Vec<Ipv4Net>) {
+    let gateway = addresses
+        .iter()
+        .find(|a| a.label.starts_with("qg-"))
+        .map(|a| a.ip);
+    let subnets = addresses
+        .iter()
+        .filter(|a| a.label.starts_with("qr-") || a.label.starts_with("sg-"))
+        .filter_map(|a| Ipv4Net::new(a.ip, a.prefix_len).ok())
+        .map(|n| n.trunc())
         .collect();
-    ids.sort();
-    ids.dedup();
-    Ok(ids)
+    (gateway, subnets)
 }
 
-/// Parses `ip -j addr` output into (gateway address, internal subnets).
-pub fn parse_addresses(json: &str) -> Result<(Option<Ipv4Addr>, Vec<Ipv4Net>), String> {
-    let links: Vec<Value> = serde_json::from_str(json).map_err(|e| format!("ip -j addr: {e}"))?;
-    let (mut gateway, mut subnets) = (None, vec![]);
-    for link in &links {
-        let name = link
-            .get("ifname")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let addrs = link
-            .get("addr_info")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        for a in addrs
-            .iter()
-            .filter(|a| a.get("family").and_then(Value::as_str) == Some("inet"))
-        {
-            let Some(ip) = a
-                .get("local")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse::<Ipv4Addr>().ok())
-            else {
-                continue;
-            };
-            let prefix = a.get("prefixlen").and_then(Value::as_u64).unwrap_or(32) as u8;
-            if name.starts_with("qg-") && gateway.is_none() {
-                gateway = Some(ip);
-            } else if name.starts_with("qr-") || name.starts_with("sg-") {
-                if let Ok(net) = Ipv4Net::new(ip, prefix) {
-                    subnets.push(net.trunc());
-                }
-            }
-        }
-    }
-    Ok((gateway, subnets))
+/// The IPv4 addresses in `namespace`, read over netlink from inside it (no process).
+fn addresses_in(namespace: &RouterNamespace) -> Result<Vec<InterfaceAddress>, DirectoryError> {
+    let failed = |source| DirectoryError::Namespace {
+        namespace: namespace.name().to_string(),
+        source,
+    };
+    netns::run_in_path(&netns::path_of(namespace.name()), || {
+        let mut socket = netlink::Socket::open_route()?;
+        netlink::ipv4_addresses(&mut socket)
+    })
+    .map_err(failed)?
+    .map_err(failed)
 }
 
 fn read_router(id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
     // A DVR router's gateway is in its snat- namespace when this node hosts it.
-    let (ns, distributed) = if netns::exists(&format!("snat-{id}")) {
-        (format!("snat-{id}"), true)
-    } else if netns::exists(&format!("qrouter-{id}")) {
-        (format!("qrouter-{id}"), false)
-    } else {
+    let served = LocalNamespaces::default().served()?;
+    let Some((namespace, distributed)) =
+        [(NamespaceKind::Snat, true), (NamespaceKind::Qrouter, false)]
+            .into_iter()
+            .map(|(kind, distributed)| (RouterNamespace::for_router(id, kind), distributed))
+            .find(|(ns, _)| served.contains(ns))
+    else {
         return Ok(None);
     };
-    let json = process::run("ip", &["-j", "-n", &ns, "addr", "show"], None)
-        .map_err(|e| DirectoryError(format!("reading addresses of {ns}: {e}")))?;
-    let (gateway_ip, subnets) = parse_addresses(&json).map_err(DirectoryError)?;
+    let (gateway_ip, subnets) = router_facts(&addresses_in(&namespace)?);
     Ok(Some(RouterInfo {
         id: id.to_string(),
         project_id: None,
@@ -102,13 +70,23 @@ fn read_router(id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
     }))
 }
 
+/// The routers with a namespace on this node.
+fn router_ids() -> Result<Vec<String>, DirectoryError> {
+    let mut ids: Vec<String> = LocalNamespaces::default()
+        .served()?
+        .iter()
+        .filter_map(|ns| RouterNamespace::router_of(ns.name()).map(|(id, _)| id.to_string()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
 #[async_trait::async_trait]
 impl RouterDirectory for NamespaceDirectory {
     async fn router(&self, id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
         let id = id.to_string();
-        tokio::task::spawn_blocking(move || read_router(&id))
-            .await
-            .map_err(|e| DirectoryError(e.to_string()))?
+        tokio::task::spawn_blocking(move || read_router(&id)).await?
     }
 
     async fn routers_serving(
@@ -127,8 +105,7 @@ impl RouterDirectory for NamespaceDirectory {
             }
             Ok(found)
         })
-        .await
-        .map_err(|e| DirectoryError(e.to_string()))?
+        .await?
     }
 
     // Ports are Neutron's to know.
@@ -153,13 +130,22 @@ impl RouterDirectory for NamespaceDirectory {
 mod tests {
     use super::*;
 
+    fn address(label: &str, ip: &str, prefix_len: u8) -> InterfaceAddress {
+        InterfaceAddress {
+            label: label.into(),
+            ip: ip.parse().unwrap(),
+            prefix_len,
+        }
+    }
+
     #[test]
     fn gateway_and_subnets_come_from_qg_and_qr_devices() {
-        let json = r#"[{"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
-          {"ifname":"qg-1","addr_info":[{"family":"inet","local":"203.0.113.10","prefixlen":24},{"family":"inet6","local":"fe80::1","prefixlen":64}]},
-          {"ifname":"qr-1","addr_info":[{"family":"inet","local":"10.0.0.1","prefixlen":24}]},
-          {"ifname":"qr-2","addr_info":[{"family":"inet","local":"10.1.2.1","prefixlen":26}]}]"#;
-        let (gw, subnets) = parse_addresses(json).unwrap();
+        let (gw, subnets) = router_facts(&[
+            address("lo", "127.0.0.1", 8),
+            address("qg-1", "203.0.113.10", 24),
+            address("qr-1", "10.0.0.1", 24),
+            address("qr-2", "10.1.2.1", 26),
+        ]);
         assert_eq!(gw, Some("203.0.113.10".parse().unwrap()));
         assert_eq!(
             subnets,

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-use crate::dataplane::PortRange;
+use crate::model::PortRange;
 
 /// How a free port is picked in the range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -26,7 +26,7 @@ use tokio::sync::Mutex;
 pub use allocate::{Policy, Strategy};
 pub use model::{ExternalPorts, Hold, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 
-use crate::dataplane::{PortRange, Protocol};
+use crate::model::{PortRange, Protocol};
 use row::StoredRow;
 
 /// Blind random tries before the used ports are read: with a range a sixth full, eight tries
@@ -97,7 +97,7 @@ pub enum Dialect {
 /// `mysql+pymysql://user:pass@host/db`, `mysql://…`, `mariadb://…`.
 pub fn translate_url(url: &str) -> Result<(String, Dialect), StoreError> {
     let bad = |reason: &str| StoreError::Connection {
-        url: crate::config::redacted(url),
+        url: crate::util::redacted(url),
         reason: reason.into(),
     };
     if url == "sqlite::memory:" || url == "sqlite://" {

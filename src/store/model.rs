@@ -7,7 +7,7 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::{Forward, NamespaceKind, PortRange, Protocol, RouterNamespace};
+use crate::model::{Forward, PortRange, Protocol};
 
 /// Where a mapping stands between the API and the kernel.
 #[derive(
@@ -93,16 +93,6 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// The namespace that carries this mapping's router gateway.
-    pub fn namespace(&self) -> RouterNamespace {
-        let kind = if self.distributed {
-            NamespaceKind::Snat
-        } else {
-            NamespaceKind::Qrouter
-        };
-        RouterNamespace::for_router(&self.router_id, kind)
-    }
-
     /// The mapping as the dataplane programs it.
     pub fn forward(&self) -> Forward {
         Forward {

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{Mapping, StoreError};
-use crate::dataplane::{PortRange, Protocol};
+use crate::model::{PortRange, Protocol};
 
 /// Columns of `mappings`, in the order of [`StoredRow`].
 pub(super) const COLUMNS: [&str; 20] = [
@@ -123,7 +123,7 @@ impl StoredRow {
             u16::try_from(v).map_err(|_| corrupt(format!("{name} = {v} is not a port")))
         };
         let range = |name: &str, a: i64, b: i64| -> Result<PortRange, StoreError> {
-            PortRange::new(port(name, a)?, port(name, b)?).map_err(corrupt)
+            PortRange::new(port(name, a)?, port(name, b)?).map_err(|e| corrupt(e.to_string()))
         };
         let ip = |name: &str, v: &str| -> Result<Ipv4Addr, StoreError> {
             v.parse()

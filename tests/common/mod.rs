@@ -7,13 +7,13 @@ use praas::dataplane::{Forward, Protocol};
 use praas::store::Store;
 
 #[allow(unused_imports)]
-pub use praas::simnode::kernel_tests_enabled;
+pub use praas::testbed::simnode::kernel_tests_enabled;
 
 pub fn forward(id: &str, protocol: Protocol, ext: &str, vm: Ipv4Addr, int: &str) -> Forward {
     Forward {
         id: id.into(),
         protocol,
-        external_ip: praas::simnode::GATEWAY_IP,
+        external_ip: praas::testbed::simnode::GATEWAY_IP,
         external_ports: ext.parse().unwrap(),
         internal_ip: vm,
         internal_ports: int.parse().unwrap(),
@@ -63,11 +63,11 @@ pub async fn mariadb_url(test: &str) -> Option<String> {
     {
         Ok(pool) => pool,
         Err(e) => {
-            let shown = praas::config::redacted(&base);
+            let shown = praas::util::redacted(&base);
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{test}: MariaDB must be reachable in CI at {shown}: {e}");
             }
-            praas::simnode::skipped(
+            praas::testbed::simnode::skipped(
                 &format!("{test} on MariaDB"),
                 &format!("{shown} not reachable ({e})"),
             );
@@ -95,6 +95,6 @@ pub fn rabbitmq_enabled(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("{test}: CI must run RabbitMQ (scripts/services)");
     }
-    praas::simnode::skipped(test, "no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
+    praas::testbed::simnode::skipped(test, "no RabbitMQ on 127.0.0.1:5672 (scripts/services)");
     false
 }

@@ -19,10 +19,10 @@ use axum::{Json, Router};
 use serde_json::Value;
 
 use self::protocol::{LegacyRequest, Operation, PatEntry};
-use super::v1::{self, CreateMapping};
 use super::{ApiError, Caller, SharedState};
-use crate::dataplane::{PortRange, Protocol};
-use crate::store::{ListFilter, Mapping, MappingUpdate};
+use crate::model::{PortRange, Protocol};
+use crate::service::{CreateRequest, ServiceError, UpdateRequest};
+use crate::store::{ListFilter, Mapping, StoreError};
 
 pub fn routes() -> Router<SharedState> {
     protocol::PATHS
@@ -78,21 +78,13 @@ async fn mappings_of(
     router_id: &str,
     ip: Option<Ipv4Addr>,
 ) -> Result<Vec<Mapping>, ApiError> {
-    if !caller.can_read() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "your role may not list mappings",
-        ));
-    }
     let filter = ListFilter {
         router_id: Some(router_id.to_string()),
         internal_ip_address: ip,
         protocol: Some(Protocol::Tcp),
-        project_id: (!caller.is_admin()).then(|| caller.project_id.clone()),
         ..Default::default()
     };
-    Ok(state.store.list(&filter).await?)
+    Ok(state.service.list(caller, filter).await?)
 }
 
 /// The mapping of `ip:port` on the router, if the caller has one.
@@ -107,6 +99,10 @@ async fn mapping_of(
         .await?
         .into_iter()
         .find(|m| m.internal_ports.contains(port)))
+}
+
+fn port(value: u16) -> Result<PortRange, ApiError> {
+    PortRange::single(value).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// The router port a mapping gives `server_port` (ranges map port by port, or all to one).
@@ -171,22 +167,21 @@ async fn serve(
                 check_gateway(&m, gateway)?;
                 return Ok(protocol::already_created(entry(&m, server_port)));
             }
-            let req = CreateMapping {
+            let req = CreateRequest {
                 router_id: Some(router_id),
                 internal_port_id: None,
                 internal_ip_address: Some(server_ip),
-                internal_port: Some(server_port),
-                internal_port_range: None,
-                external_port: None,
-                external_port_range: None,
-                protocol: Some("tcp".into()),
-                description: Some("created through the Proxy CLI protocol".into()),
-                allowed_cidrs: None,
+                internal_ports: port(server_port)?,
+                external_ports: None,
+                protocol: Protocol::Tcp,
+                description: "created through the Proxy CLI protocol".into(),
+                allowed_cidrs: vec![],
                 // The original rewrote the client address toward the VM.
-                masquerade: Some(true),
+                masquerade: true,
+                // The gateway is checked against the router before anything is stored.
+                expected_gateway: Some(gateway),
             };
-            // The gateway is checked against the router before anything is stored.
-            let m = v1::create_mapping(state, caller, req, Some(gateway)).await?;
+            let m = state.service.create(caller, req).await?;
             Ok(protocol::created(entry(&m, server_port)))
         }
         LegacyRequest::Remove {
@@ -205,8 +200,7 @@ async fn serve(
                 ));
             };
             check_gateway(&m, gateway)?;
-            v1::forbidden_unless(caller.can_write(), "remove mappings")?;
-            state.store.delete(&m.id).await?;
+            state.service.delete(caller, &m.id).await?;
             Ok(protocol::removed(entry(&m, server_port)))
         }
         LegacyRequest::Modify {
@@ -226,23 +220,20 @@ async fn serve(
                 ));
             };
             check_gateway(&m, gateway)?;
-            v1::forbidden_unless(caller.can_write(), "modify mappings")?;
-            v1::still_mappable(state, &m).await?;
+            // This protocol names one router port: a range cannot be expressed.
             if m.external_ports.len() != 1 {
                 return Err(ApiError::bad_request(
                     "a mapping of a port range cannot be moved with /pat/modify",
                 ));
             }
             let old = entry(&m, server_port);
-            let new_ports = PortRange::single(new_router_port).map_err(ApiError::bad_request)?;
-            v1::check_in_range(state, caller, new_ports)?;
-            let update = MappingUpdate {
-                external_ports: Some(new_ports),
+            let update = UpdateRequest {
+                external_ports: Some(port(new_router_port)?),
                 ..Default::default()
             };
-            match state.store.update(&m.id, &update).await {
+            match state.service.update(caller, &m.id, update).await {
                 Ok(_) => Ok(protocol::modified(old, new_router_port)),
-                Err(crate::store::StoreError::ExternalPortInUse { .. }) => {
+                Err(ServiceError::Store(StoreError::ExternalPortInUse { .. })) => {
                     Ok(protocol::used(old, new_router_port))
                 }
                 Err(e) => Err(e.into()),

@@ -9,170 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use ipnet::Ipv4Net;
 
 use super::DataplaneError;
-
-/// Largest number of ports one forward may cover. A range expands to one map element per port;
-/// the bound keeps a single request from exploding a namespace's rule set.
-pub const MAX_RANGE_LEN: u32 = 4096;
-
-/// Transport protocol of a forward.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        }
-    }
-
-    /// IANA protocol number, as conntrack and nftables' `meta l4proto` carry it.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-        }
-    }
-
-    pub fn from_number(n: u8) -> Option<Self> {
-        match n {
-            6 => Some(Protocol::Tcp),
-            17 => Some(Protocol::Udp),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = DataplaneError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Ok(Protocol::Tcp),
-            "udp" => Ok(Protocol::Udp),
-            _ => Err(DataplaneError::InvalidForward {
-                id: String::new(),
-                reason: format!("unknown protocol {s:?} (expected tcp or udp)"),
-            }),
-        }
-    }
-}
-
-/// An inclusive range of ports, `first..=last`, never containing port 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PortRange {
-    first: u16,
-    last: u16,
-}
-
-impl PortRange {
-    pub fn new(first: u16, last: u16) -> Result<Self, String> {
-        if first == 0 {
-            return Err("port 0 is not a valid port".into());
-        }
-        if last < first {
-            return Err(format!("port range {first}:{last} ends before it starts"));
-        }
-        Ok(PortRange { first, last })
-    }
-
-    pub fn single(port: u16) -> Result<Self, String> {
-        Self::new(port, port)
-    }
-
-    pub fn first(&self) -> u16 {
-        self.first
-    }
-
-    pub fn last(&self) -> u16 {
-        self.last
-    }
-
-    pub fn len(&self) -> u32 {
-        u32::from(self.last) - u32::from(self.first) + 1
-    }
-
-    /// Always false: a range holds at least one port. Present for API symmetry with `len`.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    pub fn contains(&self, port: u16) -> bool {
-        (self.first..=self.last).contains(&port)
-    }
-
-    pub fn overlaps(&self, other: &PortRange) -> bool {
-        self.first <= other.last && other.first <= self.last
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = u16> {
-        self.first..=self.last
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}:{}", self.first, self.last)
-        }
-    }
-}
-
-impl FromStr for PortRange {
-    type Err = String;
-
-    /// Parses `N` or `N:M` (Neutron's notation for port ranges).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parse = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .map_err(|_| format!("{p:?} is not a port number (1-65535)"))
-        };
-        match s.split_once(':') {
-            Some((a, b)) => PortRange::new(parse(a)?, parse(b)?),
-            None => PortRange::single(parse(s)?),
-        }
-    }
-}
-
-/// One port forward: traffic to `external_ip:external_ports/protocol` is sent to
-/// `internal_ip:internal_ports`.
-///
-/// `internal_ports` has the same length as `external_ports` (port `first + k` goes to internal
-/// port `first + k`), or is a single port that every external port goes to, as Neutron allows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forward {
-    /// Identifier of the mapping this forward belongs to; used in errors and logs.
-    pub id: String,
-    pub protocol: Protocol,
-    /// The router's external gateway address.
-    pub external_ip: Ipv4Addr,
-    pub external_ports: PortRange,
-    pub internal_ip: Ipv4Addr,
-    pub internal_ports: PortRange,
-    /// Sources allowed to use the forward; empty means everyone.
-    pub allowed_cidrs: Vec<Ipv4Net>,
-    /// Rewrite the client's address to the router's internal address, so the VM answers the
-    /// router even without a route back (the original PRaaS always did this). Off by default so
-    /// that the VM sees the real client.
-    pub masquerade: bool,
-}
+pub use crate::model::{Forward, PortRange, Protocol, MAX_RANGE_LEN};
 
 impl Forward {
     /// Checks the invariants that the element expansion relies on.
@@ -526,16 +367,6 @@ mod tests {
     #[test]
     fn oversized_ranges_are_rejected() {
         assert!(fwd("big", "1:65535", "1:65535").validate().is_err());
-    }
-
-    #[test]
-    fn port_range_parsing() {
-        assert_eq!("80".parse::<PortRange>().unwrap().len(), 1);
-        assert_eq!("80:90".parse::<PortRange>().unwrap().len(), 11);
-        assert!("0".parse::<PortRange>().is_err());
-        assert!("90:80".parse::<PortRange>().is_err());
-        assert!("70000".parse::<PortRange>().is_err());
-        assert!("a:b".parse::<PortRange>().is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::{Backend, Changes, DataplaneError, RouterNamespace, RuleSet};
+use crate::dataplane::{Backend, Changes, DataplaneError, RouterNamespace, RuleSet};
 
 /// One call the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,503 @@
+//! Role wiring: how a process of each role is built from the configuration, in one place.
+//!
+//! [`start`] builds what a [`Role`] needs (store, OpenStack session, router directory, mapping
+//! service, authentication, agent, monitor, notification listener, HTTP listeners) and runs
+//! it; [`Running::stop`] ends it the way systemd's SIGTERM does. The binary, the demo, the
+//! end-to-end tests and the benchmarks all start their processes through here; the builders
+//! ([`open_store`], [`session`], [`directory`], [`authenticator`], [`api`], [`agent`],
+//! [`monitor`]) are public so that a test can assemble one part on real services.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::agent::Agent;
+use crate::api::health::{self, Readiness};
+use crate::api::{self, AppState, Authenticator, RoleNames};
+use crate::config::{Allocation, AuthStrategy, Config};
+use crate::dataplane::conntrack::Conntrack;
+use crate::dataplane::sync::RouterSync;
+use crate::dataplane::DataplaneError;
+use crate::monitor::notifications::{self, Subscription};
+use crate::monitor::Monitor;
+use crate::openstack::tokens::KeystoneTokens;
+use crate::openstack::{
+    clouds, CachedDirectory, NamespaceDirectory, NeutronDirectory, OpenStackError, RouterDirectory,
+    Session,
+};
+use crate::placement::LocalNamespaces;
+use crate::service::MappingService;
+use crate::store::{Policy, Store, StoreError, Strategy};
+use crate::util::{redacted, Chain};
+
+/// What a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API, agent and (with OpenStack credentials) monitor: one network node on SQLite.
+    AllInOne,
+    /// The API alone.
+    Server,
+    /// The agent alone: programs this node's router namespaces.
+    Agent,
+    /// The monitor alone.
+    Monitor,
+}
+
+/// Whether a role runs the monitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MonitorNeed {
+    No,
+    /// When OpenStack credentials are configured (all-in-one also runs without).
+    WithCredentials,
+    Required,
+}
+
+impl Role {
+    fn api(self) -> bool {
+        matches!(self, Role::AllInOne | Role::Server)
+    }
+
+    fn agent(self) -> bool {
+        matches!(self, Role::AllInOne | Role::Agent)
+    }
+
+    fn monitor(self) -> MonitorNeed {
+        match self {
+            Role::AllInOne => MonitorNeed::WithCredentials,
+            Role::Monitor => MonitorNeed::Required,
+            Role::Server | Role::Agent => MonitorNeed::No,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::AllInOne => "all-in-one",
+            Role::Server => "server",
+            Role::Agent => "agent",
+            Role::Monitor => "monitor",
+        }
+    }
+}
+
+/// Why a role could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("opening the database {url}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("loading the service's OpenStack credentials")]
+    Credentials(#[source] OpenStackError),
+    #[error(
+        "{what} needs the service's OpenStack credentials: set [openstack] clouds_file (or \
+         OS_CLIENT_CONFIG_FILE) to a clouds.yaml with cloud {cloud:?}"
+    )]
+    NoCredentials { what: &'static str, cloud: String },
+    #[error("starting the dataplane")]
+    Dataplane(#[source] DataplaneError),
+    #[error("nothing to run: the agent needs [dataplane] enabled = true")]
+    NothingToRun,
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("serving HTTP")]
+    Serve(#[source] std::io::Error),
+    #[error("handling signals")]
+    Signals(#[source] std::io::Error),
+    #[error("a task of the process failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The store of `[database] connection`, its schema brought up to date.
+pub async fn open_store(cfg: &Config) -> Result<Arc<Store>, RuntimeError> {
+    let url = &cfg.database.connection;
+    let failed = |source| RuntimeError::Store {
+        url: redacted(url),
+        source,
+    };
+    let store = Store::open(url).await.map_err(failed)?;
+    store.migrate().await.map_err(failed)?;
+    Ok(Arc::new(store))
+}
+
+/// The service's Keystone session, when a `clouds.yaml` is configured.
+pub fn session(cfg: &Config) -> Result<Option<Arc<Session>>, RuntimeError> {
+    let Some(path) = clouds::clouds_file(cfg.openstack.clouds_file.as_deref()) else {
+        return Ok(None);
+    };
+    let cloud = clouds::load(&path, &cfg.openstack.cloud).map_err(RuntimeError::Credentials)?;
+    tracing::info!(file = %path.display(), cloud = %cfg.openstack.cloud, auth_url = %cloud.auth_url,
+        "OpenStack credentials loaded");
+    let session = Session::new(cloud, Duration::from_secs(cfg.openstack.request_timeout))
+        .map_err(RuntimeError::Credentials)?;
+    Ok(Some(Arc::new(session)))
+}
+
+/// Where the API reads router and port facts: Neutron behind a short router cache (which the
+/// caller drops on Neutron's notifications), or without credentials this node's namespaces.
+pub fn directory(
+    cfg: &Config,
+    session: Option<&Arc<Session>>,
+) -> (Arc<dyn RouterDirectory>, Option<Arc<CachedDirectory>>) {
+    match session {
+        Some(s) => {
+            let cache = Arc::new(CachedDirectory::new(
+                Arc::new(NeutronDirectory::new(s.clone())),
+                Duration::from_secs(cfg.openstack.router_cache_seconds),
+            ));
+            (cache.clone(), Some(cache))
+        }
+        None => {
+            tracing::warn!(
+                "no clouds.yaml ([openstack] clouds_file or OS_CLIENT_CONFIG_FILE): \
+                router facts come from this node's namespaces and ports are not checked"
+            );
+            (Arc::new(NamespaceDirectory), None)
+        }
+    }
+}
+
+/// How API callers are recognised.
+pub fn authenticator(
+    cfg: &Config,
+    session: Option<&Arc<Session>>,
+) -> Result<Authenticator, RuntimeError> {
+    let roles = RoleNames {
+        admin: cfg.praas.admin_role.clone(),
+        member: cfg.praas.member_role.clone(),
+        reader: cfg.praas.reader_role.clone(),
+    };
+    match cfg.praas.auth_strategy {
+        AuthStrategy::Keystone => {
+            let session = session.ok_or_else(|| RuntimeError::NoCredentials {
+                what: "auth_strategy = keystone",
+                cloud: cfg.openstack.cloud.clone(),
+            })?;
+            Ok(Authenticator::Keystone {
+                auth_url: session.auth_url().to_string(),
+                tokens: Arc::new(KeystoneTokens::new(
+                    session.clone(),
+                    Duration::from_secs(cfg.openstack.token_cache_seconds),
+                    cfg.openstack.token_cache_size as usize,
+                )),
+                roles,
+            })
+        }
+        AuthStrategy::Noauth => {
+            tracing::warn!(
+                "auth_strategy = noauth: requests are NOT authenticated; callers name their project and roles \
+                 in X-Project-Id / X-Roles headers. Development only."
+            );
+            Ok(Authenticator::Noauth { roles })
+        }
+    }
+}
+
+/// The allocation policy of `[praas]`.
+pub fn policy(cfg: &Config) -> Policy {
+    Policy {
+        range: cfg.praas.router_port_range,
+        strategy: match cfg.praas.port_allocation {
+            Allocation::Random => Strategy::Random,
+            Allocation::Sequential => Strategy::Sequential,
+        },
+    }
+}
+
+/// The HTTP API over the given parts, ready to serve: what `server` and `all-in-one` serve,
+/// and what in-process tests call.
+pub fn api(
+    store: Arc<Store>,
+    directory: Arc<dyn RouterDirectory>,
+    auth: Authenticator,
+    policy: Policy,
+    readiness: Arc<Readiness>,
+) -> axum::Router {
+    api::router(Arc::new(AppState {
+        service: Arc::new(MappingService::new(store, directory, policy)),
+        auth,
+        readiness,
+    }))
+}
+
+/// The agent of this node, on the configured dataplane driver.
+pub fn agent(cfg: &Config, store: Arc<Store>) -> Result<Agent, RuntimeError> {
+    let backend = cfg
+        .dataplane
+        .driver
+        .backend()
+        .map_err(RuntimeError::Dataplane)?;
+    let sync = Arc::new(RouterSync::new(Arc::from(backend), Arc::new(Conntrack)));
+    Ok(Agent::new(
+        store,
+        sync,
+        Arc::new(LocalNamespaces::default()),
+        cfg.dataplane.resync_period(),
+    ))
+}
+
+/// The monitor, reading Neutron with `session`.
+pub fn monitor(cfg: &Config, store: Arc<Store>, session: Arc<Session>) -> Monitor {
+    Monitor::new(
+        store,
+        Arc::new(NeutronDirectory::new(session)),
+        cfg.praas.on_port_deleted,
+    )
+}
+
+/// A running process of one role.
+pub struct Running {
+    role: Role,
+    api_addr: Option<SocketAddr>,
+    status_addr: Option<SocketAddr>,
+    tasks: JoinSet<Result<(), RuntimeError>>,
+    monitor: Option<tokio::task::JoinHandle<()>>,
+    stopping: watch::Sender<bool>,
+    store: Arc<Store>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, RuntimeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Listen { addr, source })
+}
+
+fn serve(
+    tasks: &mut JoinSet<Result<(), RuntimeError>>,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stopping: watch::Receiver<bool>,
+) {
+    tasks.spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            })
+            .await
+            .map_err(RuntimeError::Serve)
+    });
+}
+
+/// Builds and starts `role` from `cfg`. Listeners are bound before this returns (a port of 0
+/// takes a free one: see [`Running::api_addr`]).
+pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
+    let needs_openstack = role.api() || role.monitor() != MonitorNeed::No;
+    let session = if needs_openstack { session(cfg)? } else { None };
+    if role.monitor() == MonitorNeed::Required && session.is_none() {
+        return Err(RuntimeError::NoCredentials {
+            what: "the monitor (it reads Neutron)",
+            cloud: cfg.openstack.cloud.clone(),
+        });
+    }
+    let auth = if role.api() {
+        Some(authenticator(cfg, session.as_ref())?)
+    } else {
+        None
+    };
+    if role == Role::Agent && !cfg.dataplane.enabled {
+        return Err(RuntimeError::NothingToRun);
+    }
+    let store = open_store(cfg).await?;
+    let (stopping, _) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    // Woken by Neutron's notifications: the monitor, and the API's router cache.
+    let mut wakes: Vec<Arc<Notify>> = vec![];
+
+    let mut agent_counters = None;
+    if role.agent() && cfg.dataplane.enabled {
+        let agent = agent(cfg, store.clone())?;
+        agent_counters = Some(agent.counters());
+        tracing::info!(driver = ?cfg.dataplane.driver, "agent started");
+        let mut stop = stopping.subscribe();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = agent.run() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        });
+    }
+
+    let readiness = Arc::new(Readiness {
+        store: store.clone(),
+        session: session.clone(),
+        agent: agent_counters,
+    });
+    let (mut api_addr, mut status_addr) = (None, None);
+    if let Some(auth) = auth {
+        let (directory, cache) = directory(cfg, session.as_ref());
+        if let Some(cache) = cache {
+            let wake = Arc::new(Notify::new());
+            wakes.push(wake.clone());
+            let mut stop = stopping.subscribe();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = wake.notified() => cache.forget_all(),
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                    }
+                }
+            });
+        }
+        let app = api(
+            store.clone(),
+            directory,
+            auth,
+            policy(cfg),
+            readiness.clone(),
+        );
+        let listener = bind(cfg.praas.listen_addr()).await?;
+        let addr = listener.local_addr().map_err(RuntimeError::Serve)?;
+        tracing::info!(%addr, "API listening");
+        serve(&mut tasks, listener, app, stopping.subscribe());
+        api_addr = Some(addr);
+    } else {
+        let port = match role {
+            Role::Monitor => cfg.praas.monitor_status_port,
+            _ => cfg.praas.agent_status_port,
+        };
+        let listener = bind(SocketAddr::new(cfg.praas.bind_address, port)).await?;
+        let addr = listener.local_addr().map_err(RuntimeError::Serve)?;
+        tracing::info!(%addr, "status (/healthz, /readyz) listening");
+        serve(
+            &mut tasks,
+            listener,
+            health::routes(readiness),
+            stopping.subscribe(),
+        );
+        status_addr = Some(addr);
+    }
+
+    let mut monitor_task = None;
+    match (role.monitor(), &session) {
+        (MonitorNeed::No, _) => {}
+        (_, Some(session)) => {
+            let monitor = monitor(cfg, store.clone(), session.clone());
+            let wake = Arc::new(Notify::new());
+            wakes.push(wake.clone());
+            let interval = cfg.praas.monitoring_interval();
+            tracing::info!(?interval, "monitor started");
+            let mut stop = stopping.subscribe();
+            monitor_task = Some(tokio::spawn(monitor.run_until(interval, wake, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })));
+        }
+        (_, None) => tracing::warn!(
+            "no clouds.yaml: the monitor does not run, so mappings of deleted or changed VMs are not updated"
+        ),
+    }
+
+    match &cfg.notifications.transport_url {
+        Some(url) if !wakes.is_empty() => {
+            let subscription = Subscription::new(url.clone(), cfg.notifications.exchange.clone());
+            let mut stop = stopping.subscribe();
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = notifications::listen_all(subscription, wakes, Arc::default()) => {}
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+                Ok(())
+            });
+        }
+        Some(_) => {}
+        None if !wakes.is_empty() => {
+            tracing::info!("no [notifications] transport_url: the monitor polls only");
+        }
+        None => {}
+    }
+
+    Ok(Running {
+        role,
+        api_addr,
+        status_addr,
+        tasks,
+        monitor: monitor_task,
+        stopping,
+        store,
+    })
+}
+
+impl Running {
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Where the API listens (server, all-in-one).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// Where `/healthz` and `/readyz` are served by a role without the API (agent, monitor).
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status_addr
+    }
+
+    /// The store the process uses.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Runs until `stop` completes or a task ends (which is an error), then stops.
+    pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> Result<(), RuntimeError> {
+        let monitor_done = async {
+            match self.monitor.as_mut() {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+        let outcome = tokio::select! {
+            _ = stop => Ok(()),
+            Some(done) = self.tasks.join_next() => done?,
+            done = monitor_done => done.map_err(RuntimeError::from),
+        };
+        self.stop().await;
+        outcome
+    }
+
+    /// Runs until SIGTERM (systemd) or SIGINT.
+    pub async fn run_until_signalled(self) -> Result<(), RuntimeError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).map_err(RuntimeError::Signals)?;
+        self.run_until(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+                _ = terminate.recv() => tracing::info!("terminated; stopping"),
+            }
+        })
+        .await
+    }
+
+    /// Stops every part: listeners finish their requests, the monitor gives its lease up (so
+    /// a standby acts at once), the agent and the listener of notifications end.
+    pub async fn stop(mut self) {
+        self.stopping.send_replace(true);
+        if let Some(task) = self.monitor.take().filter(|t| !t.is_finished()) {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the monitor did not stop within 5 s; its lease runs out by itself");
+            }
+        }
+        let drained = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(done) = self.tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %Chain(&e), "a part ended with an error while stopping");
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Small helpers shared by several parts.
+
+/// `url` with every password replaced by `***`, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let hosts: Vec<String> = hosts
+        .split(',')
+        .map(|h| match h.rsplit_once('@') {
+            Some((credentials, host)) => {
+                let user = credentials.split(':').next().unwrap_or_default();
+                format!("{user}:***@{host}")
+            }
+            None => h.to_string(),
+        })
+        .collect();
+    let path = if rest.contains('/') {
+        format!("/{path}")
+    } else {
+        String::new()
+    };
+    format!("{scheme}://{}{path}", hosts.join(","))
+}
+
+/// An error and its sources, `outer: inner: innermost`, for log lines (each error's own
+/// message says only what it adds).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// A transport URL that is not one of RabbitMQ.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportUrlError {
+    #[error("{0:?} is not a rabbit:// transport URL")]
+    NotRabbit(String),
+    #[error("{0:?} names no host")]
+    NoHost(String),
+}
+
+/// `rabbit://user:pass@host:port/vhost` (oslo.messaging's form) as an AMQP URL. Only the first
+/// host of a list is used. Errors show the URL without its password.
+pub fn amqp_url(transport_url: &str) -> Result<String, TransportUrlError> {
+    let shown = redacted(transport_url);
+    let rest = transport_url
+        .strip_prefix("rabbit://")
+        .or_else(|| transport_url.strip_prefix("amqp://"))
+        .ok_or_else(|| TransportUrlError::NotRabbit(shown.clone()))?;
+    let (hosts, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let first = hosts.split(',').next().unwrap_or_default();
+    if first.is_empty() {
+        return Err(TransportUrlError::NoHost(shown));
+    }
+    let vhost = if vhost.is_empty() { "%2f" } else { vhost };
+    Ok(format!("amqp://{first}/{vhost}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_replaced() {
+        assert_eq!(
+            redacted("rabbit://u:p@h1:5672,v:q@h2:5672/openstack"),
+            "rabbit://u:***@h1:5672,v:***@h2:5672/openstack"
+        );
+        assert_eq!(redacted("rabbit://h:5672"), "rabbit://h:5672");
+        assert_eq!(
+            redacted("mysql+pymysql://praas:s3cret@db/praas"),
+            "mysql+pymysql://praas:***@db/praas"
+        );
+    }
+}
