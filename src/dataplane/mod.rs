@@ -106,6 +106,13 @@ pub enum DataplaneError {
     #[error("could not read back the rules of namespace {namespace}: {message}")]
     ReadBack { namespace: String, message: String },
 
+    #[error("could not read back the rules of namespace {namespace}")]
+    ReadBackParse {
+        namespace: String,
+        #[source]
+        source: iptables::ParseError,
+    },
+
     #[error("namespace {namespace} does not hold what was programmed: {detail}")]
     Drift { namespace: String, detail: String },
 

@@ -91,7 +91,7 @@ use super::{
 };
 use crate::process::{run, RunError};
 use parse::{parse_chains, rule_set_of, structure_mismatch};
-pub use parse::{parse_rules, parse_save, NatListing};
+pub use parse::{parse_rules, parse_save, Malformed, NatListing, ParseError};
 pub use render::{render_full, render_remove};
 
 /// Name of this backend in logs and errors.
@@ -261,9 +261,9 @@ impl IptablesBackend {
         if !listing.is_complete() {
             return Ok(None);
         }
-        let chains = parse_chains(&listing).map_err(|message| DataplaneError::ReadBack {
+        let chains = parse_chains(&listing).map_err(|source| DataplaneError::ReadBackParse {
             namespace: namespace.to_string(),
-            message,
+            source,
         })?;
         let rules = rule_set_of(&chains);
         let drift = |detail: String| DataplaneError::Drift {
@@ -604,8 +604,8 @@ mod netns_tests {
             ],
         );
         match backend.read_back(&ns.0) {
-            Err(DataplaneError::ReadBack { message, .. }) => {
-                assert!(message.contains(foreign), "{message}")
+            Err(DataplaneError::ReadBackParse { source, .. }) => {
+                assert!(source.to_string().contains(foreign), "{source}")
             }
             other => panic!("expected a read-back error, got {other:?}"),
         }

@@ -1,6 +1,7 @@
 //! Parses `iptables-save` output back into our rules, and checks that they are what we write.
 
-use std::net::Ipv4Addr;
+use std::net::{self, Ipv4Addr};
+use std::num::ParseIntError;
 
 use ipnet::Ipv4Net;
 
@@ -9,6 +10,85 @@ use super::{Hook, Rule};
 use crate::dataplane::nft::render::GATEWAY_DEVICE_PREFIX;
 use crate::dataplane::nft::HAIRPIN_LABEL;
 use crate::dataplane::{ExternalKey, MasqueradeKey, Protocol, RuleSet, Target};
+
+/// A line of our chains that is not one of our rules.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot parse rule `{line}`")]
+pub struct ParseError {
+    /// The line as `iptables-save` printed it.
+    pub line: String,
+    /// What in it is not what we write.
+    #[source]
+    pub reason: Malformed,
+}
+
+/// What makes a saved rule not one of ours.
+#[derive(Debug, thiserror::Error)]
+pub enum Malformed {
+    #[error("unterminated quote")]
+    UnterminatedQuote,
+    /// `!` in front of an option other than `-i`.
+    #[error("negated {0} is not one of ours")]
+    Negated(String),
+    /// `!` at the end of the rule.
+    #[error("dangling !")]
+    DanglingNegation,
+    #[error("{0} has no value")]
+    NoValue(String),
+    #[error("{0} given twice")]
+    Repeated(String),
+    #[error("option {0} is not one of ours")]
+    UnknownOption(String),
+    #[error("{value:?} is not an IPv4 network")]
+    Network {
+        value: String,
+        #[source]
+        source: ipnet::AddrParseError,
+    },
+    #[error("{value:?} is not an IPv4 address")]
+    Address {
+        value: String,
+        #[source]
+        source: net::AddrParseError,
+    },
+    /// A network where the rule has a single address (`what` says which one).
+    #[error("{what} {net} is not a single address")]
+    NotAHost { what: &'static str, net: Ipv4Net },
+    /// Not a number from 1 to 65535 (a range, a service name, 0).
+    #[error("{value:?} is not a single port")]
+    Port {
+        value: String,
+        #[source]
+        source: Option<ParseIntError>,
+    },
+    #[error("protocol {0:?} is not tcp or udp")]
+    Protocol(String),
+    #[error("DNAT target {0:?} has no port")]
+    TargetWithoutPort(String),
+    #[error("DNAT target {value:?} is not address:port")]
+    Target {
+        value: String,
+        #[source]
+        source: net::AddrParseError,
+    },
+    /// A part our rules always have is absent (`no destination port`).
+    #[error("no {0}")]
+    Missing(&'static str),
+    /// `-A` names neither of our chains.
+    #[error("not a rule of our chains")]
+    NotOurChain,
+    #[error("not a hairpin label rule")]
+    NotHairpinLabel,
+    #[error("not a DNAT rule of ours")]
+    NotOurDnat,
+    #[error("not the hairpin masquerade rule")]
+    NotHairpinMasquerade,
+    #[error("not a masquerade rule of ours")]
+    NotOurMasquerade,
+    /// A target (`-j`, or `(none)`) that our rules do not use in this chain.
+    #[error("target {jump} is not used in {chain}")]
+    UnusedTarget { jump: String, chain: &'static str },
+}
 
 /// What `iptables-save -t nat` shows of ours. Arrays are indexed by [`Hook`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,7 +145,7 @@ pub fn parse_save(text: &str) -> NatListing {
 }
 
 /// Splits a saved rule into words; double quotes group words and `\` escapes inside them.
-fn split_words(line: &str) -> Result<Vec<String>, String> {
+fn split_words(line: &str) -> Result<Vec<String>, Malformed> {
     let mut words = Vec::new();
     let mut chars = line.chars();
     let mut word: Option<String> = None;
@@ -76,9 +156,9 @@ fn split_words(line: &str) -> Result<Vec<String>, String> {
                 loop {
                     match chars.next() {
                         Some('"') => break,
-                        Some('\\') => w.push(chars.next().ok_or("unterminated quote")?),
+                        Some('\\') => w.push(chars.next().ok_or(Malformed::UnterminatedQuote)?),
                         Some(c) => w.push(c),
-                        None => return Err("unterminated quote".into()),
+                        None => return Err(Malformed::UnterminatedQuote),
                     }
                 }
             }
@@ -109,42 +189,50 @@ struct Options {
     to_destination: Option<Target>,
 }
 
-fn net(s: &str) -> Result<Ipv4Net, String> {
+fn net(s: &str) -> Result<Ipv4Net, Malformed> {
     if s.contains('/') {
-        s.parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 network"))
+        s.parse().map_err(|source| Malformed::Network {
+            value: s.to_string(),
+            source,
+        })
     } else {
-        let ip: Ipv4Addr = s
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 address"))?;
+        let ip: Ipv4Addr = s.parse().map_err(|source| Malformed::Address {
+            value: s.to_string(),
+            source,
+        })?;
         Ok(Ipv4Net::from(ip))
     }
 }
 
 /// The address of a `/32` network.
-fn host(n: Option<Ipv4Net>, what: &str) -> Result<Ipv4Addr, String> {
+fn host(n: Option<Ipv4Net>, what: &'static str) -> Result<Ipv4Addr, Malformed> {
     match n {
         Some(n) if n.prefix_len() == 32 => Ok(n.addr()),
-        Some(n) => Err(format!("{what} {n} is not a single address")),
-        None => Err(format!("no {what}")),
+        Some(net) => Err(Malformed::NotAHost { what, net }),
+        None => Err(Malformed::Missing(what)),
     }
 }
 
-fn port(s: &str) -> Result<u16, String> {
-    s.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{s:?} is not a single port"))
+fn port(s: &str) -> Result<u16, Malformed> {
+    let not_a_port = |source| Malformed::Port {
+        value: s.to_string(),
+        source,
+    };
+    match s.parse::<u16>() {
+        Ok(0) => Err(not_a_port(None)),
+        Ok(p) => Ok(p),
+        Err(e) => Err(not_a_port(Some(e))),
+    }
 }
 
-fn set_once<T>(slot: &mut Option<T>, value: T, option: &str) -> Result<(), String> {
+fn set_once<T>(slot: &mut Option<T>, value: T, option: &str) -> Result<(), Malformed> {
     if slot.replace(value).is_some() {
-        return Err(format!("{option} given twice"));
+        return Err(Malformed::Repeated(option.to_string()));
     }
     Ok(())
 }
 
-fn options(words: &[String]) -> Result<Options, String> {
+fn options(words: &[String]) -> Result<Options, Malformed> {
     let mut o = Options::default();
     let mut words = words.iter().map(String::as_str);
     let mut negated = false;
@@ -154,13 +242,15 @@ fn options(words: &[String]) -> Result<Options, String> {
             continue;
         }
         if negated && word != "-i" {
-            return Err(format!("negated {word} is not one of ours"));
+            return Err(Malformed::Negated(word.to_string()));
         }
         if word == "--set" {
             o.label_set = true;
             continue;
         }
-        let value = words.next().ok_or_else(|| format!("{word} has no value"))?;
+        let value = words
+            .next()
+            .ok_or_else(|| Malformed::NoValue(word.to_string()))?;
         match word {
             "-A" => set_once(&mut o.chain, value.to_string(), word)?,
             "-s" => set_once(&mut o.source, net(value)?, word)?,
@@ -169,7 +259,7 @@ fn options(words: &[String]) -> Result<Options, String> {
             "-p" => {
                 let p = value
                     .parse::<Protocol>()
-                    .map_err(|_| format!("protocol {value:?} is not tcp or udp"))?;
+                    .map_err(|_| Malformed::Protocol(value.to_string()))?;
                 set_once(&mut o.protocol, p, word)?
             }
             "-m" => o.modules.push(value.to_string()),
@@ -181,32 +271,36 @@ fn options(words: &[String]) -> Result<Options, String> {
             "--to-destination" => {
                 let (ip, p) = value
                     .split_once(':')
-                    .ok_or_else(|| format!("DNAT target {value:?} has no port"))?;
-                let ip = ip
-                    .parse()
-                    .map_err(|_| format!("DNAT target {value:?} is not address:port"))?;
+                    .ok_or_else(|| Malformed::TargetWithoutPort(value.to_string()))?;
+                let ip = ip.parse().map_err(|source| Malformed::Target {
+                    value: value.to_string(),
+                    source,
+                })?;
                 set_once(&mut o.to_destination, Target { ip, port: port(p)? }, word)?
             }
-            other => return Err(format!("option {other} is not one of ours")),
+            other => return Err(Malformed::UnknownOption(other.to_string())),
         }
         negated = false;
     }
     if negated {
-        return Err("dangling !".into());
+        return Err(Malformed::DanglingNegation);
     }
     Ok(o)
 }
 
 /// Parses one `-A` line of our chains.
-fn parse_rule(line: &str) -> Result<Rule, String> {
-    let fail = |why: String| format!("cannot parse rule `{line}`: {why}");
+fn parse_rule(line: &str) -> Result<Rule, ParseError> {
+    let fail = |reason: Malformed| ParseError {
+        line: line.to_string(),
+        reason,
+    };
     let words = split_words(line).map_err(fail)?;
     let o = options(&words).map_err(fail)?;
     let hook = o
         .chain
         .as_deref()
         .and_then(Hook::of_chain)
-        .ok_or_else(|| fail("not a rule of our chains".into()))?;
+        .ok_or_else(|| fail(Malformed::NotOurChain))?;
     let mut modules = o.modules.clone();
     modules.sort();
     let label_ok = o.label.as_deref() == Some(HAIRPIN_LABEL.to_string().as_str());
@@ -229,14 +323,16 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
                 && o.ctorigdst.is_none()
                 && o.to_destination.is_none();
             if !ok {
-                return Err(fail("not a hairpin label rule".into()));
+                return Err(fail(Malformed::NotHairpinLabel));
             }
             Rule::HairpinLabel {
                 gateway: host(o.destination, "destination").map_err(fail)?,
             }
         }
         (Hook::Prerouting, Some("DNAT")) => {
-            let protocol = o.protocol.ok_or_else(|| fail("no protocol".into()))?;
+            let protocol = o
+                .protocol
+                .ok_or_else(|| fail(Malformed::Missing("protocol")))?;
             let ok = only(&[protocol.as_str()])
                 && o.input.is_none()
                 && o.label.is_none()
@@ -244,18 +340,20 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
                 && o.ctstate.is_none()
                 && o.ctorigdst.is_none();
             if !ok {
-                return Err(fail("not a DNAT rule of ours".into()));
+                return Err(fail(Malformed::NotOurDnat));
             }
             Rule::Dnat {
                 source: o.source,
                 key: ExternalKey {
                     ip: host(o.destination, "destination").map_err(fail)?,
                     protocol,
-                    port: o.dport.ok_or_else(|| fail("no destination port".into()))?,
+                    port: o
+                        .dport
+                        .ok_or_else(|| fail(Malformed::Missing("destination port")))?,
                 },
                 target: o
                     .to_destination
-                    .ok_or_else(|| fail("no DNAT target".into()))?,
+                    .ok_or_else(|| fail(Malformed::Missing("DNAT target")))?,
             }
         }
         (Hook::Postrouting, Some("MASQUERADE")) if o.destination.is_none() => {
@@ -270,12 +368,14 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
                 && o.ctorigdst.is_none()
                 && o.to_destination.is_none();
             if !ok {
-                return Err(fail("not the hairpin masquerade rule".into()));
+                return Err(fail(Malformed::NotHairpinMasquerade));
             }
             Rule::HairpinMasquerade
         }
         (Hook::Postrouting, Some("MASQUERADE")) => {
-            let protocol = o.protocol.ok_or_else(|| fail("no protocol".into()))?;
+            let protocol = o
+                .protocol
+                .ok_or_else(|| fail(Malformed::Missing("protocol")))?;
             let ok = only(&[protocol.as_str(), "conntrack"])
                 && o.ctstate.as_deref() == Some("DNAT")
                 && o.source.is_none()
@@ -284,28 +384,29 @@ fn parse_rule(line: &str) -> Result<Rule, String> {
                 && !o.label_set
                 && o.to_destination.is_none();
             if !ok {
-                return Err(fail("not a masquerade rule of ours".into()));
+                return Err(fail(Malformed::NotOurMasquerade));
             }
             Rule::Masquerade(MasqueradeKey {
                 external_ip: host(o.ctorigdst, "original destination").map_err(fail)?,
                 internal_ip: host(o.destination, "destination").map_err(fail)?,
                 protocol,
-                internal_port: o.dport.ok_or_else(|| fail("no destination port".into()))?,
+                internal_port: o
+                    .dport
+                    .ok_or_else(|| fail(Malformed::Missing("destination port")))?,
             })
         }
         (_, jump) => {
-            return Err(fail(format!(
-                "target {} is not used in {}",
-                jump.unwrap_or("(none)"),
-                hook.chain()
-            )))
+            return Err(fail(Malformed::UnusedTarget {
+                jump: jump.unwrap_or("(none)").to_string(),
+                chain: hook.chain(),
+            }))
         }
     };
     Ok(rule)
 }
 
 /// Parses the lines of both our chains into rules, indexed by [`Hook`].
-pub(super) fn parse_chains(listing: &NatListing) -> Result<[Vec<Rule>; 2], String> {
+pub(super) fn parse_chains(listing: &NatListing) -> Result<[Vec<Rule>; 2], ParseError> {
     let mut chains: [Vec<Rule>; 2] = Default::default();
     for hook in Hook::ALL {
         for line in &listing.lines[hook as usize] {
@@ -342,7 +443,7 @@ pub(super) fn rule_set_of(chains: &[Vec<Rule>; 2]) -> RuleSet {
 
 /// Parses the lines of our chains into the rule set they program. Lines that are not rules of
 /// ours are errors naming the line.
-pub fn parse_rules(listing: &NatListing) -> Result<RuleSet, String> {
+pub fn parse_rules(listing: &NatListing) -> Result<RuleSet, ParseError> {
     parse_chains(listing).map(|chains| rule_set_of(&chains))
 }
 
@@ -445,7 +546,7 @@ COMMIT
             let listing = parse_save(&format!("*nat\n:custom-PREROUTING - [0:0]\n{bad}\nCOMMIT\n"));
             assert_eq!(listing.lines.iter().flatten().count(), 1, "{bad}");
             let err = parse_rules(&listing).unwrap_err();
-            assert!(err.contains(bad), "{err}");
+            assert!(err.to_string().contains(bad), "{err}");
         }
     }
 
