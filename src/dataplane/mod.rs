@@ -116,6 +116,13 @@ pub enum DataplaneError {
     #[error("namespace {namespace} does not hold what was programmed: {detail}")]
     Drift { namespace: String, detail: String },
 
+    #[error("namespace {namespace} does not hold what was programmed")]
+    DriftRemoval {
+        namespace: String,
+        #[source]
+        source: iptables::NotThere,
+    },
+
     #[error("conntrack cleanup in namespace {namespace} failed")]
     Conntrack {
         namespace: String,

@@ -163,15 +163,31 @@ impl Rule {
     }
 }
 
+/// What an update removes that the chains do not hold.
+#[derive(Debug, thiserror::Error)]
+pub enum NotThere {
+    #[error("forward {key} to {}:{} is not there to remove", .target.ip, .target.port)]
+    Forward { key: ExternalKey, target: Target },
+    #[error("restriction of {0} is not there to remove")]
+    Restriction(ExternalKey),
+    #[error("allowed source {net} of {key} is not there to remove")]
+    AllowedSource { key: ExternalKey, net: Ipv4Net },
+    #[error(
+        "masquerade of {}:{}/{} is not there to remove",
+        .0.internal_ip, .0.internal_port, .0.protocol
+    )]
+    Masquerade(MasqueradeKey),
+}
+
 /// Applies `changes` to `state`, refusing removals of what `state` does not hold: the kernel
 /// state is not what the caller thinks, and only a full sync can be trusted then.
-fn apply_checked(state: &mut RuleSet, changes: &Changes) -> Result<(), String> {
+fn apply_checked(state: &mut RuleSet, changes: &Changes) -> Result<(), NotThere> {
     for (key, target) in &changes.remove_forwards {
         if state.forwards.get(key) != Some(target) {
-            return Err(format!(
-                "forward {key} to {}:{} is not there to remove",
-                target.ip, target.port
-            ));
+            return Err(NotThere::Forward {
+                key: *key,
+                target: *target,
+            });
         }
     }
     if let Some(key) = changes
@@ -179,26 +195,24 @@ fn apply_checked(state: &mut RuleSet, changes: &Changes) -> Result<(), String> {
         .iter()
         .find(|k| !state.restricted.contains(k))
     {
-        return Err(format!("restriction of {key} is not there to remove"));
+        return Err(NotThere::Restriction(*key));
     }
     if let Some((key, net)) = changes
         .remove_allowed
         .iter()
         .find(|a| !state.allowed.contains(a))
     {
-        return Err(format!(
-            "allowed source {net} of {key} is not there to remove"
-        ));
+        return Err(NotThere::AllowedSource {
+            key: *key,
+            net: *net,
+        });
     }
     if let Some(k) = changes
         .remove_masqueraded
         .iter()
         .find(|k| !state.masqueraded.contains(k))
     {
-        return Err(format!(
-            "masquerade of {}:{}/{} is not there to remove",
-            k.internal_ip, k.internal_port, k.protocol
-        ));
+        return Err(NotThere::Masquerade(*k));
     }
     state.apply(changes);
     Ok(())
@@ -323,9 +337,9 @@ impl Backend for IptablesBackend {
                             "{PREROUTING_CHAIN} or {POSTROUTING_CHAIN} or a jump to them is missing"
                         ),
                     })?;
-            apply_checked(&mut state, changes).map_err(|detail| DataplaneError::Drift {
+            apply_checked(&mut state, changes).map_err(|source| DataplaneError::DriftRemoval {
                 namespace: namespace.to_string(),
-                detail,
+                source,
             })?;
             self.restore(namespace, &render_full(&state, [1, 1]))
         })?
@@ -432,7 +446,7 @@ mod tests {
         assert_eq!(state, new);
         let mut empty = RuleSet::default();
         let err = apply_checked(&mut empty, &changes).unwrap_err();
-        assert!(err.contains("not there"), "{err}");
+        assert!(err.to_string().contains("not there"), "{err}");
         assert_eq!(empty, RuleSet::default());
     }
 }
@@ -570,7 +584,7 @@ mod netns_tests {
         assert_eq!(backend.read_back(&ns.0).unwrap(), Some(new.clone()));
         // The same changes again remove what is no longer there: refused, nothing written.
         let err = backend.update(&ns.0, &rules.diff(&new)).unwrap_err();
-        assert!(matches!(err, DataplaneError::Drift { .. }), "{err}");
+        assert!(matches!(err, DataplaneError::DriftRemoval { .. }), "{err}");
         assert_eq!(backend.read_back(&ns.0).unwrap(), Some(new.clone()));
 
         // A duplicate jump is drift, and a full sync repairs it.
