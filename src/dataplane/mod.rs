@@ -61,8 +61,22 @@ pub enum DataplaneError {
     #[error("could not read back the rules of namespace {namespace}: {message}")]
     ReadBack { namespace: String, message: String },
 
+    #[error("could not read back the rules of namespace {namespace}")]
+    ReadBackParse {
+        namespace: String,
+        #[source]
+        source: iptables::ParseError,
+    },
+
     #[error("namespace {namespace} does not hold what was programmed: {detail}")]
     Drift { namespace: String, detail: String },
+
+    #[error("namespace {namespace} does not hold what was programmed")]
+    DriftRemoval {
+        namespace: String,
+        #[source]
+        source: iptables::NotThere,
+    },
 
     #[error("conntrack cleanup in namespace {namespace} failed")]
     Conntrack {
