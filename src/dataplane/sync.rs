@@ -114,7 +114,7 @@ impl RouterSync {
                 }
                 Err(e) => {
                     // Whatever the kernel holds now, a full rewrite fixes it.
-                    warn!(%namespace, error = %e, "incremental update failed; rewriting the table");
+                    warn!(%namespace, error = %crate::util::Chain(&e), "incremental update failed; rewriting the table");
                     *committed = None;
                 }
             }
@@ -159,7 +159,7 @@ impl RouterSync {
                 }))
             }
             Err(e) => {
-                warn!(%namespace, error = %e, "incremental update failed; the namespace will be rewritten");
+                warn!(%namespace, error = %crate::util::Chain(&e), "incremental update failed; the namespace will be rewritten");
                 *committed = None;
                 Ok(None)
             }
@@ -177,7 +177,7 @@ impl RouterSync {
         let before = match self.backend.read_back(namespace) {
             Ok(rules) => rules.unwrap_or_default(),
             Err(e) => {
-                debug!(%namespace, error = %e, "could not read back before a full sync");
+                debug!(%namespace, error = %crate::util::Chain(&e), "could not read back before a full sync");
                 RuleSet::default()
             }
         };
@@ -269,7 +269,7 @@ impl RouterSync {
         match self.cleaner.delete_flows(namespace, &stale) {
             Ok(n) => n,
             Err(e) => {
-                warn!(%namespace, error = %e, "conntrack cleanup failed");
+                warn!(%namespace, error = %crate::util::Chain(&e), "conntrack cleanup failed");
                 0
             }
         }

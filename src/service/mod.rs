@@ -406,12 +406,14 @@ impl MappingService {
                             format!("port {port_id} has no IPv4 address"),
                         ))
                     }
-                    (None, _) => return Err(ServiceError::invalid(
-                        "internal_ip_address",
-                        format!(
+                    (None, _) => {
+                        return Err(ServiceError::invalid(
+                            "internal_ip_address",
+                            format!(
                             "port {port_id} has several IPv4 addresses; give internal_ip_address"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 Ok(vec![Internal {
                     fixed,

@@ -552,7 +552,7 @@ mod netns_tests {
 
     #[test]
     fn full_sync_update_read_back_remove() {
-        if !crate::simnode::kernel_tests_enabled("iptables") {
+        if !crate::testbed::simnode::kernel_tests_enabled("iptables") {
             return;
         }
         let ns = TestNamespace::new();
@@ -640,7 +640,7 @@ mod netns_tests {
 
     #[test]
     fn update_without_our_chains_fails_so_that_sync_rewrites() {
-        if !crate::simnode::kernel_tests_enabled("iptables") {
+        if !crate::testbed::simnode::kernel_tests_enabled("iptables") {
             return;
         }
         let ns = TestNamespace::new();
@@ -655,7 +655,7 @@ mod netns_tests {
 
     #[test]
     fn missing_namespace_and_missing_binaries() {
-        if !crate::simnode::kernel_tests_enabled("iptables") {
+        if !crate::testbed::simnode::kernel_tests_enabled("iptables") {
             return;
         }
         let gone = RouterNamespace::named(format!("praas-ipt-test-{}-gone", std::process::id()));
