@@ -378,7 +378,7 @@ impl Agent {
                     warn!(%namespace, error = %crate::util::Chain(&e), "programming failed");
                     report.failed_namespaces += 1;
                     report.errors += valid.len();
-                    let reason = e.to_string();
+                    let reason = crate::util::Chain(&e).to_string();
                     record.extend(
                         valid
                             .iter()
