@@ -327,8 +327,8 @@ fn load(path: &Path) -> Result<Config> {
 
 async fn db_sync(path: &Path) -> Result<()> {
     let cfg = load(path)?;
-    runtime::open_store(&cfg).await?;
-    println!("database schema is up to date");
+    let (_, migration) = runtime::db_sync(&cfg).await?;
+    println!("{migration}");
     Ok(())
 }
 

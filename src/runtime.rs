@@ -31,7 +31,7 @@ use crate::openstack::{
 };
 use crate::placement::LocalNamespaces;
 use crate::service::MappingService;
-use crate::store::{Policy, Store, StoreError, Strategy};
+use crate::store::{Migration, Policy, Store, StoreError, Strategy};
 use crate::util::{redacted, Chain};
 
 /// What a process runs.
@@ -119,14 +119,20 @@ pub enum RuntimeError {
 
 /// The store of `[database] connection`, its schema brought up to date.
 pub async fn open_store(cfg: &Config) -> Result<Arc<Store>, RuntimeError> {
+    Ok(Arc::new(db_sync(cfg).await?.0))
+}
+
+/// Opens the store and brings its schema up to date (`praas db-sync`), saying what it did.
+pub async fn db_sync(cfg: &Config) -> Result<(Store, Migration), RuntimeError> {
     let url = &cfg.database.connection;
     let failed = |source| RuntimeError::Store {
         url: redacted(url),
         source,
     };
     let store = Store::open(url).await.map_err(failed)?;
-    store.migrate().await.map_err(failed)?;
-    Ok(Arc::new(store))
+    let migration = store.migrate().await.map_err(failed)?;
+    tracing::info!(database = %redacted(url), "{migration}");
+    Ok((store, migration))
 }
 
 /// The service's Keystone session, when a `clouds.yaml` is configured.

@@ -929,6 +929,60 @@ async fn the_original_protocol_refuses_what_v1_refuses() {
     );
 }
 
+/// Bad input is named by its field and the rule it breaks, in the API's terms; an admin may
+/// go outside the configured range but not past the cap on one mapping's ports.
+#[tokio::test]
+async fn errors_name_the_field_and_the_rule() {
+    let app = app().await;
+    let message = |body: &Value| body["error"]["message"].as_str().unwrap().to_string();
+    for (fields, want) in [
+        (
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 70000}),
+            "mapping.internal_port must be a port number from 1 to 65535",
+        ),
+        (
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22, "masquerade": "yes"}),
+            "mapping.masquerade must be true or false",
+        ),
+        (
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22, "colour": "red"}),
+            "unknown field \"colour\" in mapping; the fields are router_id,",
+        ),
+        (
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port_range": "1:5000",
+                "external_port_range": "1:5000"}),
+            "external_port_range 1:5000 covers 5000 ports, more than the limit of 4096",
+        ),
+    ] {
+        let (status, body) = post(&app, ADMIN, fields).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(message(&body).starts_with(want), "{body}");
+    }
+    let (status, body) = call(
+        &app,
+        READER_P1,
+        Method::GET,
+        "/v1/mappings?colour=red",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        message(&body)
+            .starts_with("unknown query parameter \"colour\"; the parameters are router_id"),
+        "{body}"
+    );
+    // Within the cap, outside the range: the admin's to choose.
+    let (status, body) = post(
+        &app,
+        ADMIN,
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port_range": "1:4096",
+            "external_port_range": "10001:14096"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
 /// Every change through either protocol is one audit event saying who, which mapping of which
 /// project, and old → new; refused requests and reads are none.
 #[tokio::test]

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use praas::dataplane::{PortRange, Protocol};
 use praas::store::{
-    ExternalPorts, ListFilter, MappingUpdate, NewMapping, Policy, Store, StoreError, Strategy,
+    ExternalPorts, ListFilter, MappingUpdate, Migration, NewMapping, Policy, Store, StoreError,
+    Strategy,
 };
 
 const ROUTER: &str = "0b4ac4b5-58b2-4a4f-9a4f-1f7e2c9d0a11";
@@ -572,4 +573,56 @@ async fn mariadb_listings_follow_every_write_of_another_process() {
     };
     let (ours, theirs) = (common::open(&url).await, common::open(&url).await);
     listings_follow_every_write_of_another_process(ours, theirs).await;
+}
+
+#[tokio::test]
+async fn a_missing_sqlite_directory_is_named() {
+    let dir = std::env::temp_dir().join(format!("praas-missing-{}", uuid::Uuid::new_v4()));
+    let url = format!("sqlite:///{}/praas.db", dir.display());
+    let e = match Store::open(&url).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened a database in a directory that does not exist"),
+    };
+    assert!(
+        e.contains(&format!("the directory {} does not exist", dir.display())),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_mysql_is_reported_within_five_seconds_naming_its_host() {
+    // A port nothing listens on: the connection is refused at once; an address that drops
+    // packets would take the whole timeout, which is what the bound is for.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("mysql+pymysql://praas:s3cret@127.0.0.1:{port}/praas");
+    let started = std::time::Instant::now();
+    let e = match Store::open(&url).await {
+        Err(e) => e,
+        Ok(_) => panic!("connected to a closed port"),
+    };
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    let shown = praas::util::Chain(&e).to_string();
+    assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+}
+
+#[tokio::test]
+async fn db_sync_says_whether_it_created_or_found_the_schema() {
+    let store = Store::open(&common::sqlite_url()).await.unwrap();
+    let first = store.migrate().await.unwrap();
+    assert!(matches!(first, Migration::Created { .. }), "{first}");
+    let again = store.migrate().await.unwrap();
+    assert!(matches!(again, Migration::Current { .. }), "{again}");
+    assert_eq!(
+        again.to_string(),
+        format!(
+            "database schema is current (version {})",
+            match first {
+                Migration::Created { version } => version,
+                _ => unreachable!(),
+            }
+        )
+    );
 }

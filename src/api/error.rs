@@ -139,24 +139,137 @@ impl From<DirectoryError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         let status = r.status();
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "invalid_request",
-        };
-        // A body that does not fit the schema is a bad request, as OpenStack APIs answer it;
-        // other rejections keep their (client error) status, in our shape.
-        let status = match status {
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => status,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Self::new(status, code, r.body_text())
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                status,
+                "payload_too_large",
+                format!("the body is larger than {} bytes", super::MAX_BODY_BYTES),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                status,
+                "unsupported_media_type",
+                "send the body as JSON, with Content-Type: application/json",
+            ),
+            // A body that does not fit the schema is a bad request, as OpenStack APIs answer
+            // it, named in the API's terms rather than the decoder's.
+            _ => Self::bad_request(body_problem(&r)),
+        }
+    }
+}
+
+/// What is wrong with a JSON body, by field: `mapping.internal_port must be a port number
+/// from 1 to 65535`, `unknown field "colour" in mapping`, `the body is not valid JSON (...)`.
+fn body_problem(r: &JsonRejection) -> String {
+    let mut source = std::error::Error::source(r);
+    while let Some(e) = source {
+        if let Some(e) = e.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            return field_problem(&e.path().to_string(), e.inner());
+        }
+        if let Some(e) = e.downcast_ref::<serde_json::Error>() {
+            return field_problem(".", e);
+        }
+        source = e.source();
+    }
+    "the body is not a JSON document of the expected shape".into()
+}
+
+fn field_problem(path: &str, e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = e.to_string();
+    // serde_json appends " at line L column C"; the field path says more.
+    let what = text.split(" at line ").next().unwrap_or(&text);
+    match e.classify() {
+        Category::Syntax | Category::Eof => format!("the body is not valid JSON ({text})"),
+        Category::Io => "the body could not be read".into(),
+        Category::Data => {
+            let (inside, field) = match path.rsplit_once('.') {
+                Some((parent, field)) => (Some(parent), field),
+                None if path == "." => (None, ""),
+                None => (None, path),
+            };
+            if let Some(rest) = what.strip_prefix("unknown field ") {
+                let (name, known) = rest.split_once(", expected").unwrap_or((rest, ""));
+                let known = known
+                    .trim_start_matches(" one of")
+                    .replace('`', "")
+                    .trim()
+                    .to_string();
+                // The path ends with the unknown field itself.
+                let place = match inside {
+                    Some(parent) => parent.to_string(),
+                    None => "the body".to_string(),
+                };
+                return format!(
+                    "unknown field {} in {place}; the fields are {known}",
+                    name.replace('`', "\"")
+                );
+            }
+            if let Some(rest) = what.strip_prefix("missing field ") {
+                let name = rest.replace('`', "");
+                return match (name.as_str(), inside) {
+                    ("mapping", _) => "the body must be {\"mapping\": {...}}".into(),
+                    (name, Some(parent)) => format!("{parent}.{field}.{name} is required"),
+                    (name, None) if !field.is_empty() => format!("{field}.{name} is required"),
+                    (name, None) => format!("{name} is required"),
+                };
+            }
+            let expected = match what.rsplit_once(", expected ") {
+                Some((_, expected)) => expected,
+                None if what.starts_with("invalid IPv4 address") => "an IPv4 address",
+                None if path == "." || path.is_empty() => return format!("the body: {what}"),
+                None => return format!("{path}: {what}"),
+            };
+            let rule = match expected {
+                "u16" => "a port number from 1 to 65535".to_string(),
+                "u32" => "a whole number".to_string(),
+                "a boolean" => "true or false".to_string(),
+                "a sequence" => "a list".to_string(),
+                "IPv4 address" | "an IPv4 address" => "an IPv4 address".to_string(),
+                "struct MappingEnvelope" => "{\"mapping\": {...}}".to_string(),
+                e if e.starts_with("struct ") => "an object".to_string(),
+                e => e.to_string(),
+            };
+            if path == "." || path.is_empty() {
+                format!("the body must be {rule}")
+            } else {
+                format!("{path} must be {rule}")
+            }
+        }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
-        Self::bad_request(r.body_text())
+        Self::bad_request(query_problem(&r.body_text()))
+    }
+}
+
+/// The query decoder's text (`<parameter>: <problem>`) in the API's terms.
+fn query_problem(text: &str) -> String {
+    let what = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    let (parameter, problem) = match what.split_once(": ") {
+        Some((p, rest)) if !p.contains(' ') => (Some(p), rest),
+        _ => (None, what),
+    };
+    if let Some(rest) = problem.strip_prefix("unknown field ") {
+        let (name, known) = rest.split_once(", expected").unwrap_or((rest, ""));
+        let known = known.trim_start_matches(" one of").replace('`', "");
+        return format!(
+            "unknown query parameter {}; the parameters are {}",
+            name.replace('`', "\""),
+            known.trim()
+        );
+    }
+    match parameter {
+        Some("external_port") => "external_port must be a port number from 1 to 65535".into(),
+        Some("limit") => "limit must be a whole number from 1 to 10000".into(),
+        Some(p) => format!("{p}: {}", problem.replace('`', "\"")),
+        None => format!(
+            "the query string cannot be read: {}",
+            problem.replace('`', "\"")
+        ),
     }
 }
 
@@ -169,6 +282,71 @@ impl From<PathRejection> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn problem<T: serde::de::DeserializeOwned + std::fmt::Debug>(json: &str) -> String {
+        let de = &mut serde_json::Deserializer::from_str(json);
+        let e = serde_path_to_error::deserialize::<_, T>(de).unwrap_err();
+        field_problem(&e.path().to_string(), e.inner())
+    }
+
+    #[test]
+    fn a_bad_query_names_the_parameter() {
+        assert_eq!(
+            query_problem("Failed to deserialize query string: colour: unknown field `colour`, expected one of `router_id`, `limit`"),
+            "unknown query parameter \"colour\"; the parameters are router_id, limit"
+        );
+        assert_eq!(
+            query_problem(
+                "Failed to deserialize query string: limit: invalid digit found in string"
+            ),
+            "limit must be a whole number from 1 to 10000"
+        );
+    }
+
+    #[test]
+    fn a_bad_body_is_named_by_field_and_rule_never_by_the_decoder() {
+        use crate::api::v1::{CreateMapping, MappingEnvelope};
+        type Create = MappingEnvelope<CreateMapping>;
+        assert_eq!(
+            problem::<Create>(r#"{"mapping": {"internal_port": 70000}}"#),
+            "mapping.internal_port must be a port number from 1 to 65535"
+        );
+        assert_eq!(
+            problem::<Create>(r#"{"mapping": {"internal_port": "22"}}"#),
+            "mapping.internal_port must be a port number from 1 to 65535"
+        );
+        assert_eq!(
+            problem::<Create>(r#"{"mapping": {"masquerade": "yes"}}"#),
+            "mapping.masquerade must be true or false"
+        );
+        assert_eq!(
+            problem::<Create>(r#"{"mapping": {"internal_ip_address": "10.0.0.300"}}"#),
+            "mapping.internal_ip_address must be an IPv4 address"
+        );
+        let unknown = problem::<Create>(r#"{"mapping": {"colour": 1}}"#);
+        assert!(
+            unknown.starts_with("unknown field \"colour\" in mapping; the fields are router_id, "),
+            "{unknown}"
+        );
+        assert_eq!(
+            problem::<Create>(r#"{"internal_port": 22}"#),
+            "the body must be {\"mapping\": {...}}"
+        );
+        assert_eq!(
+            problem::<Create>("{}"),
+            "the body must be {\"mapping\": {...}}"
+        );
+        assert!(problem::<Create>("{not json").starts_with("the body is not valid JSON"));
+        for message in [
+            problem::<Create>(r#"{"mapping": {"internal_port": 70000}}"#),
+            problem::<Create>(r#"{"mapping": []}"#),
+        ] {
+            assert!(
+                !message.contains("u16") && !message.contains("deserialize"),
+                "{message}"
+            );
+        }
+    }
 
     #[test]
     fn a_directory_failure_does_not_show_its_details_to_the_caller() {

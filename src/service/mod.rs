@@ -25,7 +25,7 @@ pub use audit::Actor;
 pub use caller::{Caller, RoleNames};
 pub use error::ServiceError;
 
-use crate::model::{PortRange, Protocol};
+use crate::model::{PortRange, Protocol, MAX_RANGE_LEN};
 use crate::openstack::{FixedIp, PortInfo, RouterDirectory, RouterInfo};
 use crate::store::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping, Policy, Store};
 
@@ -94,8 +94,24 @@ fn forbidden_unless(allowed: bool, action: &'static str) -> Result<(), ServiceEr
     }
 }
 
-/// The external and internal ranges fit together: as many ports, or all to one.
+/// The external and internal ranges fit together (as many ports, or all to one) and stay
+/// within the cap on one mapping's ports, whoever asks (an admin may go outside the
+/// configured range, not past the cap).
 fn check_ranges(external: PortRange, internal: PortRange) -> Result<(), ServiceError> {
+    for (field, range) in [
+        ("external_port_range", external),
+        ("internal_port_range", internal),
+    ] {
+        if range.len() > MAX_RANGE_LEN {
+            return Err(ServiceError::invalid(
+                field,
+                format!(
+                    "{field} {range} covers {} ports, more than the limit of {MAX_RANGE_LEN}",
+                    range.len()
+                ),
+            ));
+        }
+    }
     if internal.len() != 1 && internal.len() != external.len() {
         return Err(ServiceError::invalid(
             "internal_port_range",
@@ -195,9 +211,12 @@ impl MappingService {
     ) -> Result<Mapping, ServiceError> {
         self.may_create(caller)?;
         check_description(&req.description)?;
-        if let Some(ext) = req.external_ports {
-            check_ranges(ext, req.internal_ports)?;
-            self.check_in_range(caller, ext)?;
+        match req.external_ports {
+            Some(ext) => {
+                check_ranges(ext, req.internal_ports)?;
+                self.check_in_range(caller, ext)?;
+            }
+            None => check_ranges(req.internal_ports, req.internal_ports)?,
         }
         // The port and the router are looked up at once; the port's answer decides first.
         let (candidates, router) = match req.router_id.as_deref() {

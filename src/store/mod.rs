@@ -38,6 +38,42 @@ const BLIND_ATTEMPTS: usize = 8;
 /// means another request took the port in between, and the next candidate is re-read.
 const ALLOCATION_ATTEMPTS: usize = 16;
 
+/// How long opening the database may take before it is reported unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What [`Store::migrate`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Migration {
+    /// An empty database: the schema was created (at this migration version).
+    Created {
+        version: i64,
+    },
+    /// The schema was brought from `from` applied migrations to version `to`.
+    Upgraded {
+        from: i64,
+        to: i64,
+    },
+    Current {
+        version: i64,
+    },
+}
+
+impl std::fmt::Display for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Migration::Created { version } => {
+                write!(f, "database schema created (version {version})")
+            }
+            Migration::Upgraded { from, to } => {
+                write!(f, "database schema upgraded from version {from} to {to}")
+            }
+            Migration::Current { version } => {
+                write!(f, "database schema is current (version {version})")
+            }
+        }
+    }
+}
+
 /// Errors of the store, each saying what conflicted with what.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -73,6 +109,13 @@ pub enum StoreError {
 
     #[error("invalid database connection {url:?}: {reason}")]
     Connection { url: String, reason: String },
+
+    #[error("cannot connect to the database {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
 
     #[error("stored mapping {id} cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
@@ -198,7 +241,31 @@ impl Store {
                     })
                 });
         }
-        let pool = options.connect(&url).await?;
+        if let Some(dir) = url
+            .strip_prefix("sqlite://")
+            .and_then(|rest| rest.split('?').next())
+            .filter(|path| !path.contains(":memory:"))
+            .and_then(|path| std::path::Path::new(path).parent())
+            .filter(|dir| !dir.as_os_str().is_empty() && !dir.is_dir())
+        {
+            return Err(StoreError::Connection {
+                url: crate::util::redacted(connection),
+                reason: format!(
+                    "the directory {} does not exist (create it, owned by the service's user)",
+                    dir.display()
+                ),
+            });
+        }
+        // An unreachable server is reported within this time, naming it, instead of after
+        // sqlx's default of 30 s.
+        options = options.acquire_timeout(CONNECT_TIMEOUT);
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Unreachable {
+                url: crate::util::redacted(connection),
+                source,
+            })?;
         Ok(Store {
             pool,
             dialect,
@@ -213,13 +280,32 @@ impl Store {
         self.feed.clone()
     }
 
-    /// Brings the schema up to date (`praas db-sync`). Idempotent.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self.dialect {
-            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite").run(&self.pool).await?,
-            Dialect::MySql => sqlx::migrate!("migrations/mysql").run(&self.pool).await?,
-        }
-        Ok(())
+    /// Brings the schema up to date (`praas db-sync`). Idempotent; says what it found.
+    pub async fn migrate(&self) -> Result<Migration, StoreError> {
+        let before = self.applied_migrations().await;
+        let migrator = match self.dialect {
+            Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
+            Dialect::MySql => sqlx::migrate!("migrations/mysql"),
+        };
+        migrator.run(&self.pool).await?;
+        let version = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        Ok(match before {
+            None | Some(0) => Migration::Created { version },
+            Some(applied) if (applied as usize) < migrator.iter().count() => Migration::Upgraded {
+                from: applied,
+                to: version,
+            },
+            Some(_) => Migration::Current { version },
+        })
+    }
+
+    /// How many migrations the database has applied; `None` before the first.
+    async fn applied_migrations(&self) -> Option<i64> {
+        sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .ok()
+            .and_then(|row| row.try_get::<i64, _>(0).ok())
     }
 
     /// Whether the database answers (for `/readyz`).
