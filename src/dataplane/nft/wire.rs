@@ -183,6 +183,34 @@ pub enum SetOp {
     Delete(&'static str, Vec<RawElement>),
 }
 
+impl std::fmt::Display for SetOp {
+    /// `add forwards [0a000005 0016 …] ×3`: the operation, the set and the elements' bytes in
+    /// hex (the first four), as the batch carries them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (verb, set, elements) = match self {
+            SetOp::Flush(set) => return write!(f, "flush {set}"),
+            SetOp::Add(set, e) => ("add", set, e),
+            SetOp::Delete(set, e) => ("delete", set, e),
+        };
+        write!(f, "{verb} {set}")?;
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        for e in elements.iter().take(4) {
+            write!(f, " [{}", hex(&e.key))?;
+            if let Some(end) = &e.key_end {
+                write!(f, "-{}", hex(end))?;
+            }
+            if let Some(data) = &e.data {
+                write!(f, " : {}", hex(data))?;
+            }
+            f.write_str("]")?;
+        }
+        if elements.len() > 4 {
+            f.write_str(" …")?;
+        }
+        write!(f, " ×{}", elements.len())
+    }
+}
+
 /// Replaces the elements of every set with those of `rules`.
 pub fn replace_ops(rules: &RuleSet) -> Vec<SetOp> {
     let mut ops: Vec<SetOp> = [FORWARDS_MAP, RESTRICTED_SET, ALLOWED_SET, MASQUERADE_SET]
@@ -383,6 +411,10 @@ impl<'a> NftSocket<'a> {
         }
         let first = self.socket.seq.wrapping_add(1);
         let (batch, acked) = encode_batch(first, ops);
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let plan: Vec<String> = ops.iter().map(|op| op.to_string()).collect();
+            tracing::trace!(bytes = batch.len(), ops = %plan.join("; "), "nfnetlink batch");
+        }
         // Sequence numbers used: the batch start, `acked` messages, the batch end.
         self.socket.seq = first.wrapping_add(acked as u32 + 1);
         self.socket.reserve_send_buffer(batch.len() * 2 + 65536)?;
@@ -705,6 +737,21 @@ fn decode_into(rules: &mut RuleSet, set: &str, e: &RawElement) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_described_for_the_trace_log() {
+        let element = |k: u8| RawElement {
+            key: vec![10, 0, 0, k],
+            key_end: None,
+            data: Some(vec![0, 22]),
+        };
+        let add = SetOp::Add("forwards", (1..=5).map(element).collect());
+        assert_eq!(
+            add.to_string(),
+            "add forwards [0a000001 : 0016] [0a000002 : 0016] [0a000003 : 0016] [0a000004 : 0016] … ×5"
+        );
+        assert_eq!(SetOp::Flush("masqueraded").to_string(), "flush masqueraded");
+    }
     use crate::dataplane::Forward;
 
     fn sample() -> RuleSet {
