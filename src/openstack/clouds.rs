@@ -142,36 +142,58 @@ pub fn clouds_file(configured: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
+/// What is wrong with a `clouds.yaml`.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudsError {
+    #[error("cannot read the file")]
+    Read(#[source] std::io::Error),
+    #[error("not a clouds.yaml")]
+    NotYaml(#[source] yaml_serde::Error),
+    #[error("no cloud named {cloud:?} (clouds: {known})")]
+    NoSuchCloud { cloud: String, known: String },
+    #[error("identity_api_version {0} is not supported (only 3)")]
+    IdentityVersion(String),
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("an application credential given by name needs auth.username or auth.user_id")]
+    CredentialNeedsUser,
+    #[error("auth_type {0:?} is not supported (password, v3applicationcredential)")]
+    AuthType(String),
+    #[error("interface {0:?} is not public, internal or admin")]
+    Interface(String),
+}
+
 /// Reads cloud `cloud` from the `clouds.yaml` at `path`.
 pub fn load(path: &Path, cloud: &str) -> Result<CloudConfig, OpenStackError> {
-    let text = std::fs::read_to_string(path).map_err(|e| OpenStackError::Config {
-        what: format!("cannot read {}: {e}", path.display()),
-    })?;
-    parse(&text, cloud).map_err(|what| OpenStackError::Config {
-        what: format!("{}: {what}", path.display()),
-    })
+    let failed = |source| OpenStackError::CloudsFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(CloudsError::Read(e)))?;
+    parse(&text, cloud).map_err(failed)
 }
 
 /// Parses `clouds.yaml` text and resolves cloud `cloud`.
-pub fn parse(text: &str, cloud: &str) -> Result<CloudConfig, String> {
-    let file: File = yaml_serde::from_str(text).map_err(|e| format!("not a clouds.yaml: {e}"))?;
+pub fn parse(text: &str, cloud: &str) -> Result<CloudConfig, CloudsError> {
+    let file: File = yaml_serde::from_str(text).map_err(CloudsError::NotYaml)?;
     let raw = file.clouds.get(cloud).ok_or_else(|| {
         let known: Vec<&str> = file.clouds.keys().map(String::as_str).collect();
-        format!("no cloud named {cloud:?} (clouds: {})", known.join(", "))
+        CloudsError::NoSuchCloud {
+            cloud: cloud.to_string(),
+            known: known.join(", "),
+        }
     })?;
     if let Some(v) = &raw.identity_api_version {
         let v = v.to_string().trim_matches('"').to_string();
         if v != "3" && v != "3.0" {
-            return Err(format!(
-                "identity_api_version {v} is not supported (only 3)"
-            ));
+            return Err(CloudsError::IdentityVersion(v));
         }
     }
     let a = &raw.auth;
     let auth_url = a
         .auth_url
         .as_deref()
-        .ok_or("auth.auth_url is missing")?
+        .ok_or(CloudsError::Missing("auth.auth_url"))?
         .trim_end_matches('/');
     let auth_url = if auth_url.ends_with("/v3") {
         auth_url.to_string()
@@ -209,12 +231,15 @@ pub fn parse(text: &str, cloud: &str) -> Result<CloudConfig, String> {
                     domain: domain(&a.project_domain_name, &a.project_domain_id),
                 },
                 (None, None) => {
-                    return Err("auth.project_name or auth.project_id is missing".into())
+                    return Err(CloudsError::Missing("auth.project_name or auth.project_id"))
                 }
             };
             Credentials::Password {
-                user: user.ok_or("auth.username or auth.user_id is missing")?,
-                password: a.password.clone().ok_or("auth.password is missing")?,
+                user: user.ok_or(CloudsError::Missing("auth.username or auth.user_id"))?,
+                password: a
+                    .password
+                    .clone()
+                    .ok_or(CloudsError::Missing("auth.password"))?,
                 project,
             }
         }
@@ -222,16 +247,15 @@ pub fn parse(text: &str, cloud: &str) -> Result<CloudConfig, String> {
             let secret = a
                 .application_credential_secret
                 .clone()
-                .ok_or("auth.application_credential_secret is missing")?;
+                .ok_or(CloudsError::Missing("auth.application_credential_secret"))?;
             if a.application_credential_id.is_none() {
                 if a.application_credential_name.is_none() {
-                    return Err("auth.application_credential_id or _name is missing".into());
+                    return Err(CloudsError::Missing(
+                        "auth.application_credential_id or _name",
+                    ));
                 }
                 if user.is_none() {
-                    return Err(
-                        "an application credential given by name needs auth.username or auth.user_id"
-                            .into(),
-                    );
+                    return Err(CloudsError::CredentialNeedsUser);
                 }
             }
             Credentials::ApplicationCredential {
@@ -241,11 +265,7 @@ pub fn parse(text: &str, cloud: &str) -> Result<CloudConfig, String> {
                 secret,
             }
         }
-        other => {
-            return Err(format!(
-                "auth_type {other:?} is not supported (password, v3applicationcredential)"
-            ))
-        }
+        other => return Err(CloudsError::AuthType(other.to_string())),
     };
     let interface = match raw
         .interface
@@ -257,11 +277,7 @@ pub fn parse(text: &str, cloud: &str) -> Result<CloudConfig, String> {
         None | Some("public") => Interface::Public,
         Some("internal") => Interface::Internal,
         Some("admin") => Interface::Admin,
-        Some(other) => {
-            return Err(format!(
-                "interface {other:?} is not public, internal or admin"
-            ))
-        }
+        Some(other) => return Err(CloudsError::Interface(other.to_string())),
     };
     Ok(CloudConfig {
         auth_url,
@@ -348,13 +364,16 @@ mod tests {
              application_credential_secret: fake\n",
             "openstack",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("username"), "{err}");
     }
 
     #[test]
     fn mistakes_are_named() {
-        let missing = parse("clouds:\n  other: {}\n", "openstack").unwrap_err();
+        let missing = parse("clouds:\n  other: {}\n", "openstack")
+            .unwrap_err()
+            .to_string();
         assert!(
             missing.contains("\"openstack\"") && missing.contains("other"),
             "{missing}"
@@ -364,19 +383,22 @@ mod tests {
              project_name: p\n",
             "openstack",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(no_password.contains("password"), "{no_password}");
         let v2 = parse(
             "clouds:\n  openstack:\n    identity_api_version: 2\n    auth:\n      auth_url: http://x\n",
             "openstack",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(v2.contains("only 3"), "{v2}");
         let token = parse(
             "clouds:\n  openstack:\n    auth_type: token\n    auth:\n      auth_url: http://x\n",
             "openstack",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(token.contains("not supported"), "{token}");
         // Secrets never reach a debug print.
         let c = parse(

@@ -29,6 +29,13 @@ pub enum OpenStackError {
     #[error("OpenStack configuration: {what}")]
     Config { what: String },
 
+    #[error("the clouds.yaml {}", path.display())]
+    CloudsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: clouds::CloudsError,
+    },
+
     #[error("{service} at {url} did not answer within the request timeout")]
     Timeout { service: &'static str, url: String },
 

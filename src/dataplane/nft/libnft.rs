@@ -93,6 +93,16 @@ impl LibNftables {
     }
 }
 
+/// Why libnftables did not run a script.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScriptError {
+    #[error("the script contains a NUL byte")]
+    Nul,
+    /// nft's own words (its parser's or the kernel's), or its return code when it gave none.
+    #[error("{}", if message.is_empty() { format!("nft returned {rc}") } else { message.clone() })]
+    Refused { rc: c_int, message: String },
+}
+
 /// One libnftables context. It holds the library lock for its whole life, so contexts are used
 /// one at a time in the process; drop it as soon as its commands have run.
 pub struct Context {
@@ -102,9 +112,9 @@ pub struct Context {
 }
 
 impl Context {
-    /// Runs an nft script as one transaction. Returns nft's output, or its error text.
-    pub fn run(&mut self, script: &str) -> Result<String, String> {
-        let script = CString::new(script).map_err(|_| "script contains a NUL byte".to_string())?;
+    /// Runs an nft script as one transaction. Returns nft's output.
+    pub fn run(&mut self, script: &str) -> Result<String, ScriptError> {
+        let script = CString::new(script).map_err(|_| ScriptError::Nul)?;
         // SAFETY: ptr is a live context; the buffers returned are owned by the context and
         // valid until the next command, and are copied out before returning.
         unsafe {
@@ -114,10 +124,9 @@ impl Context {
             if rc == 0 {
                 Ok(out)
             } else {
-                Err(if err.trim().is_empty() {
-                    format!("nft returned {rc}")
-                } else {
-                    err
+                Err(ScriptError::Refused {
+                    rc,
+                    message: err.trim().to_string(),
                 })
             }
         }

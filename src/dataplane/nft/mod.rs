@@ -116,7 +116,7 @@ impl NftBackend {
     }
 
     /// Runs an nft script as one transaction in the calling thread's namespace.
-    fn run_script(&self, script: &str) -> Result<(), String> {
+    fn run_script(&self, script: &str) -> Result<(), libnft::ScriptError> {
         trace!(script, "nft transaction");
         self.lib.context().run(script).map(drop)
     }

@@ -614,8 +614,12 @@ fn element_list(payload: &[u8]) -> io::Result<Vec<RawElement>> {
 /// Decodes raw elements of `set` into `rules`.
 pub fn decode_all(rules: &mut RuleSet, set: &str, elements: &[RawElement]) -> io::Result<()> {
     for e in elements {
-        decode_into(rules, set, e)
-            .map_err(|what| invalid(format!("set {set}: element {:02x?}: {what}", e.key)))?;
+        decode_into(rules, set, e).map_err(|what| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("set {set}: element {:02x?}: {what}", e.key),
+            )
+        })?;
     }
     Ok(())
 }
@@ -660,13 +664,31 @@ fn port_at(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn proto_at(b: &[u8], at: usize) -> Result<Protocol, String> {
-    Protocol::from_number(b[at]).ok_or_else(|| format!("protocol {} is not ours", b[at]))
+/// An element of our sets that is not what we write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElementError {
+    #[error("protocol {0} is not ours")]
+    Protocol(u8),
+    #[error("{len} bytes, expected {expected}")]
+    Length { len: usize, expected: usize },
+    #[error("map element without data")]
+    NoData,
+    #[error("interval spans several forwards")]
+    SpansForwards,
+    #[error("{first} - {last} is not a prefix")]
+    NotAPrefix { first: Ipv4Addr, last: Ipv4Addr },
 }
 
-fn decode_key(b: &[u8]) -> Result<ExternalKey, String> {
+fn proto_at(b: &[u8], at: usize) -> Result<Protocol, ElementError> {
+    Protocol::from_number(b[at]).ok_or(ElementError::Protocol(b[at]))
+}
+
+fn decode_key(b: &[u8]) -> Result<ExternalKey, ElementError> {
     if b.len() < 12 {
-        return Err(format!("key of {} bytes, expected at least 12", b.len()));
+        return Err(ElementError::Length {
+            len: b.len(),
+            expected: 12,
+        });
     }
     Ok(ExternalKey {
         ip: ip_at(b, 0),
@@ -675,18 +697,21 @@ fn decode_key(b: &[u8]) -> Result<ExternalKey, String> {
     })
 }
 
-fn decode_into(rules: &mut RuleSet, set: &str, e: &RawElement) -> Result<(), String> {
-    let expect = |len: usize, b: &[u8]| {
-        if b.len() == len {
+fn decode_into(rules: &mut RuleSet, set: &str, e: &RawElement) -> Result<(), ElementError> {
+    let expect = |expected: usize, b: &[u8]| {
+        if b.len() == expected {
             Ok(())
         } else {
-            Err(format!("{} bytes, expected {len}", b.len()))
+            Err(ElementError::Length {
+                len: b.len(),
+                expected,
+            })
         }
     };
     match set {
         FORWARDS_MAP => {
             expect(12, &e.key)?;
-            let data = e.data.as_deref().ok_or("map element without data")?;
+            let data = e.data.as_deref().ok_or(ElementError::NoData)?;
             expect(8, data)?;
             rules.forwards.insert(
                 decode_key(&e.key)?,
@@ -705,19 +730,19 @@ fn decode_into(rules: &mut RuleSet, set: &str, e: &RawElement) -> Result<(), Str
             let end = e.key_end.as_deref().unwrap_or(&e.key);
             expect(16, end)?;
             if end[..12] != e.key[..12] {
-                return Err("interval spans several forwards".into());
+                return Err(ElementError::SpansForwards);
             }
             let (first, last) = (u32::from(ip_at(&e.key, 12)), u32::from(ip_at(end, 12)));
             let size = u64::from(last) - u64::from(first) + 1;
+            let not_a_prefix = ElementError::NotAPrefix {
+                first: ip_at(&e.key, 12),
+                last: ip_at(end, 12),
+            };
             if last < first || !size.is_power_of_two() || u64::from(first) % size != 0 {
-                return Err(format!(
-                    "{} - {} is not a prefix",
-                    ip_at(&e.key, 12),
-                    ip_at(end, 12)
-                ));
+                return Err(not_a_prefix);
             }
             let prefix = 32 - size.trailing_zeros() as u8;
-            let net = Ipv4Net::new(Ipv4Addr::from(first), prefix).map_err(|x| x.to_string())?;
+            let net = Ipv4Net::new(Ipv4Addr::from(first), prefix).map_err(|_| not_a_prefix)?;
             rules.allowed.insert((decode_key(&e.key)?, net));
         }
         MASQUERADE_SET => {
