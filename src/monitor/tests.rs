@@ -362,8 +362,35 @@ async fn a_cycle_applies_decisions_and_a_failing_neutron_changes_nothing() {
     assert_eq!(store.list(&ListFilter::default()).await.unwrap().len(), 3);
 
     *net.fail.lock().unwrap() = false;
+    let (audit, guard) = crate::testbed::audit::capture();
     let report = monitor.cycle(Duration::from_secs(90)).await.unwrap();
+    drop(guard);
     assert_eq!((report.mappings, report.deleted, report.updated), (3, 1, 1));
+    // Each change the monitor made is one audit event with its reason.
+    let lines = audit.lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| l.contains("actor=monitor")),
+        "{lines:#?}"
+    );
+    let update = lines
+        .iter()
+        .find(|l| l.contains("action=\"update\""))
+        .unwrap();
+    assert!(
+        update.contains(&format!("mapping={}", moved.id))
+            && update.contains("internal_ip_address: 10.0.0.6 → 10.0.0.60"),
+        "{update}"
+    );
+    let delete = lines
+        .iter()
+        .find(|l| l.contains("action=\"delete\""))
+        .unwrap();
+    assert!(
+        delete.contains(&format!("mapping={}", gone.id))
+            && delete.contains("port port-3 was deleted"),
+        "{delete}"
+    );
     assert!(store.get(&gone.id).await.unwrap().is_none());
     let moved = store.get(&moved.id).await.unwrap().unwrap();
     assert_eq!(moved.internal_ip_address.to_string(), "10.0.0.60");
