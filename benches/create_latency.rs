@@ -179,6 +179,24 @@ async fn main() {
     }
     let get_median = median(&mut gets);
 
+    // Neutron's own throughput for that call, 16 clients at once: what bounds creates/s.
+    let neutron = Arc::new(neutron);
+    let concurrent_gets = if quick { 320 } else { 1600 };
+    let started = Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let (neutron, port) = (neutron.clone(), port.clone());
+        clients.spawn(async move {
+            for _ in 0..concurrent_gets / 16 {
+                neutron.port(&port).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let gets_per_second = concurrent_gets as f64 / started.elapsed().as_secs_f64();
+
     let server = Server::start(&cloud, 10).await;
     let mut with_router = sequential(&server, n, true).await;
     let mut without_router = sequential(&server, n / 2, false).await;
@@ -220,6 +238,9 @@ async fn main() {
         "| create, router given (`POST /v1/mappings`, Keystone + Neutron checks) | {} | median of {n}; p99 {} |",
         ms(create_median),
         ms(p99(&mut with_router))
+    );
+    println!(
+        "| Neutron port GETs, 16 clients at once (baseline) | {gets_per_second:.0} GETs/s | {concurrent_gets} GETs |"
     );
     println!(
         "| create median / port GET median | {:.2} | target ≤ 2 |",

@@ -80,6 +80,13 @@ impl RouterDirectory for CachedDirectory {
         Ok(routers)
     }
 
+    async fn routers_on_subnets(
+        &self,
+        subnet_ids: &[String],
+    ) -> Result<Option<Vec<String>>, DirectoryError> {
+        self.inner.routers_on_subnets(subnet_ids).await
+    }
+
     fn knows_ports(&self) -> bool {
         self.inner.knows_ports()
     }

@@ -197,6 +197,16 @@ pub trait RouterDirectory: Send + Sync {
         project_id: Option<&str>,
     ) -> Result<Vec<RouterInfo>, DirectoryError>;
 
+    /// The ids of the routers with an interface on one of `subnet_ids`, where this source
+    /// knows subnets by id (Neutron); `None` where it does not, and
+    /// [`RouterDirectory::routers_serving`] is asked instead.
+    async fn routers_on_subnets(
+        &self,
+        _subnet_ids: &[String],
+    ) -> Result<Option<Vec<String>>, DirectoryError> {
+        Ok(None)
+    }
+
     /// Whether this source knows ports; if not, the port checks are left out.
     fn knows_ports(&self) -> bool;
 

@@ -346,6 +346,18 @@ impl RouterDirectory for NeutronDirectory {
         Ok(Some(self.router_info(router).await?))
     }
 
+    async fn routers_on_subnets(
+        &self,
+        subnet_ids: &[String],
+    ) -> Result<Option<Vec<String>>, DirectoryError> {
+        Ok(Some(
+            self.interface_routers(subnet_ids)
+                .await?
+                .into_iter()
+                .collect(),
+        ))
+    }
+
     async fn routers_serving(
         &self,
         ip: Ipv4Addr,
@@ -354,21 +366,15 @@ impl RouterDirectory for NeutronDirectory {
         // The subnets of the caller's ports holding the address, then the routers with an
         // interface on one of them.
         let ports = self.ports(ip, project_id).await?;
-        let subnets: BTreeSet<String> = ports
+        let subnets: Vec<String> = ports
             .iter()
             .flat_map(|p| &p.fixed_ips)
             .filter(|f| f.ip_address.parse() == Ok(ip))
             .filter_map(|f| f.subnet_id.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
-        let mut router_ids = BTreeSet::new();
-        for subnet in &subnets {
-            let filter = format!("subnet_id={subnet}");
-            let mut query = vec![("fixed_ips", filter.as_str())];
-            query.extend(INTERFACE_OWNERS.iter().map(|o| ("device_owner", *o)));
-            for p in self.list::<Port>("ports", &query).await? {
-                router_ids.insert(p.device_id);
-            }
-        }
+        let router_ids = self.interface_routers(&subnets).await?;
         let mut routers = vec![];
         for id in router_ids {
             if let Some(r) = self.router(&id).await? {
@@ -403,6 +409,26 @@ impl RouterDirectory for NeutronDirectory {
 }
 
 impl NeutronDirectory {
+    /// The routers with an interface on one of `subnet_ids`, one listing per subnet, all at
+    /// once.
+    async fn interface_routers(
+        &self,
+        subnet_ids: &[String],
+    ) -> Result<BTreeSet<String>, OpenStackError> {
+        let listings = subnet_ids.iter().map(|subnet| async move {
+            let filter = format!("subnet_id={subnet}");
+            let mut query = vec![("fixed_ips", filter.as_str())];
+            query.extend(INTERFACE_OWNERS.iter().map(|o| ("device_owner", *o)));
+            self.list::<Port>("ports", &query).await
+        });
+        Ok(futures_util::future::try_join_all(listings)
+            .await?
+            .into_iter()
+            .flatten()
+            .map(|p| p.device_id)
+            .collect())
+    }
+
     async fn ports(
         &self,
         ip: Ipv4Addr,

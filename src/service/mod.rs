@@ -231,7 +231,7 @@ impl MappingService {
         };
         let router = match router {
             Some(router) => router,
-            None => self.router_serving(caller, candidates[0].fixed.ip).await?,
+            None => self.router_serving(caller, &candidates).await?,
         };
         let internal = self.reached(&router, candidates)?;
         let gateway = router.gateway_ip.ok_or_else(|| ServiceError::NoGateway {
@@ -324,16 +324,41 @@ impl MappingService {
             .ok_or_else(|| ServiceError::not_found("router", id))
     }
 
-    /// The one router with a gateway that serves `ip` among the caller's.
+    /// The one router with a gateway, among the caller's, that serves the candidates: the
+    /// routers with an interface on their subnets where those are known by id (their facts
+    /// read at once, usually from the cache), else those the directory finds for the address.
     async fn router_serving(
         &self,
         caller: &Caller,
-        ip: Ipv4Addr,
+        candidates: &[Internal],
     ) -> Result<RouterInfo, ServiceError> {
-        let mut found = self
-            .directory
-            .routers_serving(ip, caller.port_scope())
-            .await?;
+        let ip = candidates[0].fixed.ip;
+        let subnets: Vec<String> = candidates
+            .iter()
+            .filter_map(|c| c.fixed.subnet_id.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let on_subnets = match subnets.is_empty() {
+            true => None,
+            false => self.directory.routers_on_subnets(&subnets).await?,
+        };
+        let mut found: Vec<RouterInfo> = match on_subnets {
+            Some(ids) => {
+                let routers = ids.iter().map(|id| self.directory.router(id));
+                futures_util::future::try_join_all(routers)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r.gateway_ip.is_some())
+                    .collect()
+            }
+            None => {
+                self.directory
+                    .routers_serving(ip, caller.port_scope())
+                    .await?
+            }
+        };
         found.retain(|r| r.project_id.as_deref().is_none_or(|p| caller.sees(p)));
         match found.len() {
             1 => Ok(found.remove(0)),

@@ -31,6 +31,23 @@ impl RouterDirectory for StaticDirectory {
             .collect())
     }
 
+    /// As Neutron: known where ports (and so subnet ids) are.
+    async fn routers_on_subnets(
+        &self,
+        subnet_ids: &[String],
+    ) -> Result<Option<Vec<String>>, DirectoryError> {
+        if self.ports.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.routers
+                .iter()
+                .filter(|r| r.subnet_ids.iter().any(|s| subnet_ids.contains(s)))
+                .map(|r| r.id.clone())
+                .collect(),
+        ))
+    }
+
     fn knows_ports(&self) -> bool {
         self.ports.is_some()
     }
