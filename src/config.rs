@@ -28,8 +28,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::dataplane::Driver;
-use crate::model::PortRange;
-use crate::util::redacted;
+use crate::model::{ModelError, PortRange};
+use crate::util::{redacted, TransportUrlError};
 
 /// Where the service looks for its configuration when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/praas/praas.conf";
@@ -234,13 +234,13 @@ impl fmt::Display for Allocation {
 }
 
 impl FromStr for Allocation {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "random" => Ok(Allocation::Random),
             "sequential" => Ok(Allocation::Sequential),
-            _ => Err("expected random or sequential".to_string()),
+            _ => Err(ValueError::NotAnAllocation),
         }
     }
 }
@@ -273,13 +273,13 @@ impl fmt::Display for AuthStrategy {
 }
 
 impl FromStr for AuthStrategy {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "keystone" => Ok(AuthStrategy::Keystone),
             "noauth" => Ok(AuthStrategy::Noauth),
-            _ => Err("expected keystone or noauth".to_string()),
+            _ => Err(ValueError::NotAnAuthStrategy),
         }
     }
 }
@@ -303,7 +303,9 @@ pub enum ConfigError {
         section: &'static str,
         key: String,
         value: String,
-        reason: String,
+        /// Part of the message rather than its `#[source]`, so that a report of the whole
+        /// chain (`{:#}`) does not say it twice.
+        reason: ValueError,
     },
 
     #[error("line {line}: unknown key {key:?} in [{section}] (known keys: {known})")]
@@ -328,6 +330,55 @@ pub enum ConfigError {
         section: &'static str,
         key: String,
     },
+}
+
+/// Why a value is refused. The message completes "invalid value ... for KEY in [SECTION]: ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("port 0 cannot be listened on (expected 1-65535)")]
+    PortZero,
+    #[error("expected a port number (1-65535)")]
+    NotAPort,
+    #[error("expected an IPv4 or IPv6 address")]
+    NotAnAddress,
+    #[error("expected a port range such as 4000:4100")]
+    NoPortRange,
+    #[error(transparent)]
+    PortRange(ModelError),
+    #[error("expected a whole number of seconds")]
+    NotSeconds,
+    #[error("must be at least 1 second")]
+    ZeroSeconds,
+    #[error("must be at most {} seconds (one day)", MAX_INTERVAL_SECS)]
+    TooManySeconds,
+    #[error("expected true or false (also yes/no, on/off, 1/0)")]
+    NotABool,
+    #[error("expected random or sequential")]
+    NotAnAllocation,
+    #[error("expected keystone or noauth")]
+    NotAnAuthStrategy,
+    #[error("expected delete or down")]
+    NotAPortGone,
+    #[error("expected one role name")]
+    NotARole,
+    #[error("expected a number from 1 to 10000000")]
+    NotACacheSize,
+    #[error(
+        "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
+         mysql://praas:password@controller/praas"
+    )]
+    NotADatabaseUrl,
+    /// The dataplane's own message, which names the drivers.
+    #[error("{0}")]
+    Driver(String),
+    #[error("expected an absolute path")]
+    RelativePath,
+    #[error("expected the name of a cloud of clouds.yaml")]
+    NoCloud,
+    #[error(transparent)]
+    TransportUrl(TransportUrlError),
+    #[error("expected an exchange name")]
+    NoExchange,
 }
 
 /// Reads and parses the configuration file at `path`.
@@ -505,7 +556,7 @@ fn set(
     value: &str,
     line: usize,
 ) -> Result<(), ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
+    let invalid = |reason: ValueError| ConfigError::Invalid {
         line,
         section: section.name(),
         key: key.to_string(),
@@ -524,7 +575,7 @@ fn set(
         (Section::Praas, "bind_address") => {
             config.praas.bind_address = value
                 .parse()
-                .map_err(|_| invalid("expected an IPv4 or IPv6 address".into()))?
+                .map_err(|_| invalid(ValueError::NotAnAddress))?
         }
         (Section::Praas, "router_port_range") => {
             config.praas.router_port_range = parse_port_range(value).map_err(invalid)?
@@ -542,12 +593,12 @@ fn set(
             config.praas.on_port_deleted = value
                 .to_ascii_lowercase()
                 .parse()
-                .map_err(|_| invalid("expected delete or down".into()))?
+                .map_err(|_| invalid(ValueError::NotAPortGone))?
         }
         (Section::Praas, "admin_role" | "member_role" | "reader_role") => {
             let name = value.trim();
             if name.is_empty() || name.contains(',') || name.contains(char::is_whitespace) {
-                return Err(invalid("expected one role name".into()));
+                return Err(invalid(ValueError::NotARole));
             }
             let slot = match key {
                 "admin_role" => &mut config.praas.admin_role,
@@ -581,19 +632,19 @@ fn set(
                 .parse::<u64>()
                 .ok()
                 .filter(|n| (1..=10_000_000).contains(n))
-                .ok_or_else(|| invalid("expected a number from 1 to 10000000".into()))?
+                .ok_or_else(|| invalid(ValueError::NotACacheSize))?
         }
         (Section::Notifications, "transport_url") => {
             config.notifications.transport_url = if value.is_empty() {
                 None
             } else {
-                crate::util::amqp_url(value).map_err(|e| invalid(e.to_string()))?;
+                crate::util::amqp_url(value).map_err(|e| invalid(ValueError::TransportUrl(e)))?;
                 Some(value.to_string())
             }
         }
         (Section::Notifications, "exchange") => {
             if value.is_empty() {
-                return Err(invalid("expected an exchange name".into()));
+                return Err(invalid(ValueError::NoExchange));
             }
             config.notifications.exchange = value.to_string()
         }
@@ -601,7 +652,10 @@ fn set(
             config.database.connection = parse_database_url(value).map_err(invalid)?
         }
         (Section::Dataplane, "driver") => {
-            config.dataplane.driver = value.to_ascii_lowercase().parse().map_err(invalid)?
+            config.dataplane.driver = value
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|e| invalid(ValueError::Driver(e)))?
         }
         (Section::Dataplane, "resync_interval") => {
             config.dataplane.resync_interval = parse_seconds(value).map_err(invalid)?
@@ -614,9 +668,7 @@ fn set(
         }
         (Section::OpenStack, "cloud") => {
             if value.is_empty() {
-                return Err(invalid(
-                    "expected the name of a cloud of clouds.yaml".into(),
-                ));
+                return Err(invalid(ValueError::NoCloud));
             }
             config.openstack.cloud = value.to_string()
         }
@@ -634,48 +686,46 @@ fn set(
     Ok(())
 }
 
-fn parse_port(value: &str) -> Result<u16, String> {
+fn parse_port(value: &str) -> Result<u16, ValueError> {
     match value.parse::<u16>() {
-        Ok(0) => Err("port 0 cannot be listened on (expected 1-65535)".into()),
+        Ok(0) => Err(ValueError::PortZero),
         Ok(port) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
-        _ => Err("expected a port number (1-65535)".into()),
+        _ => Err(ValueError::NotAPort),
     }
 }
 
-fn parse_port_range(value: &str) -> Result<PortRange, String> {
+fn parse_port_range(value: &str) -> Result<PortRange, ValueError> {
     if value.is_empty() {
-        return Err("expected a port range such as 4000:4100".into());
+        return Err(ValueError::NoPortRange);
     }
-    value.parse::<PortRange>().map_err(|e| e.to_string())
+    value.parse::<PortRange>().map_err(ValueError::PortRange)
 }
 
-fn parse_seconds(value: &str) -> Result<u64, String> {
+fn parse_seconds(value: &str) -> Result<u64, ValueError> {
     let seconds = value
         .parse::<u64>()
         .ok()
         .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| "expected a whole number of seconds".to_string())?;
+        .ok_or(ValueError::NotSeconds)?;
     if seconds == 0 {
-        return Err("must be at least 1 second".into());
+        return Err(ValueError::ZeroSeconds);
     }
     if seconds > MAX_INTERVAL_SECS {
-        return Err(format!(
-            "must be at most {MAX_INTERVAL_SECS} seconds (one day)"
-        ));
+        return Err(ValueError::TooManySeconds);
     }
     Ok(seconds)
 }
 
-fn parse_bool(value: &str) -> Result<bool, String> {
+fn parse_bool(value: &str) -> Result<bool, ValueError> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err("expected true or false (also yes/no, on/off, 1/0)".into()),
+        _ => Err(ValueError::NotABool),
     }
 }
 
 /// Checks the shape `scheme://rest`; the database layer decides which schemes it supports.
-fn parse_database_url(value: &str) -> Result<String, String> {
+fn parse_database_url(value: &str) -> Result<String, ValueError> {
     let shape_ok = value.split_once("://").is_some_and(|(scheme, rest)| {
         !scheme.is_empty()
             && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -687,17 +737,13 @@ fn parse_database_url(value: &str) -> Result<String, String> {
     if shape_ok {
         Ok(value.to_string())
     } else {
-        Err(
-            "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
-             mysql://praas:password@controller/praas"
-                .into(),
-        )
+        Err(ValueError::NotADatabaseUrl)
     }
 }
 
 /// An empty value means "not set". A relative path would depend on the directory the service
 /// was started from, so only absolute paths are accepted.
-fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, ValueError> {
     if value.is_empty() {
         return Ok(None);
     }
@@ -705,7 +751,7 @@ fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
     if path.is_absolute() {
         Ok(Some(path))
     } else {
-        Err("expected an absolute path".into())
+        Err(ValueError::RelativePath)
     }
 }
 
@@ -932,6 +978,73 @@ mod tests {
             "line 3: invalid value \"0\" for second_monitoring in [praas]: \
              must be at least 1 second"
         );
+    }
+
+    #[test]
+    fn each_reason_reads_as_it_always_did() {
+        for (text, reason) in [
+            (
+                "port_app = 0",
+                "port 0 cannot be listened on (expected 1-65535)",
+            ),
+            ("port_app = x", "expected a port number (1-65535)"),
+            ("bind_address = x", "expected an IPv4 or IPv6 address"),
+            (
+                "router_port_range =",
+                "expected a port range such as 4000:4100",
+            ),
+            (
+                "router_port_range = 4100:4000",
+                "port range 4100:4000 ends before it starts",
+            ),
+            (
+                "second_monitoring = x",
+                "expected a whole number of seconds",
+            ),
+            ("second_monitoring = 0", "must be at least 1 second"),
+            (
+                "second_monitoring = 86401",
+                "must be at most 86400 seconds (one day)",
+            ),
+            ("port_allocation = x", "expected random or sequential"),
+            ("auth_strategy = x", "expected keystone or noauth"),
+            ("on_port_deleted = x", "expected delete or down"),
+            ("admin_role = a,b", "expected one role name"),
+            (
+                "[openstack]\ntoken_cache_size = 0",
+                "expected a number from 1 to 10000000",
+            ),
+            (
+                "[database]\nconnection = x",
+                "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
+                 mysql://praas:password@controller/praas",
+            ),
+            (
+                "[dataplane]\ndriver = x",
+                "unknown dataplane driver \"x\" (expected nftables or iptables)",
+            ),
+            (
+                "[dataplane]\nenabled = x",
+                "expected true or false (also yes/no, on/off, 1/0)",
+            ),
+            ("[openstack]\nclouds_file = x", "expected an absolute path"),
+            (
+                "[openstack]\ncloud =",
+                "expected the name of a cloud of clouds.yaml",
+            ),
+            (
+                "[notifications]\ntransport_url = kafka://h/",
+                "\"kafka://h/\" is not a rabbit:// transport URL",
+            ),
+            ("[notifications]\nexchange =", "expected an exchange name"),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Invalid { reason: r, .. }) => {
+                    assert_eq!(r.to_string(), reason, "{text}")
+                }
+                other => panic!("expected an invalid value for {text:?}, got {other:?}"),
+            }
+        }
     }
 
     #[test]
