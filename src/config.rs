@@ -17,19 +17,21 @@
 //! when the service starts instead of silently leaving a default in place. Every error names
 //! the line, the section and the key, and says what was expected.
 //!
-//! Every key is optional; `etc/praas.conf` in the source tree documents each one with its
-//! default.
+//! Every key is optional. Each key is declared once, in the table `SECTIONS` below: its
+//! section, name, default, documentation and parser. The table drives parsing, the defaults
+//! (`Config::default()`), the lists of known keys and sections in error messages, and
+//! [`sample`], the annotated file shipped as `etc/praas.conf` (a test keeps the two equal).
 
 use std::collections::HashMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
 use crate::dataplane::Driver;
-use crate::model::PortRange;
-use crate::util::redacted;
+use crate::model::{ModelError, PortRange};
+use crate::util::{redacted, TransportUrlError};
 
 /// Where the service looks for its configuration when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/praas/praas.conf";
@@ -38,14 +40,76 @@ pub const DEFAULT_PATH: &str = "/etc/praas/praas.conf";
 /// than a day is certainly a typo, and the bound keeps timer arithmetic far from overflow.
 pub const MAX_INTERVAL_SECS: u64 = 86_400;
 
-/// The whole configuration. `Config::default()` is what an empty file gives.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// The whole configuration. `Config::default()` is what an empty file gives: every key's
+/// default from the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub praas: PraasSection,
     pub database: DatabaseSection,
     pub dataplane: DataplaneSection,
     pub openstack: OpenStackSection,
     pub notifications: NotificationsSection,
+}
+
+impl Default for Config {
+    /// Every key's default from the table, which is what an empty file gives.
+    fn default() -> Self {
+        let mut config = Config::unset();
+        for section in SECTIONS {
+            for key in section.keys {
+                (key.set)(&mut config, key.default.text()).unwrap_or_else(|e| {
+                    panic!(
+                        "the default of {} in [{}] is refused: {e}",
+                        key.name, section.name
+                    )
+                });
+            }
+        }
+        config
+    }
+}
+
+impl Config {
+    /// Placeholders, each overwritten by the default of the key that sets the field: every
+    /// field has a key in `SECTIONS`, so no value here is ever seen.
+    fn unset() -> Config {
+        Config {
+            praas: PraasSection {
+                port_app: 0,
+                bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                router_port_range: PortRange::single(u16::MAX).expect("65535 is a port"),
+                second_monitoring: 0,
+                port_allocation: Allocation::default(),
+                auth_strategy: AuthStrategy::default(),
+                on_port_deleted: crate::model::PortGone::default(),
+                admin_role: String::new(),
+                member_role: String::new(),
+                reader_role: String::new(),
+                agent_status_port: 0,
+                monitor_status_port: 0,
+            },
+            database: DatabaseSection {
+                connection: String::new(),
+            },
+            dataplane: DataplaneSection {
+                driver: Driver::default(),
+                resync_interval: 0,
+                enabled: false,
+            },
+            openstack: OpenStackSection {
+                clouds_file: None,
+                cloud: String::new(),
+                request_timeout: 0,
+                token_cache_seconds: 0,
+                token_cache_size: 0,
+                router_cache_seconds: 0,
+            },
+            notifications: NotificationsSection {
+                transport_url: None,
+                exchange: String::new(),
+            },
+        }
+    }
 }
 
 /// `[notifications]`: Neutron's notifications on RabbitMQ, for the monitor.
@@ -58,11 +122,9 @@ pub struct NotificationsSection {
 }
 
 impl Default for NotificationsSection {
+    /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
-        NotificationsSection {
-            transport_url: None,
-            exchange: "neutron".into(),
-        }
+        Config::default().notifications
     }
 }
 
@@ -98,21 +160,9 @@ pub struct PraasSection {
 }
 
 impl Default for PraasSection {
+    /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
-        PraasSection {
-            port_app: 3000,
-            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            router_port_range: PortRange::new(4000, 4100).expect("4000:4100 is a valid port range"),
-            second_monitoring: 30,
-            port_allocation: Allocation::default(),
-            auth_strategy: AuthStrategy::default(),
-            on_port_deleted: crate::model::PortGone::Delete,
-            admin_role: "admin".into(),
-            member_role: "member".into(),
-            reader_role: "reader".into(),
-            agent_status_port: 3001,
-            monitor_status_port: 3002,
-        }
+        Config::default().praas
     }
 }
 
@@ -137,10 +187,9 @@ pub struct DatabaseSection {
 }
 
 impl Default for DatabaseSection {
+    /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
-        DatabaseSection {
-            connection: "sqlite:////var/lib/praas/praas.db".to_string(),
-        }
+        Config::default().database
     }
 }
 
@@ -157,12 +206,9 @@ pub struct DataplaneSection {
 }
 
 impl Default for DataplaneSection {
+    /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
-        DataplaneSection {
-            driver: Driver::default(),
-            resync_interval: 300,
-            enabled: true,
-        }
+        Config::default().dataplane
     }
 }
 
@@ -195,15 +241,9 @@ pub struct OpenStackSection {
 }
 
 impl Default for OpenStackSection {
+    /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
-        OpenStackSection {
-            clouds_file: None,
-            cloud: "openstack".to_string(),
-            request_timeout: 10,
-            token_cache_seconds: 300,
-            token_cache_size: 10_000,
-            router_cache_seconds: 10,
-        }
+        Config::default().openstack
     }
 }
 
@@ -234,13 +274,13 @@ impl fmt::Display for Allocation {
 }
 
 impl FromStr for Allocation {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "random" => Ok(Allocation::Random),
             "sequential" => Ok(Allocation::Sequential),
-            _ => Err("expected random or sequential".to_string()),
+            _ => Err(ValueError::NotAnAllocation),
         }
     }
 }
@@ -273,13 +313,13 @@ impl fmt::Display for AuthStrategy {
 }
 
 impl FromStr for AuthStrategy {
-    type Err = String;
+    type Err = ValueError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "keystone" => Ok(AuthStrategy::Keystone),
             "noauth" => Ok(AuthStrategy::Noauth),
-            _ => Err("expected keystone or noauth".to_string()),
+            _ => Err(ValueError::NotAnAuthStrategy),
         }
     }
 }
@@ -303,7 +343,9 @@ pub enum ConfigError {
         section: &'static str,
         key: String,
         value: String,
-        reason: String,
+        /// Part of the message rather than its `#[source]`, so that a report of the whole
+        /// chain (`{:#}`) does not say it twice.
+        reason: ValueError,
     },
 
     #[error("line {line}: unknown key {key:?} in [{section}] (known keys: {known})")]
@@ -330,6 +372,55 @@ pub enum ConfigError {
     },
 }
 
+/// Why a value is refused. The message completes "invalid value ... for KEY in [SECTION]: ".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("port 0 cannot be listened on (expected 1-65535)")]
+    PortZero,
+    #[error("expected a port number (1-65535)")]
+    NotAPort,
+    #[error("expected an IPv4 or IPv6 address")]
+    NotAnAddress,
+    #[error("expected a port range such as 4000:4100")]
+    NoPortRange,
+    #[error(transparent)]
+    PortRange(ModelError),
+    #[error("expected a whole number of seconds")]
+    NotSeconds,
+    #[error("must be at least 1 second")]
+    ZeroSeconds,
+    #[error("must be at most {} seconds (one day)", MAX_INTERVAL_SECS)]
+    TooManySeconds,
+    #[error("expected true or false (also yes/no, on/off, 1/0)")]
+    NotABool,
+    #[error("expected random or sequential")]
+    NotAnAllocation,
+    #[error("expected keystone or noauth")]
+    NotAnAuthStrategy,
+    #[error("expected delete or down")]
+    NotAPortGone,
+    #[error("expected one role name")]
+    NotARole,
+    #[error("expected a number from 1 to 10000000")]
+    NotACacheSize,
+    #[error(
+        "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
+         mysql://praas:password@controller/praas"
+    )]
+    NotADatabaseUrl,
+    /// The dataplane's own message, which names the drivers.
+    #[error("{0}")]
+    Driver(String),
+    #[error("expected an absolute path")]
+    RelativePath,
+    #[error("expected the name of a cloud of clouds.yaml")]
+    NoCloud,
+    #[error(transparent)]
+    TransportUrl(TransportUrlError),
+    #[error("expected an exchange name")]
+    NoExchange,
+}
+
 /// Reads and parses the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -343,10 +434,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut config = Config::default();
-    // Keys before any header belong to [praas] (the original's README shows no header).
-    let mut section = Section::Praas;
+    // Keys before any header belong to [praas], the first section of the table (the
+    // original's README shows no header).
+    let mut section = &SECTIONS[0];
     // Line where each (section, key) was first set.
-    let mut seen: HashMap<(Section, String), usize> = HashMap::new();
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
 
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
@@ -371,14 +463,16 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 });
             }
             let name = name.trim();
-            section = Section::from_name(name).ok_or_else(|| ConfigError::UnknownSection {
-                line,
-                section: name.to_string(),
-                known: Section::ALL
-                    .iter()
-                    .map(|s| format!("[{}]", s.name()))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+            section = SECTIONS.iter().find(|s| s.name == name).ok_or_else(|| {
+                ConfigError::UnknownSection {
+                    line,
+                    section: name.to_string(),
+                    known: SECTIONS
+                        .iter()
+                        .map(|s| format!("[{}]", s.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
             })?;
             continue;
         }
@@ -399,24 +493,40 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         }
         let value = strip_inline_comment(&trimmed[separator + 1..]).trim();
 
-        if !section.keys().contains(&key.as_str()) {
+        let Some(entry) = section.keys.iter().find(|k| k.name == key) else {
             return Err(ConfigError::Unknown {
                 line,
-                section: section.name(),
+                section: section.name,
                 key,
-                known: section.keys().join(", "),
+                known: section
+                    .keys
+                    .iter()
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
-        }
-        if let Some(&first) = seen.get(&(section, key.clone())) {
+        };
+        if let Some(&first) = seen.get(&(section.name, entry.name)) {
             return Err(ConfigError::Duplicate {
                 line,
                 first,
-                section: section.name(),
+                section: section.name,
                 key,
             });
         }
-        seen.insert((section, key.clone()), line);
-        set(&mut config, section, &key, value, line)?;
+        seen.insert((section.name, entry.name), line);
+        (entry.set)(&mut config, value).map_err(|reason| ConfigError::Invalid {
+            line,
+            section: section.name,
+            key,
+            // URLs may carry passwords: messages never show them.
+            value: if value.contains("://") {
+                redacted(value)
+            } else {
+                value.to_string()
+            },
+            reason,
+        })?;
     }
     Ok(config)
 }
@@ -434,248 +544,476 @@ fn strip_inline_comment(value: &str) -> &str {
     value
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Section {
-    Praas,
-    Database,
-    Dataplane,
-    OpenStack,
-    Notifications,
+/// A section of the file: its `[name]` and its keys, in the order of the sample and of the
+/// list of known keys in error messages.
+struct Section {
+    name: &'static str,
+    keys: &'static [Key],
 }
 
-impl Section {
-    const ALL: [Section; 5] = [
-        Section::Praas,
-        Section::Database,
-        Section::Dataplane,
-        Section::OpenStack,
-        Section::Notifications,
-    ];
+/// One key, declared once: everything the parser, the defaults, the error messages and the
+/// sample know of it.
+struct Key {
+    name: &'static str,
+    default: DefaultValue,
+    /// The comment above the key in the sample, after the string's first line break and less
+    /// the indentation its lines share. Empty: the key shares the comment of the key before it
+    /// and follows it without a blank line.
+    doc: &'static str,
+    /// Parses a value (without its inline comment and surrounding spaces) and stores it.
+    set: fn(&mut Config, &str) -> Result<(), ValueError>,
+}
 
-    fn name(self) -> &'static str {
+/// What an absent key is.
+enum DefaultValue {
+    /// The value the key has when the file does not set it, as the file would spell it.
+    Is(&'static str),
+    /// The key is unset, as if given the empty value. The sample shows `example` instead.
+    Unset { example: &'static str },
+}
+
+use DefaultValue::{Is, Unset};
+
+impl DefaultValue {
+    /// The value applied for an absent key.
+    fn text(&self) -> &'static str {
         match self {
-            Section::Praas => "praas",
-            Section::Database => "database",
-            Section::Dataplane => "dataplane",
-            Section::OpenStack => "openstack",
-            Section::Notifications => "notifications",
+            Is(value) => value,
+            Unset { .. } => "",
         }
     }
 
-    fn from_name(name: &str) -> Option<Section> {
-        Section::ALL.into_iter().find(|s| s.name() == name)
-    }
-
-    fn keys(self) -> &'static [&'static str] {
+    /// The value shown, commented out, in the sample.
+    fn shown(&self) -> &'static str {
         match self {
-            Section::Praas => &[
-                "port_app",
-                "bind_address",
-                "router_port_range",
-                "second_monitoring",
-                "port_allocation",
-                "auth_strategy",
-                "on_port_deleted",
-                "admin_role",
-                "member_role",
-                "reader_role",
-                "agent_status_port",
-                "monitor_status_port",
-            ],
-            Section::Database => &["connection"],
-            Section::Dataplane => &["driver", "resync_interval", "enabled"],
-            Section::Notifications => &["transport_url", "exchange"],
-            Section::OpenStack => &[
-                "clouds_file",
-                "cloud",
-                "request_timeout",
-                "token_cache_seconds",
-                "token_cache_size",
-                "router_cache_seconds",
-            ],
+            Is(value) => value,
+            Unset { example } => example,
         }
     }
 }
 
-/// Stores one value, already known to be a key of `section`.
-fn set(
-    config: &mut Config,
-    section: Section,
-    key: &str,
-    value: &str,
-    line: usize,
-) -> Result<(), ConfigError> {
-    let invalid = |reason: String| ConfigError::Invalid {
-        line,
-        section: section.name(),
-        key: key.to_string(),
-        // URLs may carry passwords: messages never show them.
-        value: if value.contains("://") {
-            redacted(value)
-        } else {
-            value.to_string()
+/// Every section and key of the file. Keys before the first header belong to the first
+/// section, `[praas]`.
+static SECTIONS: &[Section] = &[
+    Section {
+        name: "praas",
+        keys: PRAAS,
+    },
+    Section {
+        name: "database",
+        keys: DATABASE,
+    },
+    Section {
+        name: "dataplane",
+        keys: DATAPLANE,
+    },
+    Section {
+        name: "openstack",
+        keys: OPENSTACK,
+    },
+    Section {
+        name: "notifications",
+        keys: NOTIFICATIONS,
+    },
+];
+
+static PRAAS: &[Key] = &[
+    Key {
+        name: "port_app",
+        default: Is("3000"),
+        doc: "
+            TCP port of the HTTP API (the original's key and default).",
+        set: |c, v| {
+            c.praas.port_app = parse_port(v)?;
+            Ok(())
         },
-        reason,
-    };
-    match (section, key) {
-        (Section::Praas, "port_app") => {
-            config.praas.port_app = parse_port(value).map_err(invalid)?
-        }
-        (Section::Praas, "bind_address") => {
-            config.praas.bind_address = value
-                .parse()
-                .map_err(|_| invalid("expected an IPv4 or IPv6 address".into()))?
-        }
-        (Section::Praas, "router_port_range") => {
-            config.praas.router_port_range = parse_port_range(value).map_err(invalid)?
-        }
-        (Section::Praas, "second_monitoring") => {
-            config.praas.second_monitoring = parse_seconds(value).map_err(invalid)?
-        }
-        (Section::Praas, "port_allocation") => {
-            config.praas.port_allocation = value.parse().map_err(invalid)?
-        }
-        (Section::Praas, "auth_strategy") => {
-            config.praas.auth_strategy = value.parse().map_err(invalid)?
-        }
-        (Section::Praas, "on_port_deleted") => {
-            config.praas.on_port_deleted = value
+    },
+    Key {
+        name: "bind_address",
+        default: Is("0.0.0.0"),
+        doc: "
+            Address the HTTP API listens on: an IPv4 or IPv6 address. 0.0.0.0 is every IPv4 address.",
+        set: |c, v| {
+            c.praas.bind_address = v.parse().map_err(|_| ValueError::NotAnAddress)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "router_port_range",
+        default: Is("4000:4100"),
+        doc: "
+            Router ports handed out for new mappings, `first:last` (inclusive) or one port. A mapping
+            created with an explicit router port may use a port outside this range. (Original key.)",
+        set: |c, v| {
+            c.praas.router_port_range = parse_port_range(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "second_monitoring",
+        default: Is("30"),
+        doc: "
+            Seconds between two rounds of the monitor, which updates the mappings of VMs that were deleted
+            or changed address, and of routers whose gateway changed. 1 to 86400. (Original key.)",
+        set: |c, v| {
+            c.praas.second_monitoring = parse_seconds(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "port_allocation",
+        default: Is("random"),
+        doc: "
+            How a free router port is chosen from router_port_range:
+              random      a random free port, as the original did (ports are not guessable)
+              sequential  the lowest free port (predictable, easier to read)",
+        set: |c, v| {
+            c.praas.port_allocation = v.parse()?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "auth_strategy",
+        default: Is("keystone"),
+        doc: "
+            Who may call the API:
+              keystone  every request carries a Keystone token (X-Auth-Token), validated with Keystone;
+                        a project acts only on its own routers and ports. Needs [openstack] clouds_file.
+              noauth    no authentication, for development: the caller names its project and roles in
+                        the X-Project-Id and X-Roles headers (default: project \"default\", member)",
+        set: |c, v| {
+            c.praas.auth_strategy = v.parse()?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "on_port_deleted",
+        default: Is("delete"),
+        doc: "
+            What the monitor does with the mappings of a VM port that was deleted (or unbound):
+              delete  remove the mapping, its rules and its connections (as Neutron does)
+              down    keep the mapping, held DOWN with the reason, for an operator to look at",
+        set: |c, v| {
+            c.praas.on_port_deleted = v
                 .to_ascii_lowercase()
                 .parse()
-                .map_err(|_| invalid("expected delete or down".into()))?
-        }
-        (Section::Praas, "admin_role" | "member_role" | "reader_role") => {
-            let name = value.trim();
-            if name.is_empty() || name.contains(',') || name.contains(char::is_whitespace) {
-                return Err(invalid("expected one role name".into()));
-            }
-            let slot = match key {
-                "admin_role" => &mut config.praas.admin_role,
-                "member_role" => &mut config.praas.member_role,
-                _ => &mut config.praas.reader_role,
-            };
-            *slot = name.to_string();
-        }
-        (Section::OpenStack, "request_timeout" | "token_cache_seconds") => {
-            let seconds = parse_seconds(value).map_err(invalid)?;
-            if key == "request_timeout" {
-                config.openstack.request_timeout = seconds;
-            } else {
-                config.openstack.token_cache_seconds = seconds;
-            }
-        }
-        (Section::OpenStack, "router_cache_seconds") => {
-            config.openstack.router_cache_seconds = match value {
-                "0" => 0,
-                _ => parse_seconds(value).map_err(invalid)?,
-            }
-        }
-        (Section::Praas, "agent_status_port") => {
-            config.praas.agent_status_port = parse_port(value).map_err(invalid)?
-        }
-        (Section::Praas, "monitor_status_port") => {
-            config.praas.monitor_status_port = parse_port(value).map_err(invalid)?
-        }
-        (Section::OpenStack, "token_cache_size") => {
-            config.openstack.token_cache_size = value
+                .map_err(|_| ValueError::NotAPortGone)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "admin_role",
+        default: Is("admin"),
+        doc: "
+            Role names of the policy: admin may do everything in every project, member may create,
+            change and delete its project's mappings, reader may list and show them.",
+        set: |c, v| {
+            c.praas.admin_role = parse_role(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "member_role",
+        default: Is("member"),
+        doc: "",
+        set: |c, v| {
+            c.praas.member_role = parse_role(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "reader_role",
+        default: Is("reader"),
+        doc: "",
+        set: |c, v| {
+            c.praas.reader_role = parse_role(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "agent_status_port",
+        default: Is("3001"),
+        doc: "
+            TCP ports of the /healthz and /readyz listener of `praas agent` and of `praas monitor`, on
+            bind_address (`praas server` and `praas all-in-one` answer them on port_app).",
+        set: |c, v| {
+            c.praas.agent_status_port = parse_port(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "monitor_status_port",
+        default: Is("3002"),
+        doc: "",
+        set: |c, v| {
+            c.praas.monitor_status_port = parse_port(v)?;
+            Ok(())
+        },
+    },
+];
+
+static DATABASE: &[Key] = &[Key {
+    name: "connection",
+    default: Is("sqlite:////var/lib/praas/praas.db"),
+    doc: "
+        Where mappings are stored, as an OpenStack-style database URL:
+          sqlite:////var/lib/praas/praas.db         (four slashes: an absolute path)
+          mysql://praas:PASSWORD@controller/praas",
+    set: |c, v| {
+        c.database.connection = parse_database_url(v)?;
+        Ok(())
+    },
+}];
+
+static DATAPLANE: &[Key] = &[
+    Key {
+        name: "driver",
+        default: Is("nftables"),
+        doc: "
+            How rules are programmed into the router namespaces of this node:
+              nftables  our own table with one DNAT map per namespace (constant lookup time)
+              iptables  the original's custom-PREROUTING / custom-POSTROUTING chains",
+        set: |c, v| {
+            c.dataplane.driver = v.to_ascii_lowercase().parse().map_err(ValueError::Driver)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "resync_interval",
+        default: Is("300"),
+        doc: "
+            Seconds between two full resyncs, which rewrite every router namespace from the database
+            and repair rules changed or flushed behind our back. 1 to 86400.",
+        set: |c, v| {
+            c.dataplane.resync_interval = parse_seconds(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "enabled",
+        default: Is("true"),
+        doc: "
+            false: run the API without touching any namespace, on a node that hosts no routers.
+            (true/false, yes/no, on/off, 1/0)",
+        set: |c, v| {
+            c.dataplane.enabled = parse_bool(v)?;
+            Ok(())
+        },
+    },
+];
+
+static OPENSTACK: &[Key] = &[
+    Key {
+        name: "clouds_file",
+        default: Unset {
+            example: "/etc/praas/clouds.yaml",
+        },
+        doc: "
+            The clouds.yaml file holding the service's credentials (absolute path). Unset: the file
+            named by the OS_CLIENT_CONFIG_FILE environment variable, as the original found it.",
+        set: |c, v| {
+            c.openstack.clouds_file = parse_optional_path(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "cloud",
+        default: Is("openstack"),
+        doc: "
+            Which cloud of clouds.yaml holds the service's credentials (the original's name). Password
+            (username/password/project) and application credentials (auth_type v3applicationcredential,
+            by id, or by name with the user) are supported; region_name and interface are honoured.
+            The service user needs the `service` role (to validate callers' tokens) and read access to
+            every project's routers and ports (the admin role in practice).",
+        set: |c, v| {
+            c.openstack.cloud = parse_name(v, ValueError::NoCloud)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "request_timeout",
+        default: Is("10"),
+        doc: "
+            Seconds any request to Keystone or Neutron may take. Reads are retried twice with backoff.",
+        set: |c, v| {
+            c.openstack.request_timeout = parse_seconds(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "token_cache_seconds",
+        default: Is("300"),
+        doc: "
+            Seconds a validated token is trusted without asking Keystone again (a revoked token is
+            refused at most this long after its revocation), and how many tokens are remembered.",
+        set: |c, v| {
+            c.openstack.token_cache_seconds = parse_seconds(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "token_cache_size",
+        default: Is("10000"),
+        doc: "",
+        set: |c, v| {
+            c.openstack.token_cache_size = v
                 .parse::<u64>()
                 .ok()
                 .filter(|n| (1..=10_000_000).contains(n))
-                .ok_or_else(|| invalid("expected a number from 1 to 10000000".into()))?
-        }
-        (Section::Notifications, "transport_url") => {
-            config.notifications.transport_url = if value.is_empty() {
+                .ok_or(ValueError::NotACacheSize)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "router_cache_seconds",
+        default: Is("10"),
+        doc: "
+            Seconds the API reuses a router's facts read from Neutron (gateway, interface subnets,
+            owner), so that a create costs one Neutron round trip for the port. 0 reads them for every
+            request. Neutron's notifications ([notifications] transport_url) drop them at once; ports
+            are always read fresh.",
+        set: |c, v| {
+            c.openstack.router_cache_seconds = match v {
+                "0" => 0,
+                _ => parse_seconds(v)?,
+            };
+            Ok(())
+        },
+    },
+];
+
+static NOTIFICATIONS: &[Key] = &[
+    Key {
+        name: "transport_url",
+        default: Unset {
+            example: "rabbit://praas:PASSWORD@controller:5672/",
+        },
+        doc: "
+            Neutron's notifications on RabbitMQ (oslo.messaging's transport URL, as in neutron.conf), so
+            that the monitor reacts to deleted ports and changed routers within moments (polling every
+            second_monitoring seconds stays as the safety net) and the API drops the router facts it
+            keeps. Unset: polling only.",
+        set: |c, v| {
+            c.notifications.transport_url = if v.is_empty() {
                 None
             } else {
-                crate::util::amqp_url(value).map_err(|e| invalid(e.to_string()))?;
-                Some(value.to_string())
+                crate::util::amqp_url(v).map_err(ValueError::TransportUrl)?;
+                Some(v.to_string())
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "exchange",
+        default: Is("neutron"),
+        doc: "
+            The exchange Neutron publishes its notifications on (Neutron's control_exchange).",
+        set: |c, v| {
+            c.notifications.exchange = parse_name(v, ValueError::NoExchange)?;
+            Ok(())
+        },
+    },
+];
+
+/// The comment at the top of the sample, after its first line (which names [`DEFAULT_PATH`]),
+/// written as the docs of the table are.
+const SAMPLE_HEADER: &str = "
+
+    Every key is optional. Each one is shown commented out with its default value, so this file
+    as shipped configures nothing beyond the defaults. Uncomment a line to change it.
+
+    Syntax: `key = value`; comments start with `#` or `;`, at the start of a line or after a
+    space inside a value (`port_app = 3000  # the API`). Values are not quoted. Unknown sections,
+    unknown keys and a key set twice are errors, so typos are reported at start-up.
+
+    A file from the original PRaaS (port_app, router_port_range, second_monitoring, with or
+    without a [praas] header) is read unchanged: keys before any header belong to [praas].";
+
+/// The annotated sample configuration, shipped as `etc/praas.conf`: a header, then every
+/// section with each key's documentation and, commented out, its default. It parses to
+/// `Config::default()`.
+pub fn sample() -> String {
+    fn comment(out: &mut String, text: &str) {
+        for line in doc_lines(text) {
+            if line.is_empty() {
+                out.push_str("#\n");
+            } else {
+                let _ = writeln!(out, "# {line}");
             }
-        }
-        (Section::Notifications, "exchange") => {
-            if value.is_empty() {
-                return Err(invalid("expected an exchange name".into()));
-            }
-            config.notifications.exchange = value.to_string()
-        }
-        (Section::Database, "connection") => {
-            config.database.connection = parse_database_url(value).map_err(invalid)?
-        }
-        (Section::Dataplane, "driver") => {
-            config.dataplane.driver = value.to_ascii_lowercase().parse().map_err(invalid)?
-        }
-        (Section::Dataplane, "resync_interval") => {
-            config.dataplane.resync_interval = parse_seconds(value).map_err(invalid)?
-        }
-        (Section::Dataplane, "enabled") => {
-            config.dataplane.enabled = parse_bool(value).map_err(invalid)?
-        }
-        (Section::OpenStack, "clouds_file") => {
-            config.openstack.clouds_file = parse_optional_path(value).map_err(invalid)?
-        }
-        (Section::OpenStack, "cloud") => {
-            if value.is_empty() {
-                return Err(invalid(
-                    "expected the name of a cloud of clouds.yaml".into(),
-                ));
-            }
-            config.openstack.cloud = value.to_string()
-        }
-        // `parse` only calls `set` with a key from `Section::keys`; this arm is reached only
-        // if that table and this match disagree.
-        _ => {
-            return Err(ConfigError::Unknown {
-                line,
-                section: section.name(),
-                key: key.to_string(),
-                known: section.keys().join(", "),
-            })
         }
     }
-    Ok(())
+    let mut out = String::new();
+    let _ = writeln!(out, "# PRaaS configuration: {DEFAULT_PATH}");
+    comment(&mut out, SAMPLE_HEADER);
+    for section in SECTIONS {
+        let _ = writeln!(out, "\n[{}]", section.name);
+        for (i, key) in section.keys.iter().enumerate() {
+            if !key.doc.is_empty() {
+                if i > 0 {
+                    out.push('\n');
+                }
+                comment(&mut out, key.doc);
+            }
+            let _ = writeln!(out, "#{} = {}", key.name, key.default.shown());
+        }
+    }
+    out
 }
 
-fn parse_port(value: &str) -> Result<u16, String> {
+/// The lines of a doc string of the table: the text after its first line break, less the
+/// indentation its non-empty lines share, without trailing spaces.
+fn doc_lines(doc: &str) -> impl Iterator<Item = &str> {
+    let body = doc.split_once('\n').map_or(doc, |(_, rest)| rest);
+    let indent = body
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    body.lines()
+        .map(move |l| l.get(indent..).unwrap_or_default().trim_end())
+}
+
+fn parse_port(value: &str) -> Result<u16, ValueError> {
     match value.parse::<u16>() {
-        Ok(0) => Err("port 0 cannot be listened on (expected 1-65535)".into()),
+        Ok(0) => Err(ValueError::PortZero),
         Ok(port) if value.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
-        _ => Err("expected a port number (1-65535)".into()),
+        _ => Err(ValueError::NotAPort),
     }
 }
 
-fn parse_port_range(value: &str) -> Result<PortRange, String> {
+fn parse_port_range(value: &str) -> Result<PortRange, ValueError> {
     if value.is_empty() {
-        return Err("expected a port range such as 4000:4100".into());
+        return Err(ValueError::NoPortRange);
     }
-    value.parse::<PortRange>().map_err(|e| e.to_string())
+    value.parse::<PortRange>().map_err(ValueError::PortRange)
 }
 
-fn parse_seconds(value: &str) -> Result<u64, String> {
+fn parse_seconds(value: &str) -> Result<u64, ValueError> {
     let seconds = value
         .parse::<u64>()
         .ok()
         .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| "expected a whole number of seconds".to_string())?;
+        .ok_or(ValueError::NotSeconds)?;
     if seconds == 0 {
-        return Err("must be at least 1 second".into());
+        return Err(ValueError::ZeroSeconds);
     }
     if seconds > MAX_INTERVAL_SECS {
-        return Err(format!(
-            "must be at most {MAX_INTERVAL_SECS} seconds (one day)"
-        ));
+        return Err(ValueError::TooManySeconds);
     }
     Ok(seconds)
 }
 
-fn parse_bool(value: &str) -> Result<bool, String> {
+fn parse_bool(value: &str) -> Result<bool, ValueError> {
     match value.to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err("expected true or false (also yes/no, on/off, 1/0)".into()),
+        _ => Err(ValueError::NotABool),
     }
 }
 
 /// Checks the shape `scheme://rest`; the database layer decides which schemes it supports.
-fn parse_database_url(value: &str) -> Result<String, String> {
+fn parse_database_url(value: &str) -> Result<String, ValueError> {
     let shape_ok = value.split_once("://").is_some_and(|(scheme, rest)| {
         !scheme.is_empty()
             && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -687,17 +1025,13 @@ fn parse_database_url(value: &str) -> Result<String, String> {
     if shape_ok {
         Ok(value.to_string())
     } else {
-        Err(
-            "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
-             mysql://praas:password@controller/praas"
-                .into(),
-        )
+        Err(ValueError::NotADatabaseUrl)
     }
 }
 
 /// An empty value means "not set". A relative path would depend on the directory the service
 /// was started from, so only absolute paths are accepted.
-fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
+fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, ValueError> {
     if value.is_empty() {
         return Ok(None);
     }
@@ -705,7 +1039,25 @@ fn parse_optional_path(value: &str) -> Result<Option<PathBuf>, String> {
     if path.is_absolute() {
         Ok(Some(path))
     } else {
-        Err("expected an absolute path".into())
+        Err(ValueError::RelativePath)
+    }
+}
+
+/// One role name: not empty, without spaces or commas.
+fn parse_role(value: &str) -> Result<String, ValueError> {
+    let name = value.trim();
+    if name.is_empty() || name.contains(',') || name.contains(char::is_whitespace) {
+        return Err(ValueError::NotARole);
+    }
+    Ok(name.to_string())
+}
+
+/// A name that must not be empty; `missing` says which.
+fn parse_name(value: &str, missing: ValueError) -> Result<String, ValueError> {
+    if value.is_empty() {
+        Err(missing)
+    } else {
+        Ok(value.to_string())
     }
 }
 
@@ -746,6 +1098,25 @@ mod tests {
         assert!(c.dataplane.enabled);
         assert_eq!(c.openstack.clouds_file, None);
         assert_eq!(c.openstack.cloud, "openstack");
+        assert_eq!(c.praas.on_port_deleted, crate::model::PortGone::Delete);
+        assert_eq!(
+            (
+                c.praas.admin_role.as_str(),
+                c.praas.member_role.as_str(),
+                c.praas.reader_role.as_str()
+            ),
+            ("admin", "member", "reader")
+        );
+        assert_eq!(
+            (c.praas.agent_status_port, c.praas.monitor_status_port),
+            (3001, 3002)
+        );
+        assert_eq!(c.openstack.request_timeout, 10);
+        assert_eq!(c.openstack.token_cache_seconds, 300);
+        assert_eq!(c.openstack.token_cache_size, 10_000);
+        assert_eq!(c.openstack.router_cache_seconds, 10);
+        assert_eq!(c.notifications.transport_url, None);
+        assert_eq!(c.notifications.exchange, "neutron");
         assert_eq!(c.praas.listen_addr().to_string(), "0.0.0.0:3000");
         assert_eq!(c.praas.monitoring_interval(), Duration::from_secs(30));
         assert_eq!(c.dataplane.resync_period(), Duration::from_secs(300));
@@ -766,6 +1137,54 @@ mod tests {
             parse(include_str!("../etc/praas.conf")).unwrap(),
             Config::default()
         );
+    }
+
+    /// `UPDATE_SAMPLE=1 cargo test --lib config::tests::the_sample_file_is_the_rendered_sample`
+    /// rewrites `etc/praas.conf` from the table.
+    #[test]
+    fn the_sample_file_is_the_rendered_sample() {
+        let rendered = sample();
+        if std::env::var_os("UPDATE_SAMPLE").is_some() {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/praas.conf");
+            std::fs::write(&path, &rendered).unwrap();
+        } else {
+            assert!(
+                include_str!("../etc/praas.conf") == rendered,
+                "etc/praas.conf is not config::sample(); rewrite it with UPDATE_SAMPLE=1 \
+                 cargo test --lib config::tests::the_sample_file_is_the_rendered_sample"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_is_consistent() {
+        assert_eq!(
+            SECTIONS[0].name, "praas",
+            "keys before any header are [praas]'s"
+        );
+        for (i, section) in SECTIONS.iter().enumerate() {
+            assert!(
+                SECTIONS[..i].iter().all(|s| s.name != section.name),
+                "[{}] twice",
+                section.name
+            );
+            assert!(!section.keys[0].doc.is_empty(), "[{}]", section.name);
+            for (j, key) in section.keys.iter().enumerate() {
+                // The parser looks keys up in lower case.
+                assert_eq!(key.name, key.name.to_ascii_lowercase());
+                assert!(
+                    section.keys[..j].iter().all(|k| k.name != key.name),
+                    "{} twice in [{}]",
+                    key.name,
+                    section.name
+                );
+                if let Unset { example } = key.default {
+                    let mut c = Config::default();
+                    (key.set)(&mut c, example).unwrap();
+                    assert_ne!(c, Config::default(), "{}", key.name);
+                }
+            }
+        }
     }
 
     #[test]
@@ -935,6 +1354,73 @@ mod tests {
     }
 
     #[test]
+    fn each_reason_reads_as_it_always_did() {
+        for (text, reason) in [
+            (
+                "port_app = 0",
+                "port 0 cannot be listened on (expected 1-65535)",
+            ),
+            ("port_app = x", "expected a port number (1-65535)"),
+            ("bind_address = x", "expected an IPv4 or IPv6 address"),
+            (
+                "router_port_range =",
+                "expected a port range such as 4000:4100",
+            ),
+            (
+                "router_port_range = 4100:4000",
+                "port range 4100:4000 ends before it starts",
+            ),
+            (
+                "second_monitoring = x",
+                "expected a whole number of seconds",
+            ),
+            ("second_monitoring = 0", "must be at least 1 second"),
+            (
+                "second_monitoring = 86401",
+                "must be at most 86400 seconds (one day)",
+            ),
+            ("port_allocation = x", "expected random or sequential"),
+            ("auth_strategy = x", "expected keystone or noauth"),
+            ("on_port_deleted = x", "expected delete or down"),
+            ("admin_role = a,b", "expected one role name"),
+            (
+                "[openstack]\ntoken_cache_size = 0",
+                "expected a number from 1 to 10000000",
+            ),
+            (
+                "[database]\nconnection = x",
+                "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
+                 mysql://praas:password@controller/praas",
+            ),
+            (
+                "[dataplane]\ndriver = x",
+                "unknown dataplane driver \"x\" (expected nftables or iptables)",
+            ),
+            (
+                "[dataplane]\nenabled = x",
+                "expected true or false (also yes/no, on/off, 1/0)",
+            ),
+            ("[openstack]\nclouds_file = x", "expected an absolute path"),
+            (
+                "[openstack]\ncloud =",
+                "expected the name of a cloud of clouds.yaml",
+            ),
+            (
+                "[notifications]\ntransport_url = kafka://h/",
+                "\"kafka://h/\" is not a rabbit:// transport URL",
+            ),
+            ("[notifications]\nexchange =", "expected an exchange name"),
+        ] {
+            match parse(text) {
+                Err(ConfigError::Invalid { reason: r, .. }) => {
+                    assert_eq!(r.to_string(), reason, "{text}")
+                }
+                other => panic!("expected an invalid value for {text:?}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected_with_the_known_ones_listed() {
         let err = parse("[praas]\nport_ap = 3000\n").unwrap_err();
         match &err {
@@ -946,6 +1432,13 @@ mod tests {
             other => panic!("expected an unknown key, got {other:?}"),
         }
         assert!(err.to_string().contains("port_app"), "{err}");
+        assert_eq!(
+            parse("[dataplane]\ndrivers = nft\n")
+                .unwrap_err()
+                .to_string(),
+            "line 2: unknown key \"drivers\" in [dataplane] \
+             (known keys: driver, resync_interval, enabled)"
+        );
         // A key of another section is unknown where it stands.
         assert!(matches!(
             parse("[database]\nport_app = 3000\n"),
@@ -971,7 +1464,11 @@ mod tests {
             matches!(err, ConfigError::UnknownSection { line: 1, .. }),
             "{err}"
         );
-        assert!(err.to_string().contains("[DEFAULT]"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "line 1: unknown section [DEFAULT] (known sections: [praas], [database], \
+             [dataplane], [openstack], [notifications])"
+        );
         assert!(matches!(
             parse("[Praas]\nport_app = 1\n"),
             Err(ConfigError::UnknownSection { .. })
