@@ -25,7 +25,7 @@ use praas::dataplane::{
     netns, Backend, Changes, ExternalKey, Forward, PortRange, Protocol, RouterNamespace, RuleSet,
     Target,
 };
-use praas::simnode::{self, SimNode, SimNodeOptions, GATEWAY_IP};
+use praas::testbed::simnode::{self, SimNode, SimNodeOptions, GATEWAY_IP};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 const FIRST_PORT: u16 = 10_000;

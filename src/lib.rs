@@ -16,6 +16,3 @@ pub mod service;
 pub mod store;
 pub mod testbed;
 pub mod util;
-
-// Kept while the iptables driver and the dataplane benchmark still name the old path.
-pub use testbed::simnode;
