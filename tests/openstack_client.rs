@@ -1,7 +1,8 @@
 //! The service's own OpenStack client against the real Keystone and Neutron of
 //! `scripts/dev-cloud`: login from clouds.yaml (a password and application credentials, by id
 //! and by name), the catalog, Neutron's routers and ports as the service reads them, and
-//! distributed routers recognised as such.
+//! distributed routers recognised as such; `/readyz` while Keystone refuses the service's own
+//! credentials.
 //!
 //! They need the dev cloud (`scripts/dev-cloud up`), found at `PRAAS_CLOUD_DIR` (default
 //! `/var/tmp/praas-dev-cloud`). Without it the tests print one line and skip; under CI they
@@ -14,6 +15,7 @@ mod support;
 use std::time::Duration;
 
 use praas::openstack::{clouds, NeutronDirectory, RouterDirectory, Session};
+use praas::runtime::{self, Role};
 
 use support::{Cloud, KEYSTONE};
 
@@ -136,4 +138,49 @@ async fn application_credentials_log_in_and_distributed_routers_are_recognised()
         ),
         "{err}"
     );
+}
+
+/// `praas server` on the service's real credentials is ready; with a password Keystone refuses,
+/// `/readyz` says it is not, naming Keystone, while `/healthz` still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_keystone_while_the_services_credentials_are_refused() {
+    let _shared = KEYSTONE.read().await;
+    let test = "readyz_names_keystone_while_the_services_credentials_are_refused";
+    let Some(cloud) = Cloud::find(test) else {
+        return;
+    };
+    let get = |base: String, path: &'static str| async move {
+        let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<serde_json::Value>().await.unwrap())
+    };
+    let cfg = cloud.config();
+    let running = runtime::start(&cfg, Role::Server).await.unwrap();
+    let base = format!("http://{}", running.api_addr().unwrap());
+    assert_eq!(get(base.clone(), "/readyz").await.0, 200);
+    running.stop().await;
+
+    // The same service with a password Keystone refuses (the dev cloud's clouds.yaml is JSON).
+    let mut clouds: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cloud.dir.join("clouds.yaml")).unwrap())
+            .unwrap();
+    clouds["clouds"]["openstack"]["auth"]["password"] = "not-the-password".into();
+    let file = std::env::temp_dir().join(format!("praas-refused-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&file, clouds.to_string()).unwrap();
+    let mut cfg = cloud.config();
+    cfg.openstack.clouds_file = Some(file.clone());
+    let running = runtime::start(&cfg, Role::Server).await.unwrap();
+    let base = format!("http://{}", running.api_addr().unwrap());
+    let (status, body) = get(base.clone(), "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "identity_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Keystone") && message.contains("refused the service's credentials"),
+        "{message}"
+    );
+    assert!(!message.contains("not-the-password"), "{message}");
+    assert_eq!(get(base, "/healthz").await.0, 200);
+    running.stop().await;
+    let _ = std::fs::remove_file(file);
 }
