@@ -988,10 +988,12 @@ async fn errors_name_the_field_and_the_rule() {
 #[tokio::test]
 async fn every_change_through_either_protocol_is_audited_once() {
     let app = app().await;
-    let (log, _guard) = praas::testbed::audit::capture();
+    let log = praas::testbed::audit::recorder();
     let create = format!("/pat/create?server_ip=10.0.0.5&create_server_port=22&router_id=qrouter-{R1}&gateway=203.0.113.10");
     let (_, body) = call(&app, MEMBER_P1, Method::POST, &create, None).await;
     assert_eq!(body["status"], "SUCCESS", "{body}");
+    let (_, listed) = call(&app, READER_P1, Method::GET, "/v1/mappings", None).await;
+    let legacy_id = listed["mappings"][0]["id"].as_str().unwrap().to_string();
     let (_, body) = call(
         &app,
         READER_P1,
@@ -1041,7 +1043,7 @@ async fn every_change_through_either_protocol_is_audited_once() {
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 
-    let lines = log.lines();
+    let lines = log.lines_about(&[&legacy_id, &id]);
     let actions: Vec<&str> = lines
         .iter()
         .map(|l| {

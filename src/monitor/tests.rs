@@ -362,12 +362,11 @@ async fn a_cycle_applies_decisions_and_a_failing_neutron_changes_nothing() {
     assert_eq!(store.list(&ListFilter::default()).await.unwrap().len(), 3);
 
     *net.fail.lock().unwrap() = false;
-    let (audit, guard) = crate::testbed::audit::capture();
+    let audit = crate::testbed::audit::recorder();
     let report = monitor.cycle(Duration::from_secs(90)).await.unwrap();
-    drop(guard);
     assert_eq!((report.mappings, report.deleted, report.updated), (3, 1, 1));
     // Each change the monitor made is one audit event with its reason.
-    let lines = audit.lines();
+    let lines = audit.lines_about(&[&kept.id, &moved.id, &gone.id]);
     assert_eq!(lines.len(), 2, "{lines:#?}");
     assert!(
         lines.iter().all(|l| l.contains("actor=monitor")),

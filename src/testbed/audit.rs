@@ -1,22 +1,27 @@
-//! Captures the audit events logged on the current thread, for tests.
+//! Records the audit events of a test binary, for tests.
+//!
+//! The recorder is the process's global subscriber, installed once: a subscriber set for one
+//! thread only misses events whose call site another thread (a test running alongside) reached
+//! first, since tracing caches per call site whether anyone listens. Tests running at the same
+//! time all record here, so a test picks its own events by the ids of its mappings.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use tracing::subscriber::DefaultGuard;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::service::audit::TARGET;
 
-/// The audit lines logged while the guard of [`capture`] lives.
+/// Every audit line logged in this process since [`recorder`] was first called.
 #[derive(Clone, Default)]
 pub struct AuditLog(Arc<Mutex<Vec<u8>>>);
 
 impl AuditLog {
-    /// One line per event, as operators see them.
-    pub fn lines(&self) -> Vec<String> {
+    /// The lines naming any of `ids` (mapping ids), in the order they were logged.
+    pub fn lines_about(&self, ids: &[&str]) -> Vec<String> {
         String::from_utf8_lossy(&self.0.lock().expect("not poisoned"))
             .lines()
+            .filter(|l| ids.iter().any(|id| l.contains(&format!("mapping={id}"))))
             .map(str::to_string)
             .collect()
     }
@@ -41,14 +46,19 @@ impl<'a> MakeWriter<'a> for AuditLog {
     }
 }
 
-/// Records audit events on this thread (a current-thread runtime's tasks included) until the
-/// guard is dropped.
-pub fn capture() -> (AuditLog, DefaultGuard) {
-    let log = AuditLog::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("{TARGET}=info")))
-        .finish();
-    (log, tracing::subscriber::set_default(subscriber))
+/// The process's audit recorder, installed as the global subscriber on first use.
+pub fn recorder() -> AuditLog {
+    static LOG: OnceLock<AuditLog> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log = AuditLog::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(format!("{TARGET}=info")))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in a test binary that records audit events");
+        log
+    })
+    .clone()
 }
