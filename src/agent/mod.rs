@@ -9,6 +9,16 @@
 //! and periodically it rewrites and reads back every namespace, which repairs whatever changed
 //! behind its back.
 //! Namespaces that are not on this node belong to another network node's agent.
+//!
+//! Between passes it watches the node ([`watch`]): a router namespace that appears (the L3
+//! agent built it, or built it again) is programmed at once, one that leaves is forgotten, and
+//! every second each served namespace's [`Fingerprint`](crate::dataplane::Fingerprint) is
+//! compared with the one taken after our last commit: only a namespace where something was
+//! committed since is read back, and one whose rules are not ours any more (a flushed ruleset,
+//! a deleted table, a namespace built again) is rewritten within that second. Each repair is
+//! logged with what was found and counted.
+
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::dataplane::sync::{RouterSync, SyncOutcome};
+use crate::dataplane::sync::{Check, RouterSync, SyncOutcome};
 use crate::dataplane::{Changes, DataplaneError, Forward, RouterNamespace, RuleSet};
 use crate::placement::{Placement, PlacementError};
 use crate::store::{ChangeFeed, ListFilter, Mapping, Status, Store, StoreError};
@@ -29,6 +39,8 @@ pub enum AgentError {
     Store(#[from] StoreError),
     #[error("finding the routers this node serves")]
     Placement(#[from] PlacementError),
+    #[error("checking the namespaces of this node")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// How often the store's generation is read to notice changes made by another process.
@@ -44,6 +56,16 @@ pub struct PassReport {
     pub errors: usize,
 }
 
+impl std::ops::AddAssign for PassReport {
+    fn add_assign(&mut self, other: PassReport) {
+        self.namespaces += other.namespaces;
+        self.failed_namespaces += other.failed_namespaces;
+        self.absent_namespaces += other.absent_namespaces;
+        self.active += other.active;
+        self.errors += other.errors;
+    }
+}
+
 pub struct Agent {
     store: Arc<Store>,
     sync: Arc<RouterSync>,
@@ -54,6 +76,8 @@ pub struct Agent {
     /// process is applied here by fetching only that mapping and updating only its elements.
     /// A namespace stays until it has been emptied in the kernel.
     known: BTreeMap<RouterNamespace, NamespaceState>,
+    /// The router namespaces this node held when last looked at; `None` before the first look.
+    served: Option<BTreeSet<RouterNamespace>>,
     counters: Arc<Counters>,
 }
 
@@ -66,6 +90,10 @@ pub struct Counters {
     /// Passes over the mappings this process changed.
     pub change_passes: AtomicU64,
     pub failed_passes: AtomicU64,
+    /// Namespaces whose rules were found changed behind our back, and rewritten.
+    pub repairs: AtomicU64,
+    /// Router namespaces that appeared on this node after the first look, and were programmed.
+    pub namespaces_appeared: AtomicU64,
 }
 
 /// What the agent knows of one namespace.
@@ -79,6 +107,20 @@ struct NamespaceState {
     /// The namespace holds exactly `rules`, as the last programming of it succeeded: a change
     /// can be applied as a difference, without handing over (or diffing) the whole set.
     in_sync: bool,
+    /// Programming attempts that failed in a row, and when to try again (see [`retry_after`]).
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// How long after `failures` failed attempts in a row a namespace is programmed again: at the
+/// next look after the first failure, then after one second, doubling up to a minute. A repair
+/// that raced someone else's change is redone at once, while a namespace the kernel keeps
+/// refusing does not fill the log every second.
+fn retry_after(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        f => Duration::from_secs(1u64 << (f - 2).min(6)).min(Duration::from_secs(60)),
+    }
 }
 
 impl NamespaceState {
@@ -165,6 +207,7 @@ impl Agent {
             feed,
             resync_every,
             known: BTreeMap::new(),
+            served: None,
             counters: Arc::default(),
         }
     }
@@ -176,10 +219,45 @@ impl Agent {
 
     /// Runs until the task is dropped.
     pub async fn run(mut self) {
+        let mut watch = watch::NamespaceWatch::new(self.placement.watch_dir());
         let mut seen: Option<i64> = None;
         let mut pending: Vec<(i64, String)> = vec![];
         let mut last_full = Instant::now();
+        // When the store was last asked for its generation; `None` makes the next turn ask.
+        let mut last_poll: Option<Instant> = None;
         loop {
+            let store_due = last_poll.is_none_or(|at| at.elapsed() >= POLL_INTERVAL)
+                || last_full.elapsed() >= self.resync_every;
+            if store_due {
+                last_poll = Some(Instant::now());
+                self.store_turn(&mut seen, &mut pending, &mut last_full)
+                    .await;
+            }
+            match self.check_node().await {
+                Ok(report) if report != PassReport::default() => {
+                    debug!(?report, "namespaces appeared or repaired");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %crate::util::Chain(&e), "checking the node's namespaces failed")
+                }
+            }
+            tokio::select! {
+                // A change committed here: look at the store at once.
+                _ = self.feed.changed() => last_poll = None,
+                _ = watch.next() => {}
+            }
+        }
+    }
+
+    /// One look at the store: reconciles what changed since `seen`, or everything.
+    async fn store_turn(
+        &mut self,
+        seen: &mut Option<i64>,
+        pending: &mut Vec<(i64, String)>,
+        last_full: &mut Instant,
+    ) {
+        {
             // Read the generation, then drain: a local change visible in the generation was
             // published before it committed, so its entry is drained too. Entries not visible
             // yet (published, not committed when the generation was read) wait for later.
@@ -191,7 +269,7 @@ impl Agent {
                 }
             };
             pending.extend(self.feed.take());
-            let mut work = plan(seen, current, &pending);
+            let mut work = plan(*seen, current, pending);
             if let Some(current) = current {
                 pending.retain(|(g, _)| *g > current);
             }
@@ -210,7 +288,7 @@ impl Agent {
                 Ok(report) => {
                     match work {
                         Work::Everything => {
-                            last_full = Instant::now();
+                            *last_full = Instant::now();
                             self.counters.full_passes.fetch_add(1, Ordering::Relaxed);
                         }
                         Work::Mappings(_) => {
@@ -221,20 +299,104 @@ impl Agent {
                     if work != Work::Nothing {
                         debug!(?report, elapsed = ?started.elapsed(), "agent pass");
                     }
-                    seen = current;
+                    *seen = current;
                 }
                 // Nothing is marked as seen: the next turn reconciles everything again.
                 Err(e) => {
                     self.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
                     warn!(error = ?e, "agent pass failed; retrying");
-                    seen = None;
+                    *seen = None;
                 }
             }
-            tokio::select! {
-                _ = self.feed.changed() => {}
-                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+    }
+
+    /// Looks at the node: forgets namespaces that left it, programs those that appeared, and
+    /// rewrites those whose rules were changed behind our back (see the module's comment).
+    pub async fn check_node(&mut self) -> Result<PassReport, AgentError> {
+        let appeared = self.refresh_served()?;
+        let candidates: Vec<RouterNamespace> = match &self.served {
+            Some(served) => self
+                .known
+                .keys()
+                .filter(|ns| served.contains(*ns) && !appeared.contains(*ns))
+                .cloned()
+                .collect(),
+            None => vec![],
+        };
+        let sync = self.sync.clone();
+        let checks = tokio::task::spawn_blocking(move || {
+            candidates
+                .into_iter()
+                .map(|ns| {
+                    let check = sync.check(&ns);
+                    (ns, check)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        let mut repair: BTreeSet<RouterNamespace> = appeared
+            .into_iter()
+            .filter(|ns| self.known.contains_key(ns))
+            .collect();
+        // Namespaces whose last programming failed, when their retry is due.
+        let now = Instant::now();
+        if let Some(served) = &self.served {
+            repair.extend(
+                self.known
+                    .iter()
+                    .filter(|(ns, state)| {
+                        served.contains(*ns) && state.retry_at.is_some_and(|at| at <= now)
+                    })
+                    .map(|(ns, _)| ns.clone()),
+            );
+        }
+        for (namespace, check) in checks {
+            match check {
+                Ok(Check::Drifted(drift)) => {
+                    warn!(%namespace, found = %drift, "our rules were changed behind our back; repairing");
+                    self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+                    repair.insert(namespace);
+                }
+                Ok(_) => {}
+                // Gone meanwhile (the next look forgets it) or unreadable: the resync retries.
+                Err(e) => {
+                    debug!(%namespace, error = %crate::util::Chain(&e), "cannot check the namespace")
+                }
             }
         }
+        if repair.is_empty() {
+            return Ok(PassReport::default());
+        }
+        self.program_served(&repair, None).await
+    }
+
+    /// Asks the placement which router namespaces this node holds now: those that left are
+    /// forgotten (their next appearance is a new namespace), those that appeared since the last
+    /// look are returned. The first look returns every namespace without calling it new.
+    fn refresh_served(&mut self) -> Result<BTreeSet<RouterNamespace>, PlacementError> {
+        let now = self.placement.served()?;
+        let Some(before) = self.served.replace(now.clone()) else {
+            return Ok(now);
+        };
+        for gone in before.difference(&now) {
+            self.sync.forget(gone);
+            if let Some(state) = self.known.get_mut(gone) {
+                state.in_sync = false;
+                info!(namespace = %gone, mappings = state.mappings.len(), "router namespace left this node");
+            }
+        }
+        let appeared: BTreeSet<RouterNamespace> = now.difference(&before).cloned().collect();
+        for namespace in &appeared {
+            self.sync.forget(namespace);
+            if let Some(state) = self.known.get(namespace) {
+                self.counters
+                    .namespaces_appeared
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(%namespace, mappings = state.mappings.len(), "router namespace appeared; programming it");
+            }
+        }
+        Ok(appeared)
     }
 
     /// Reconciles every namespace on this node with the store.
@@ -251,8 +413,9 @@ impl Agent {
             known.entry(ns).or_default().upsert(m);
         }
         self.known = known;
+        self.refresh_served()?;
         let all: BTreeSet<RouterNamespace> = self.known.keys().cloned().collect();
-        self.program(&all, None).await
+        self.program_served(&all, None).await
     }
 
     /// Applies the changes of `ids` (fetched in one query) and reprograms their namespaces with
@@ -301,19 +464,28 @@ impl Agent {
                 deltas.insert(ns.clone(), old.diff(&new));
             }
         }
-        self.program(&touched, Some((ids, &deltas))).await
+        // Which namespaces the node holds is looked at each second (see `check_node`), not per
+        // change: a namespace that appears meanwhile is programmed whole when it is noticed.
+        if self.served.is_none() {
+            self.refresh_served()?;
+        }
+        self.program_served(&touched, Some((ids, &deltas))).await
     }
 
-    /// Programs each of `namespaces` present on this node and records statuses: of the mappings
-    /// in `changed`, or of every mapping whose status is not yet what it should be. With
-    /// `changed`, a namespace in sync is given only its difference.
-    async fn program(
+    /// Programs each of `namespaces` that the node held at the last look, and records statuses:
+    /// of the mappings in `changed`, or of every mapping whose status is not yet what it should
+    /// be. With `changed`, a namespace in sync is given only its difference.
+    async fn program_served(
         &mut self,
         namespaces: &BTreeSet<RouterNamespace>,
         changed: Option<(&BTreeSet<String>, &BTreeMap<RouterNamespace, Changes>)>,
     ) -> Result<PassReport, AgentError> {
         let mut report = PassReport::default();
-        let served = self.placement.served()?;
+        let served: BTreeSet<RouterNamespace> = namespaces
+            .iter()
+            .filter(|ns| self.served.as_ref().is_some_and(|s| s.contains(*ns)))
+            .cloned()
+            .collect();
         let changed_ids = changed.map(|(ids, _)| ids);
         let sync = self.sync.clone();
         for namespace in namespaces {
@@ -358,6 +530,13 @@ impl Agent {
                 .cloned();
             let empty = state.mappings.is_empty();
             let outcome = apply(&sync, namespace, delta, &state.rules).await;
+            match &outcome {
+                Ok(Ok(_)) => (state.failures, state.retry_at) = (0, None),
+                _ => {
+                    state.failures += 1;
+                    state.retry_at = Some(Instant::now() + retry_after(state.failures));
+                }
+            }
             match outcome {
                 Ok(Ok(outcome)) => {
                     state.in_sync = true;
@@ -454,6 +633,13 @@ mod tests {
 
     fn d(pairs: &[(i64, &str)]) -> Vec<(i64, String)> {
         pairs.iter().map(|(g, r)| (*g, r.to_string())).collect()
+    }
+
+    #[test]
+    fn failed_namespaces_are_retried_at_the_next_look_then_after_a_second_doubling_up_to_a_minute()
+    {
+        let secs: Vec<u64> = (1..=10).map(|f| retry_after(f).as_secs()).collect();
+        assert_eq!(secs, [0, 1, 2, 4, 8, 16, 32, 60, 60, 60]);
     }
 
     #[test]

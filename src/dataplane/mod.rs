@@ -86,6 +86,18 @@ pub enum DataplaneError {
     },
 }
 
+/// A cheap summary of a namespace's netfilter state: it changes whenever anything there may
+/// have changed, ours or not. Equal fingerprints mean nothing was committed in between, so the
+/// agent can check every served namespace each second and read back only those that moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// The inode of the namespace: a namespace deleted and created again under the same name
+    /// has another one.
+    pub namespace: u64,
+    /// What the backend counts (nf_tables' generation, or the legacy nat table's size).
+    pub state: u64,
+}
+
 /// A way of programming rule sets into router namespaces.
 ///
 /// Every call is one atomic transaction in one namespace: either all of it is in the kernel
@@ -118,6 +130,39 @@ pub trait Backend: Send + Sync {
 
     /// Removes everything we own from `namespace`. Absent rules are not an error.
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError>;
+
+    /// The namespace's [`Fingerprint`], or `None` when this backend cannot tell cheaply (then
+    /// only the periodic resync finds changes made behind our back).
+    fn fingerprint(
+        &self,
+        namespace: &RouterNamespace,
+    ) -> Result<Option<Fingerprint>, DataplaneError> {
+        let _ = namespace;
+        Ok(None)
+    }
+}
+
+/// The nf_tables generation of `namespace`, with its inode: what changes when any nf_tables
+/// table there (ours, or iptables-nft's) is changed, or the namespace is built again.
+pub fn nft_fingerprint(namespace: &RouterNamespace) -> Result<Fingerprint, DataplaneError> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(netns::path_of(namespace.name()))
+        .map_err(|source| DataplaneError::Namespace {
+            namespace: namespace.to_string(),
+            source,
+        })?
+        .ino();
+    let generation =
+        netlink::sockets::with(namespace, |s| nft::wire::NftSocket::new(s).generation())?.map_err(
+            |e| DataplaneError::ReadBack {
+                namespace: namespace.to_string(),
+                message: e.to_string(),
+            },
+        )?;
+    Ok(Fingerprint {
+        namespace: inode,
+        state: generation.into(),
+    })
 }
 
 /// Which backend to use, as `[dataplane] driver` in the configuration names it.

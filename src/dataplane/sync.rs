@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
-use super::{Backend, Changes, DataplaneError, ExternalKey, RouterNamespace, RuleSet, Target};
+use super::{
+    Backend, Changes, DataplaneError, ExternalKey, Fingerprint, RouterNamespace, RuleSet, Target,
+};
 
 /// Deletes conntrack entries of forwards that no longer exist.
 pub trait FlowCleaner: Send + Sync {
@@ -45,13 +47,55 @@ pub struct SyncOutcome {
     pub flows_deleted: usize,
 }
 
+/// What [`RouterSync::check`] found in a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing was programmed here, or the backend cannot tell cheaply.
+    Unknown,
+    /// Nothing was committed in the namespace since we last looked.
+    Unchanged,
+    /// Something was committed (Neutron's rules, another table), and ours is intact.
+    Intact,
+    /// Ours is not what we programmed any more: the namespace is forgotten, so that the next
+    /// sync rewrites it.
+    Drifted(Drift),
+}
+
+/// What was found instead of what was programmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    /// The namespace was deleted and created again under the same name.
+    pub rebuilt: bool,
+    /// What differs, e.g. `our table is missing`.
+    pub found: String,
+}
+
+impl std::fmt::Display for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rebuilt {
+            write!(f, "the namespace was built again; {}", self.found)
+        } else {
+            f.write_str(&self.found)
+        }
+    }
+}
+
+/// What the kernel holds in one namespace as far as we know.
+#[derive(Debug, Default)]
+struct Known {
+    /// What we programmed, `None` when unknown.
+    rules: Option<RuleSet>,
+    /// The namespace's fingerprint when `rules` was last known to be there.
+    fingerprint: Option<Fingerprint>,
+}
+
 /// Programs namespaces through a backend, incrementally when it can.
 pub struct RouterSync {
     backend: Arc<dyn Backend>,
     cleaner: Arc<dyn FlowCleaner>,
-    /// Per namespace: what the kernel holds as far as we know, `None` when unknown. The inner
-    /// lock serializes syncs of one namespace; different namespaces proceed in parallel.
-    committed: Mutex<HashMap<RouterNamespace, Arc<Mutex<Option<RuleSet>>>>>,
+    /// Per namespace: what the kernel holds as far as we know. The inner lock serializes syncs
+    /// of one namespace; different namespaces proceed in parallel.
+    committed: Mutex<HashMap<RouterNamespace, Arc<Mutex<Known>>>>,
 }
 
 impl RouterSync {
@@ -67,7 +111,7 @@ impl RouterSync {
         self.backend.as_ref()
     }
 
-    fn slot(&self, namespace: &RouterNamespace) -> Arc<Mutex<Option<RuleSet>>> {
+    fn slot(&self, namespace: &RouterNamespace) -> Arc<Mutex<Known>> {
         self.committed
             .lock()
             .unwrap()
@@ -79,8 +123,59 @@ impl RouterSync {
     /// Forgets every namespace: the next sync of each is a full one (periodic resync).
     pub fn invalidate_all(&self) {
         for slot in self.committed.lock().unwrap().values() {
-            *slot.lock().unwrap() = None;
+            *slot.lock().unwrap() = Known::default();
         }
+    }
+
+    /// Forgets a namespace that left this node, and closes its netfilter socket (which would
+    /// otherwise keep the deleted namespace alive in the kernel).
+    pub fn forget(&self, namespace: &RouterNamespace) {
+        self.committed.lock().unwrap().remove(namespace);
+        super::netlink::sockets::forget(namespace);
+    }
+
+    /// The namespace's fingerprint after a commit of ours; `None` (and so a read-back at the
+    /// next check) when it cannot be read.
+    fn fingerprint_now(&self, namespace: &RouterNamespace) -> Option<Fingerprint> {
+        self.backend.fingerprint(namespace).unwrap_or_else(|e| {
+            debug!(%namespace, error = %crate::util::Chain(&e), "cannot read the namespace's fingerprint");
+            None
+        })
+    }
+
+    /// Whether what we programmed in `namespace` is still there, cheaply: the backend's
+    /// fingerprint is compared with the one taken after our last commit, and only a namespace
+    /// where something was committed since is read back. A drifted namespace is forgotten, so
+    /// that the next [`RouterSync::sync`] rewrites it whole.
+    pub fn check(&self, namespace: &RouterNamespace) -> Result<Check, DataplaneError> {
+        let slot = self.slot(namespace);
+        let mut known = slot.lock().unwrap();
+        let Some(expected) = known.rules.as_ref() else {
+            return Ok(Check::Unknown);
+        };
+        // Taken before the read-back: a change after it moves the fingerprint again.
+        let Some(now) = self.backend.fingerprint(namespace)? else {
+            return Ok(Check::Unknown);
+        };
+        if known.fingerprint == Some(now) {
+            return Ok(Check::Unchanged);
+        }
+        let rebuilt = known
+            .fingerprint
+            .is_some_and(|before| before.namespace != now.namespace);
+        let found = match self.verify_against(namespace, expected) {
+            Ok(()) => {
+                known.fingerprint = Some(now);
+                return Ok(Check::Intact);
+            }
+            Err(DataplaneError::Drift { detail, .. }) => detail,
+            Err(
+                e @ (DataplaneError::DriftRemoval { .. } | DataplaneError::ReadBackParse { .. }),
+            ) => crate::util::Chain(&e).to_string(),
+            Err(e) => return Err(e),
+        };
+        *known = Known::default();
+        Ok(Check::Drifted(Drift { rebuilt, found }))
     }
 
     /// Brings `namespace` to `desired`.
@@ -90,8 +185,8 @@ impl RouterSync {
         desired: &RuleSet,
     ) -> Result<SyncOutcome, DataplaneError> {
         let slot = self.slot(namespace);
-        let mut committed = slot.lock().unwrap();
-        if let Some(current) = committed.as_mut() {
+        let mut known = slot.lock().unwrap();
+        if let Some(current) = known.rules.as_mut() {
             let changes = current.diff(desired);
             if changes.is_empty() {
                 return Ok(SyncOutcome {
@@ -104,6 +199,7 @@ impl RouterSync {
             match self.backend.update(namespace, &changes) {
                 Ok(()) => {
                     current.apply(&changes);
+                    known.fingerprint = self.fingerprint_now(namespace);
                     let flows_deleted = self.clean(namespace, &changes);
                     return Ok(SyncOutcome {
                         mode: SyncMode::Incremental,
@@ -115,12 +211,15 @@ impl RouterSync {
                 Err(e) => {
                     // Whatever the kernel holds now, a full rewrite fixes it.
                     warn!(%namespace, error = %crate::util::Chain(&e), "incremental update failed; rewriting the table");
-                    *committed = None;
+                    *known = Known::default();
                 }
             }
         }
-        let outcome = self.full_sync_locked(namespace, desired)?;
-        *committed = Some(desired.clone());
+        let (outcome, fingerprint) = self.full_sync_locked(namespace, desired)?;
+        *known = Known {
+            rules: Some(desired.clone()),
+            fingerprint,
+        };
         Ok(outcome)
     }
 
@@ -135,8 +234,8 @@ impl RouterSync {
         changes: &Changes,
     ) -> Result<Option<SyncOutcome>, DataplaneError> {
         let slot = self.slot(namespace);
-        let mut committed = slot.lock().unwrap();
-        let Some(current) = committed.as_mut() else {
+        let mut known = slot.lock().unwrap();
+        let Some(current) = known.rules.as_mut() else {
             return Ok(None);
         };
         if changes.is_empty() {
@@ -150,6 +249,7 @@ impl RouterSync {
         match self.backend.update(namespace, changes) {
             Ok(()) => {
                 current.apply(changes);
+                known.fingerprint = self.fingerprint_now(namespace);
                 let flows_deleted = self.clean(namespace, changes);
                 Ok(Some(SyncOutcome {
                     mode: SyncMode::Incremental,
@@ -160,19 +260,20 @@ impl RouterSync {
             }
             Err(e) => {
                 warn!(%namespace, error = %crate::util::Chain(&e), "incremental update failed; the namespace will be rewritten");
-                *committed = None;
+                *known = Known::default();
                 Ok(None)
             }
         }
     }
 
     /// Rewrites our table in `namespace`, verifies it, and cleans the flows of forwards that
-    /// were in the kernel before but are not desired.
+    /// were in the kernel before but are not desired. Returns the namespace's fingerprint as
+    /// verified.
     fn full_sync_locked(
         &self,
         namespace: &RouterNamespace,
         desired: &RuleSet,
-    ) -> Result<SyncOutcome, DataplaneError> {
+    ) -> Result<(SyncOutcome, Option<Fingerprint>), DataplaneError> {
         // What was there decides which flows to clean; unreadable counts as nothing.
         let before = match self.backend.read_back(namespace) {
             Ok(rules) => rules.unwrap_or_default(),
@@ -182,6 +283,8 @@ impl RouterSync {
             }
         };
         self.backend.full_sync(namespace, desired)?;
+        // Before the read-back, so that whatever is committed after it moves the fingerprint.
+        let fingerprint = self.fingerprint_now(namespace);
         self.verify_against(namespace, desired)?;
         let changes = before.diff(desired);
         let flows_deleted = self.clean(namespace, &changes);
@@ -192,12 +295,15 @@ impl RouterSync {
             flows_deleted,
             "namespace fully synced"
         );
-        Ok(SyncOutcome {
-            mode: SyncMode::Full,
-            added: changes.add_forwards.len(),
-            removed: changes.remove_forwards.len(),
-            flows_deleted,
-        })
+        Ok((
+            SyncOutcome {
+                mode: SyncMode::Full,
+                added: changes.add_forwards.len(),
+                removed: changes.remove_forwards.len(),
+                flows_deleted,
+            },
+            fingerprint,
+        ))
     }
 
     fn verify_against(
@@ -229,13 +335,13 @@ impl RouterSync {
     /// namespace is forgotten, so the next sync repairs it with a full rewrite.
     pub fn verify(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {
         let slot = self.slot(namespace);
-        let mut committed = slot.lock().unwrap();
-        let Some(expected) = committed.clone() else {
+        let mut known = slot.lock().unwrap();
+        let Some(expected) = known.rules.as_ref() else {
             return Ok(()); // nothing programmed yet: the next sync is a full one anyway
         };
-        let result = self.verify_against(namespace, &expected);
+        let result = self.verify_against(namespace, expected);
         if result.is_err() {
-            *committed = None;
+            *known = Known::default();
         }
         result
     }
@@ -243,8 +349,8 @@ impl RouterSync {
     /// Removes everything we programmed in `namespace` and the flows it translated.
     pub fn remove(&self, namespace: &RouterNamespace) -> Result<usize, DataplaneError> {
         let slot = self.slot(namespace);
-        let mut committed = slot.lock().unwrap();
-        let before = match committed.take() {
+        let mut known = slot.lock().unwrap();
+        let before = match known.rules.take() {
             Some(rules) => rules,
             None => self
                 .backend
@@ -394,6 +500,57 @@ mod tests {
             SyncMode::Full
         );
         sync.verify(&ns).unwrap();
+    }
+
+    #[test]
+    fn a_check_reads_back_only_a_namespace_whose_fingerprint_moved() {
+        let (fake, _, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        assert_eq!(sync.check(&ns).unwrap(), Check::Unknown);
+        sync.sync(&ns, &rules(&[(4000, 22)])).unwrap();
+        sync.sync(&ns, &rules(&[(4000, 22), (4001, 80)])).unwrap();
+        let reads = |fake: &FakeBackend| {
+            fake.calls()
+                .iter()
+                .filter(|c| matches!(c, Call::ReadBack { .. }))
+                .count()
+        };
+        let before = reads(&fake);
+        // Our own commits moved the fingerprint; it was taken after each of them.
+        assert_eq!(sync.check(&ns).unwrap(), Check::Unchanged);
+        assert_eq!(
+            reads(&fake),
+            before,
+            "an unchanged namespace is not read back"
+        );
+        // Neutron commits to its own table: ours is read back once and found intact.
+        fake.commit_elsewhere(&ns);
+        assert_eq!(sync.check(&ns).unwrap(), Check::Intact);
+        assert_eq!(sync.check(&ns).unwrap(), Check::Unchanged);
+        assert_eq!(reads(&fake), before + 1);
+        // Someone deletes our table: found, and the namespace forgotten so that it is rewritten.
+        fake.delete_table_behind_our_back(&ns);
+        assert_eq!(
+            sync.check(&ns).unwrap(),
+            Check::Drifted(Drift {
+                rebuilt: false,
+                found: "our table is missing".into()
+            })
+        );
+        assert_eq!(sync.check(&ns).unwrap(), Check::Unknown);
+        let desired = rules(&[(4000, 22), (4001, 80)]);
+        assert_eq!(sync.sync(&ns, &desired).unwrap().mode, SyncMode::Full);
+        assert_eq!(sync.check(&ns).unwrap(), Check::Unchanged);
+        // The namespace is deleted and built again under the same name.
+        fake.rebuild_namespace(&ns);
+        let Check::Drifted(drift) = sync.check(&ns).unwrap() else {
+            panic!("a rebuilt namespace is drift");
+        };
+        assert!(drift.rebuilt, "{drift}");
+        assert_eq!(
+            drift.to_string(),
+            "the namespace was built again; our table is missing"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use crate::dataplane::netns;
 use crate::model::{NamespaceKind, RouterNamespace};
@@ -37,6 +38,21 @@ pub trait Placement: Send + Sync {
     /// The router namespaces this node serves now. Asked once per pass: a mapping whose
     /// namespace is not among them is another node's.
     fn served(&self) -> Result<BTreeSet<RouterNamespace>, PlacementError>;
+
+    /// A directory whose changes mean that [`Placement::served`] may answer differently, for
+    /// the agent to watch; `None` when only asking again tells.
+    fn watch_dir(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// The names among `names` that are router namespaces (`qrouter-<id>`, `snat-<id>`).
+fn router_namespaces<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<RouterNamespace> {
+    names
+        .into_iter()
+        .filter(|name| RouterNamespace::router_of(name).is_some())
+        .map(RouterNamespace::named)
+        .collect()
 }
 
 /// The router namespaces present on this node: `qrouter-*` and `snat-*` in a namespace
@@ -62,31 +78,43 @@ impl LocalNamespaces {
 }
 
 impl Placement for LocalNamespaces {
+    /// The router namespaces mounted in the directory. `ip netns add` creates the file first
+    /// and mounts the namespace on it after: a file that is not a mount yet (it is on the
+    /// directory's own file system) is not a namespace to enter yet.
     fn served(&self) -> Result<BTreeSet<RouterNamespace>, PlacementError> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
+        let list_error = |source| PlacementError::List {
+            dir: self.dir.clone(),
+            source,
+        };
+        let dir_device = match std::fs::metadata(&self.dir) {
+            Ok(meta) => meta.dev(),
             // No namespace was ever made on this node: it serves no router.
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-            Err(source) => {
-                return Err(PlacementError::List {
-                    dir: self.dir.clone(),
-                    source,
-                })
-            }
+            Err(source) => return Err(list_error(source)),
         };
-        let mut served = BTreeSet::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| PlacementError::List {
-                dir: self.dir.clone(),
-                source,
-            })?;
-            if let Some(name) = entry.file_name().to_str() {
-                if RouterNamespace::router_of(name).is_some() {
-                    served.insert(RouterNamespace::named(name));
-                }
+        let mut mounted = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(list_error)? {
+            let entry = entry.map_err(list_error)?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if RouterNamespace::router_of(&name).is_none() {
+                continue;
+            }
+            // Follows the mount (unlike the entry's own metadata); a file deleted meanwhile is
+            // simply not served.
+            match std::fs::metadata(entry.path()) {
+                Ok(meta) if meta.dev() != dir_device => mounted.push(name),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(list_error(source)),
             }
         }
-        Ok(served)
+        Ok(router_namespaces(mounted.iter().map(String::as_str)))
+    }
+
+    fn watch_dir(&self) -> Option<&Path> {
+        Some(&self.dir)
     }
 }
 
@@ -95,22 +123,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_serves_the_router_namespaces_it_holds_and_nothing_else() {
-        let dir = std::env::temp_dir().join(format!("praas-placement-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for name in ["qrouter-r1", "snat-r2", "fip-ext", "qdhcp-n1", "qrouter-"] {
-            std::fs::write(dir.join(name), "").unwrap();
-        }
-        let placement = LocalNamespaces::in_dir(&dir);
-        let served: Vec<String> = placement
-            .served()
-            .unwrap()
-            .iter()
-            .map(|ns| ns.name().to_string())
-            .collect();
+    fn a_node_serves_router_namespaces_and_nothing_else() {
+        let served: Vec<String> =
+            router_namespaces(["qrouter-r1", "snat-r2", "fip-ext", "qdhcp-n1", "qrouter-"])
+                .iter()
+                .map(|ns| ns.name().to_string())
+                .collect();
         assert_eq!(served, ["qrouter-r1", "snat-r2"]);
+        let placement = LocalNamespaces::default();
         assert_eq!(placement.namespace("r2", true).name(), "snat-r2");
         assert_eq!(placement.namespace("r1", false).name(), "qrouter-r1");
+    }
+
+    #[test]
+    fn a_namespace_file_not_mounted_yet_is_not_served() {
+        // What `ip netns add` leaves between creating the file and mounting the namespace.
+        let dir = std::env::temp_dir().join(format!("praas-placement-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("qrouter-r1"), "").unwrap();
+        let placement = LocalNamespaces::in_dir(&dir);
+        assert!(placement.served().unwrap().is_empty());
+        assert_eq!(placement.watch_dir(), Some(dir.as_path()));
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(LocalNamespaces::in_dir(&dir).served().unwrap().is_empty());
     }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::dataplane::{Backend, Changes, DataplaneError, RouterNamespace, RuleSet};
+use crate::dataplane::{Backend, Changes, DataplaneError, Fingerprint, RouterNamespace, RuleSet};
 
 /// One call the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,9 @@ struct State {
     tables: BTreeMap<RouterNamespace, RuleSet>,
     calls: Vec<Call>,
     fail_next: usize,
+    /// Per namespace, a counter of everything committed there (the fake's generation), and
+    /// how often the namespace was built again.
+    generations: BTreeMap<RouterNamespace, (u64, u64)>,
 }
 
 /// In-memory [`Backend`].
@@ -51,7 +54,23 @@ impl FakeBackend {
 
     /// Simulates someone else deleting our table.
     pub fn delete_table_behind_our_back(&self, namespace: &RouterNamespace) {
-        self.state.lock().unwrap().tables.remove(namespace);
+        let mut state = self.state.lock().unwrap();
+        state.tables.remove(namespace);
+        state.generations.entry(namespace.clone()).or_default().0 += 1;
+    }
+
+    /// Simulates someone else committing to another table of the namespace (Neutron).
+    pub fn commit_elsewhere(&self, namespace: &RouterNamespace) {
+        let mut state = self.state.lock().unwrap();
+        state.generations.entry(namespace.clone()).or_default().0 += 1;
+    }
+
+    /// Simulates the namespace being deleted and created again: empty, with a new identity.
+    pub fn rebuild_namespace(&self, namespace: &RouterNamespace) {
+        let mut state = self.state.lock().unwrap();
+        state.tables.remove(namespace);
+        let generation = state.generations.entry(namespace.clone()).or_default();
+        *generation = (0, generation.1 + 1);
     }
 
     fn write(
@@ -71,7 +90,9 @@ impl FakeBackend {
             state.fail_next -= 1;
             return Err(rejected("injected failure".into()));
         }
-        f(&mut state.tables).map_err(rejected)
+        f(&mut state.tables).map_err(rejected)?;
+        state.generations.entry(namespace.clone()).or_default().0 += 1;
+        Ok(())
     }
 }
 
@@ -115,6 +136,22 @@ impl Backend for FakeBackend {
             namespace: namespace.to_string(),
         });
         Ok(state.tables.get(namespace).cloned())
+    }
+
+    fn fingerprint(
+        &self,
+        namespace: &RouterNamespace,
+    ) -> Result<Option<Fingerprint>, DataplaneError> {
+        let state = self.state.lock().unwrap();
+        let (generation, builds) = state
+            .generations
+            .get(namespace)
+            .copied()
+            .unwrap_or_default();
+        Ok(Some(Fingerprint {
+            namespace: builds,
+            state: generation,
+        }))
     }
 
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {

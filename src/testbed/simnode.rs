@@ -95,6 +95,19 @@ pub struct SimNode {
     pub client_ns: String,
     pub vms: Vec<SimVm>,
     namespaces: Vec<String>,
+    /// What the router namespace is wired with, to build it again.
+    wiring: RouterWiring,
+}
+
+/// How the router namespace is connected: what [`SimNode::rebuild_router`] builds again.
+#[derive(Debug, Clone)]
+struct RouterWiring {
+    id: String,
+    switch_ns: String,
+    gateway: ipnet::Ipv4Net,
+    upstream: Ipv4Addr,
+    internal: ipnet::Ipv4Net,
+    neutron_rules: bool,
 }
 
 /// Errors while building the fixture: which command failed and what it printed.
@@ -201,14 +214,17 @@ impl SimNode {
             client_ns,
             vms,
             namespaces: vec![],
+            wiring: RouterWiring {
+                id: id.clone(),
+                switch_ns: switch_ns.clone(),
+                gateway,
+                upstream,
+                internal,
+                neutron_rules: options.neutron_rules,
+            },
         };
         let r = node.router_ns.name().to_string();
-        let (c, s, qg, qr) = (
-            node.client_ns.clone(),
-            switch_ns.clone(),
-            node.gateway_device.clone(),
-            format!("qr-{id}"),
-        );
+        let (c, s) = (node.client_ns.clone(), switch_ns.clone());
 
         let mut script = String::new();
         let mut all = vec![r.clone(), c.clone(), s.clone()];
@@ -222,32 +238,23 @@ impl SimNode {
 
         // `ip -batch` takes no `-n` per line: one batch per namespace, in an order in which
         // every device exists before it is configured.
-        let mut steps: Vec<(&str, String)> = vec![(
-            &s,
-            "link set lo up\nlink add br0 type bridge\nlink set br0 up\n".to_string(),
-        )];
-        steps.push((
-            &r,
-            format!(
-                "link set lo up\n\
-                 link add {qg} type veth peer name ext0 netns {c}\n\
-                 addr add {gateway} dev {qg}\n\
-                 link set {qg} up\n\
-                 route add default via {upstream}\n\
-                 link add {qr} type veth peer name r0 netns {s}\n\
-                 addr add {internal} dev {qr}\n\
-                 link set {qr} up\n"
-            ),
-        ));
-        let mut client = format!(
-            "link set lo up\naddr add {upstream}/{} dev ext0\nlink set ext0 up\n",
-            gateway.prefix_len()
-        );
+        let mut client = "link set lo up\n".to_string();
         for src in CLIENT_SOURCES {
             client += &format!("addr add {src}/32 dev lo\n");
         }
-        steps.push((&c, client));
-        let mut switch = "link set r0 master br0 up\n".to_string();
+        let steps: Vec<(&str, String)> = vec![
+            (
+                &s,
+                "link set lo up\nlink add br0 type bridge\nlink set br0 up\n".to_string(),
+            ),
+            (&c, client),
+        ];
+        for (ns, script) in steps {
+            run(&["ip", "-n", ns, "-batch", "-"], Some(&script))?;
+        }
+        node.wire_router()?;
+        let mut steps: Vec<(&str, String)> = vec![];
+        let mut switch = String::new();
         for (i, vm) in node.vms.iter().enumerate() {
             steps.push((
                 &vm.namespace,
@@ -267,22 +274,78 @@ impl SimNode {
         for (ns, script) in steps {
             run(&["ip", "-n", ns, "-batch", "-"], Some(&script))?;
         }
+        Ok(node)
+    }
+
+    /// Wires the (empty) router namespace: its gateway device towards the client, its
+    /// interface on the tenant switch, forwarding, and Neutron's rules when asked for.
+    fn wire_router(&self) -> Result<(), SimNodeError> {
+        let w = &self.wiring;
+        let (r, c, s) = (self.router_ns.name(), &self.client_ns, &w.switch_ns);
+        let (qg, qr) = (&self.gateway_device, format!("qr-{}", w.id));
+        let (gateway, upstream, internal) = (w.gateway, w.upstream, w.internal);
+        run(
+            &["ip", "-n", r, "-batch", "-"],
+            Some(&format!(
+                "link set lo up\n\
+                 link add {qg} type veth peer name ext0 netns {c}\n\
+                 addr add {gateway} dev {qg}\n\
+                 link set {qg} up\n\
+                 route add default via {upstream}\n\
+                 link add {qr} type veth peer name r0 netns {s}\n\
+                 addr add {internal} dev {qr}\n\
+                 link set {qr} up\n"
+            )),
+        )?;
+        run(
+            &["ip", "-n", c, "-batch", "-"],
+            Some(&format!(
+                "addr add {upstream}/{} dev ext0\nlink set ext0 up\n",
+                gateway.prefix_len()
+            )),
+        )?;
+        run(
+            &["ip", "-n", s, "link", "set", "r0", "master", "br0", "up"],
+            None,
+        )?;
         run(
             &[
                 "ip",
                 "netns",
                 "exec",
-                &r,
+                r,
                 "sysctl",
                 "-qw",
                 "net.ipv4.ip_forward=1",
             ],
             None,
         )?;
-        if options.neutron_rules {
-            node.install_neutron_rules()?;
+        if w.neutron_rules {
+            self.install_neutron_rules()?;
         }
-        Ok(node)
+        Ok(())
+    }
+
+    /// Deletes the router namespace and builds it again under the same name, empty of our
+    /// rules, as the L3 agent does when it restarts or the router is rescheduled back.
+    pub fn rebuild_router(&self) -> Result<(), SimNodeError> {
+        let r = self.router_ns.name();
+        run(&["ip", "netns", "del", r], None)?;
+        // The kernel destroys a namespace (and its veth pairs, whose peers live on in the client
+        // and switch namespaces) once nothing refers to it any more, e.g. a socket kept open in
+        // it: wait for that before wiring a new one with the same device names.
+        let started = std::time::Instant::now();
+        while run(&["ip", "-n", &self.client_ns, "link", "show", "ext0"], None).is_ok() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(SimNodeError::Command {
+                    command: format!("ip netns del {r}"),
+                    stderr: "the deleted namespace's devices are still there after 10 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        run(&["ip", "netns", "add", r], None)?;
+        self.wire_router()
     }
 
     /// The L3 agent's gateway rules for this router, in iptables-restore form.
@@ -419,6 +482,7 @@ impl SimNode {
             )),
         )?;
         self.gateway_ip = address.addr();
+        (self.wiring.gateway, self.wiring.upstream) = (address, upstream);
         Ok(())
     }
 

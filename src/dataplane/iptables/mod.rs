@@ -222,6 +222,8 @@ fn apply_checked(state: &mut RuleSet, changes: &Changes) -> Result<(), NotThere>
 pub struct IptablesBackend {
     restore: &'static str,
     save: &'static str,
+    /// Whether `iptables` is the legacy (x_tables) flavour, asked once when first needed.
+    legacy: std::sync::OnceLock<bool>,
 }
 
 impl IptablesBackend {
@@ -229,7 +231,16 @@ impl IptablesBackend {
         IptablesBackend {
             restore: "iptables-restore",
             save: "iptables-save",
+            legacy: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `iptables-save --version` says `(legacy)` or `(nf_tables)`; one that cannot be asked
+    /// is taken for nf_tables, the default of current distributions.
+    fn is_legacy(&self) -> bool {
+        *self.legacy.get_or_init(|| {
+            run(self.save, &["--version"], None).is_ok_and(|v| v.contains("legacy"))
+        })
     }
 
     fn unavailable(source: io::Error) -> DataplaneError {
@@ -349,6 +360,35 @@ impl Backend for IptablesBackend {
         netns::run_in(namespace, || self.read_back_here(namespace))?
     }
 
+    /// iptables-nft commits nf_tables transactions, so the nf_tables generation moves with
+    /// every change of the nat table. Legacy iptables has no generation: the shape of the
+    /// legacy nat table (entries, size, hook offsets) is read with one `getsockopt` instead,
+    /// which a rule changed into one of the same size would not move (the resync catches it).
+    fn fingerprint(
+        &self,
+        namespace: &RouterNamespace,
+    ) -> Result<Option<super::Fingerprint>, DataplaneError> {
+        if !self.is_legacy() {
+            return super::nft_fingerprint(namespace).map(Some);
+        }
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(netns::path_of(namespace.name()))
+            .map_err(|source| DataplaneError::Namespace {
+                namespace: namespace.to_string(),
+                source,
+            })?
+            .ino();
+        let state =
+            netns::run_in(namespace, legacy_nat_shape)?.map_err(|e| DataplaneError::ReadBack {
+                namespace: namespace.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Some(super::Fingerprint {
+            namespace: inode,
+            state,
+        }))
+    }
+
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {
         if !netns::exists(namespace.name()) {
             // The router is gone and its namespace with it: nothing of ours remains.
@@ -362,6 +402,47 @@ impl Backend for IptablesBackend {
             }
         })?
     }
+}
+
+/// A hash of the legacy nat table's `ipt_getinfo` (`IPT_SO_GET_INFO`), in the calling thread's
+/// namespace; 0 when the namespace has no legacy nat table.
+fn legacy_nat_shape() -> io::Result<u64> {
+    use std::hash::{Hash, Hasher};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // linux/netfilter_ipv4/ip_tables.h: IPT_BASE_CTL + 0; struct ipt_getinfo is the table's
+    // name (32 bytes), valid_hooks, hook_entry[5], underflow[5], num_entries and size.
+    const IPT_SO_GET_INFO: libc::c_int = 64;
+    const INFO_LEN: usize = 32 + 4 * (1 + 5 + 5 + 1 + 1);
+    // SAFETY: plain socket(2); the descriptor is owned and closed by `fd`.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a descriptor we just opened and own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut info = [0u8; INFO_LEN];
+    info[..3].copy_from_slice(b"nat");
+    let mut len = INFO_LEN as libc::socklen_t;
+    // SAFETY: `info` is INFO_LEN bytes and `len` says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IPT_SO_GET_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(0),
+            _ => Err(e),
+        };
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    info[32..].hash(&mut hasher);
+    Ok(hasher.finish())
 }
 
 #[cfg(test)]
@@ -670,6 +751,7 @@ mod netns_tests {
         let missing = IptablesBackend {
             restore: "praas-no-such-iptables-restore",
             save: "praas-no-such-iptables-save",
+            legacy: Default::default(),
         };
         let err = missing.full_sync(&ns.0, &RuleSet::default()).unwrap_err();
         assert!(matches!(err, DataplaneError::Unavailable { .. }), "{err}");
@@ -678,6 +760,7 @@ mod netns_tests {
         let rejecting = IptablesBackend {
             restore: "false",
             save: "iptables-save",
+            legacy: Default::default(),
         };
         match rejecting.full_sync(&ns.0, &RuleSet::default()) {
             Err(DataplaneError::Rejected {

@@ -232,6 +232,13 @@ impl Backend for NftBackend {
         self.read(namespace, Some(expected))
     }
 
+    fn fingerprint(
+        &self,
+        namespace: &RouterNamespace,
+    ) -> Result<Option<super::Fingerprint>, DataplaneError> {
+        super::nft_fingerprint(namespace).map(Some)
+    }
+
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {
         if !netns::exists(namespace.name()) {
             // The router is gone and its namespace with it: nothing of ours remains.

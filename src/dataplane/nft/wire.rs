@@ -37,6 +37,9 @@ const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
@@ -465,6 +468,37 @@ impl<'a> NftSocket<'a> {
                     };
                 }
                 found = true;
+            }
+        }
+    }
+
+    /// The namespace's nf_tables generation: a counter the kernel moves with every committed
+    /// transaction of any table, ours or not (iptables-nft's included). One small round trip,
+    /// which is what makes a check of every namespace each second affordable.
+    pub fn generation(&mut self) -> io::Result<u32> {
+        let (req, seq) = self.request(NFT_MSG_GETGEN, 0, &[]);
+        self.socket.send(&req)?;
+        loop {
+            for msg in messages(self.socket.recv()?) {
+                let msg = msg?;
+                if msg.seq != seq {
+                    continue;
+                }
+                if msg.msg_type == NLMSG_ERROR {
+                    match parse_error(msg.payload)? {
+                        0 => continue,
+                        errno => return Err(io::Error::from_raw_os_error(errno)),
+                    }
+                }
+                if msg.msg_type == nft_type(NFT_MSG_NEWGEN) {
+                    for attr in attrs(msg.payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
+                        let (ty, payload) = attr?;
+                        if ty == NFTA_GEN_ID {
+                            return be32(payload, "NFTA_GEN_ID");
+                        }
+                    }
+                    return Err(invalid("generation message without NFTA_GEN_ID"));
+                }
             }
         }
     }
