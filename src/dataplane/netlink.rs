@@ -275,8 +275,23 @@ impl Socket {
             fd,
             // Any start works; distinct per socket makes traces easier to tell apart.
             seq: std::process::id().wrapping_mul(65_599) ^ 0x7072_6161,
-            buf: vec![0; RECV_BUFFER],
+            // Not zeroed: the kernel writes what is read, so a socket that only ever receives
+            // small answers keeps one touched page, not 64 KiB, resident (an agent keeps one
+            // socket per router namespace).
+            buf: Vec::with_capacity(RECV_BUFFER),
         })
+    }
+
+    /// Moves the socket to a descriptor number of at least `min`, when the process may open
+    /// one; otherwise it stays where it is.
+    fn move_above(&mut self, min: libc::c_int) {
+        // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor (or -1) and touches nothing else.
+        let moved = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+        if moved >= 0 {
+            // SAFETY: `moved` is a new descriptor that nothing else owns; the old one is closed
+            // when replaced.
+            self.fd = unsafe { OwnedFd::from_raw_fd(moved) };
+        }
     }
 
     /// Raises the send buffer to at least `bytes`, so that one large batch (one transaction)
@@ -344,13 +359,14 @@ impl Socket {
             // SAFETY: sockaddr_nl is plain data, valid when zeroed.
             let mut from: libc::sockaddr_nl = unsafe { mem::zeroed() };
             let mut from_len = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-            // SAFETY: `self.buf` is writable for its length; `from` and `from_len` describe a
+            let capacity = self.buf.capacity();
+            // SAFETY: `self.buf` is writable for its capacity; `from` and `from_len` describe a
             // writable sockaddr_nl. MSG_TRUNC makes the call return the datagram's real length.
             let n = unsafe {
                 libc::recvfrom(
                     self.fd.as_raw_fd(),
                     self.buf.as_mut_ptr().cast(),
-                    self.buf.len(),
+                    capacity,
                     libc::MSG_TRUNC,
                     (&mut from as *mut libc::sockaddr_nl).cast(),
                     &mut from_len,
@@ -370,12 +386,13 @@ impl Socket {
                 }
             }
             let n = n as usize;
-            if n > self.buf.len() {
+            if n > capacity {
                 return Err(invalid(format!(
-                    "netlink datagram of {n} bytes does not fit the {} byte buffer",
-                    self.buf.len()
+                    "netlink datagram of {n} bytes does not fit the {capacity} byte buffer"
                 )));
             }
+            // SAFETY: the kernel wrote the first `n` bytes, and `n` is within the capacity.
+            unsafe { self.buf.set_len(n) };
             if from.nl_pid != 0 {
                 continue; // not from the kernel
             }
@@ -571,6 +588,11 @@ fn parse_address(payload: &[u8]) -> io::Result<Option<InterfaceAddress>> {
 /// A namespace deleted and created again under the same name is a different namespace: the
 /// cached socket remembers the inode of the namespace it belongs to and is replaced when the
 /// name points elsewhere.
+///
+/// A node with a thousand routers keeps a thousand sockets: the process raises its soft limit
+/// of open files to the hard one (systemd's default soft limit is 1,024), and the kept sockets
+/// are moved to descriptors from 1,024 up, because libnftables waits on its own socket with
+/// `select(2)`, which cannot watch a descriptor above 1,023 (glibc aborts the process).
 pub mod sockets {
     use std::collections::HashMap;
     use std::io;
@@ -587,9 +609,29 @@ pub mod sockets {
 
     type Slot = Arc<Mutex<Option<Cached>>>;
 
+    /// Where kept sockets go: above what `select(2)` can watch (`FD_SETSIZE`).
+    const KEPT_FROM: libc::c_int = 1024;
+
     fn cache() -> &'static Mutex<HashMap<String, Slot>> {
         static CACHE: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
-        CACHE.get_or_init(Default::default)
+        CACHE.get_or_init(|| {
+            raise_open_files_limit();
+            Default::default()
+        })
+    }
+
+    /// Raises the soft limit of open files to the hard limit.
+    fn raise_open_files_limit() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => {
+                if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    tracing::warn!(soft, hard, error = %e, "cannot raise the limit of open files");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot read the limit of open files"),
+        }
     }
 
     /// Runs `f` with the namespace's socket, opening it first if needed. Calls for one
@@ -615,10 +657,11 @@ pub mod sockets {
         let mut cached = slot.lock().unwrap_or_else(|p| p.into_inner());
         if cached.as_ref().is_none_or(|c| c.inode != inode) {
             *cached = None;
-            let socket = match netns::run_in(namespace, Socket::open)? {
+            let mut socket = match netns::run_in(namespace, Socket::open)? {
                 Ok(socket) => socket,
                 Err(e) => return Ok(Err(e)),
             };
+            socket.move_above(KEPT_FROM);
             *cached = Some(Cached { inode, socket });
         }
         let result = f(&mut cached.as_mut().expect("socket just opened").socket);
