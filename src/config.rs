@@ -87,6 +87,9 @@ impl Config {
                 reader_role: String::new(),
                 agent_status_port: 0,
                 monitor_status_port: 0,
+                host: None,
+                report_interval: 0,
+                agent_down_time: 0,
             },
             database: DatabaseSection {
                 connection: String::new(),
@@ -157,6 +160,14 @@ pub struct PraasSection {
     pub agent_status_port: u16,
     /// The same for `praas monitor` (default 3002).
     pub monitor_status_port: u16,
+    /// The name this node's agent reports under; unset: the machine's host name (as Neutron's
+    /// agents use `host`).
+    pub host: Option<String>,
+    /// Seconds between two heartbeats of an agent (default 10).
+    pub report_interval: u64,
+    /// Seconds without a heartbeat after which an agent counts as down, and a pending
+    /// mapping of a router no live agent serves says so (default 30).
+    pub agent_down_time: u64,
 }
 
 impl Default for PraasSection {
@@ -175,6 +186,26 @@ impl PraasSection {
     /// The period of the monitor.
     pub fn monitoring_interval(&self) -> Duration {
         Duration::from_secs(self.second_monitoring)
+    }
+
+    /// How often an agent reports.
+    pub fn report_period(&self) -> Duration {
+        Duration::from_secs(self.report_interval)
+    }
+
+    /// How long an agent may stay silent and still count as alive.
+    pub fn agent_down_period(&self) -> Duration {
+        Duration::from_secs(self.agent_down_time)
+    }
+
+    /// The name this node's agent reports under.
+    pub fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
     }
 }
 
@@ -747,6 +778,41 @@ static PRAAS: &[Key] = &[
         doc: "",
         set: |c, v| {
             c.praas.monitor_status_port = parse_port(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "host",
+        default: Unset {
+            example: "network-node-1",
+        },
+        doc: "
+            The name this node's agent reports under in GET /v1/agents (unset: the machine's host
+            name). Give each agent of a cloud its own.",
+        set: |c, v| {
+            c.praas.host = (!v.is_empty()).then(|| v.to_string());
+            Ok(())
+        },
+    },
+    Key {
+        name: "report_interval",
+        default: Is("10"),
+        doc: "
+            Seconds between two heartbeats of an agent: when it last reported, the routers whose
+            namespaces it holds, its last successful sync and its last error.",
+        set: |c, v| {
+            c.praas.report_interval = parse_seconds(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "agent_down_time",
+        default: Is("30"),
+        doc: "
+            Seconds without a heartbeat after which an agent is shown as down, and a PENDING
+            mapping whose router no live agent serves says so in its status_reason.",
+        set: |c, v| {
+            c.praas.agent_down_time = parse_seconds(v)?;
             Ok(())
         },
     },

@@ -219,8 +219,8 @@ pub fn policy(cfg: &Config) -> Policy {
     }
 }
 
-/// The HTTP API over the given parts, ready to serve: what `server` and `all-in-one` serve,
-/// and what in-process tests call.
+/// The HTTP API over the given parts, with the service's defaults for what they do not name
+/// (`agent_down_time`): what in-process tests call.
 pub fn api(
     store: Arc<Store>,
     directory: Arc<dyn RouterDirectory>,
@@ -228,8 +228,31 @@ pub fn api(
     policy: Policy,
     readiness: Arc<Readiness>,
 ) -> axum::Router {
+    serve_service(
+        MappingService::new(store, directory, policy),
+        auth,
+        readiness,
+    )
+}
+
+/// The mapping service of `[praas]`.
+pub fn service(
+    cfg: &Config,
+    store: Arc<Store>,
+    directory: Arc<dyn RouterDirectory>,
+) -> MappingService {
+    MappingService::new(store, directory, policy(cfg))
+        .with_agent_down_time(cfg.praas.agent_down_period())
+}
+
+/// The HTTP API over `service`, ready to serve: what `server` and `all-in-one` serve.
+pub fn serve_service(
+    service: MappingService,
+    auth: Authenticator,
+    readiness: Arc<Readiness>,
+) -> axum::Router {
     api::router(Arc::new(AppState {
-        service: Arc::new(MappingService::new(store, directory, policy)),
+        service: Arc::new(service),
         auth,
         readiness,
     }))
@@ -248,7 +271,8 @@ pub fn agent(cfg: &Config, store: Arc<Store>) -> Result<Agent, RuntimeError> {
         sync,
         Arc::new(LocalNamespaces::default()),
         cfg.dataplane.resync_period(),
-    ))
+    )
+    .reporting(cfg.praas.host_name(), cfg.praas.report_period()))
 }
 
 /// The monitor, reading Neutron with `session`.
@@ -354,11 +378,9 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
                 }
             });
         }
-        let app = api(
-            store.clone(),
-            directory,
+        let app = serve_service(
+            service(cfg, store.clone(), directory),
             auth,
-            policy(cfg),
             readiness.clone(),
         );
         let listener = bind(cfg.praas.listen_addr()).await?;

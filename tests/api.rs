@@ -695,6 +695,7 @@ async fn the_openapi_document_matches_the_routes() {
         documented,
         [
             "DELETE /v1/mappings/{id}",
+            "GET /v1/agents",
             "GET /v1/mappings",
             "GET /v1/mappings/{id}",
             "POST /v1/mappings",
@@ -1305,4 +1306,115 @@ async fn a_mapping_whose_router_or_port_went_away_cannot_be_changed() {
         .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
+}
+
+#[tokio::test]
+async fn agents_are_shown_to_admins_and_a_router_no_live_agent_serves_is_named() {
+    use praas::service::MappingService;
+    use praas::store::{AgentReport, ServedRouters};
+    let dir = std::env::temp_dir().join(format!("praas-api-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Arc::new(
+        Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
+            .await
+            .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let policy = Policy {
+        range: PortRange::new(4000, 4100).unwrap(),
+        strategy: Strategy::Sequential,
+    };
+    let service = MappingService::new(store.clone(), Arc::new(directory(false)), policy)
+        .with_agent_down_time(std::time::Duration::from_secs(1));
+    let app = runtime::serve_service(
+        service,
+        api::Authenticator::noauth(),
+        Readiness::store(store.clone()),
+    );
+    let report = |routers: &[&str]| {
+        let store = store.clone();
+        let routers = routers.iter().map(|r| r.to_string()).collect();
+        async move {
+            let report = AgentReport {
+                host: "network-node-1".into(),
+                started_at: chrono::Utc::now(),
+                last_sync_at: None,
+                last_error: None,
+            };
+            store
+                .report_agent(&report, &ServedRouters::All(routers))
+                .await
+                .unwrap();
+        }
+    };
+
+    let (status, body) = call(&app, MEMBER_P1, Method::GET, "/v1/agents", None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let (status, body) = call(&app, ADMIN, Method::GET, "/v1/agents", None).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"agents": []})));
+
+    let (status, created) = post(
+        &app,
+        MEMBER_P1,
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let uri = format!(
+        "/v1/mappings/{}",
+        created["mapping"]["id"].as_str().unwrap()
+    );
+    // Fresh: pending without a word, whoever serves what.
+    let (_, shown) = call(&app, MEMBER_P1, Method::GET, &uri, None).await;
+    assert_eq!(shown["mapping"]["status"], "PENDING");
+    assert_eq!(shown["mapping"]["status_reason"], Value::Null);
+
+    // Past the down time, with a live agent that serves another router only.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    report(&[R2]).await;
+    let (_, shown) = call(&app, MEMBER_P1, Method::GET, &uri, None).await;
+    let reason = shown["mapping"]["status_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("no live agent serves router") && reason.contains(R1),
+        "{shown}"
+    );
+    let (_, listed) = call(&app, MEMBER_P1, Method::GET, "/v1/mappings", None).await;
+    assert_eq!(
+        listed["mappings"][0]["status_reason"],
+        shown["mapping"]["status_reason"]
+    );
+
+    // The agent now holds the router's namespace: the mapping just waits for it.
+    report(&[R1, R2]).await;
+    let (_, shown) = call(&app, MEMBER_P1, Method::GET, &uri, None).await;
+    assert_eq!(shown["mapping"]["status_reason"], Value::Null, "{shown}");
+
+    let (status, body) = call(&app, ADMIN, Method::GET, "/v1/agents", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let agent = &body["agents"][0];
+    assert_eq!(agent["host"], "network-node-1");
+    assert_eq!(agent["alive"], true);
+    assert_eq!(agent["routers"], json!([R1, R2]));
+    let filtered = |router: &str| format!("/v1/agents?router_id={router}");
+    let (_, body) = call(&app, ADMIN, Method::GET, &filtered(R2), None).await;
+    assert_eq!(body["agents"].as_array().unwrap().len(), 1);
+    let (_, body) = call(&app, ADMIN, Method::GET, &filtered(R_NO_GW), None).await;
+    assert_eq!(body, json!({"agents": []}));
+    let (status, body) = call(&app, ADMIN, Method::GET, "/v1/agents?host=x", None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_request"),
+        "{body}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (_, body) = call(&app, ADMIN, Method::GET, "/v1/agents", None).await;
+    assert_eq!(
+        body["agents"][0]["alive"], false,
+        "silent for longer than the down time"
+    );
 }

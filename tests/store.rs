@@ -626,3 +626,76 @@ async fn db_sync_says_whether_it_created_or_found_the_schema() {
         )
     );
 }
+
+on_both!(
+    agents_report_what_they_serve_as_differences,
+    |store: Arc<Store>| async move {
+        use praas::store::{AgentReport, ServedRouters};
+        use std::collections::BTreeSet;
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let started = chrono::Utc::now();
+        let report = |host: &str, error: Option<&str>| AgentReport {
+            host: host.into(),
+            started_at: started,
+            last_sync_at: error.is_none().then_some(started),
+            last_error: error.map(str::to_string),
+        };
+        assert!(store.agents().await.unwrap().is_empty());
+        store
+            .report_agent(
+                &report("node-1", None),
+                &ServedRouters::All(set(&["r1", "r2"])),
+            )
+            .await
+            .unwrap();
+        store
+            .report_agent(
+                &report("node-2", None),
+                &ServedRouters::All(set(&["r2", "r3"])),
+            )
+            .await
+            .unwrap();
+        // node-1 loses r2 and gains r4, and its last pass failed.
+        store
+            .report_agent(
+                &report("node-1", Some("qrouter-r4: rejected")),
+                &ServedRouters::Changed {
+                    added: set(&["r4"]),
+                    removed: set(&["r2"]),
+                },
+            )
+            .await
+            .unwrap();
+        let agents = store.agents().await.unwrap();
+        let hosts: Vec<&str> = agents.iter().map(|a| a.host.as_str()).collect();
+        assert_eq!(hosts, ["node-1", "node-2"]);
+        assert_eq!(agents[0].routers, ["r1", "r4"]);
+        assert_eq!(
+            agents[0].last_error.as_deref(),
+            Some("qrouter-r4: rejected")
+        );
+        assert_eq!(agents[0].last_sync_at, None);
+        assert_eq!(agents[1].routers, ["r2", "r3"]);
+        assert!(agents[1].last_sync_at.is_some());
+        // Served by someone alive: asked with a time before both heartbeats.
+        let asked = set(&["r1", "r2", "r3", "r4", "r5"]);
+        let earlier = chrono::Utc::now() - chrono::Duration::seconds(60);
+        assert_eq!(
+            store.routers_served_since(&asked, earlier).await.unwrap(),
+            set(&["r1", "r2", "r3", "r4"])
+        );
+        // Nobody reported after this moment: nothing is served by a live agent.
+        let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+        assert!(store
+            .routers_served_since(&asked, later)
+            .await
+            .unwrap()
+            .is_empty());
+        // A whole list replaces what was stored.
+        store
+            .report_agent(&report("node-2", None), &ServedRouters::All(set(&["r9"])))
+            .await
+            .unwrap();
+        assert_eq!(store.agents().await.unwrap()[1].routers, ["r9"]);
+    }
+);

@@ -30,7 +30,9 @@ use tracing::{debug, info, warn};
 use crate::dataplane::sync::{Check, RouterSync, SyncOutcome};
 use crate::dataplane::{Changes, DataplaneError, Forward, RouterNamespace, RuleSet};
 use crate::placement::{Placement, PlacementError};
-use crate::store::{ChangeFeed, ListFilter, Mapping, Status, Store, StoreError};
+use crate::store::{
+    AgentReport, ChangeFeed, ListFilter, Mapping, ServedRouters, Status, Store, StoreError,
+};
 
 /// Why a pass could not be made; the next turn reconciles everything again.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,22 @@ pub struct Agent {
     /// The router namespaces this node held when last looked at; `None` before the first look.
     served: Option<BTreeSet<RouterNamespace>>,
     counters: Arc<Counters>,
+    /// Heartbeats to the store, when this agent reports (see [`Agent::reporting`]).
+    reporter: Option<Reporter>,
+    /// The end of the last pass after which every served namespace was programmed.
+    last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The last failure, until a pass succeeds again.
+    last_error: Option<String>,
+}
+
+/// What the agent reports, and what it reported last.
+struct Reporter {
+    host: String,
+    every: Duration,
+    started_at: chrono::DateTime<chrono::Utc>,
+    /// The routers the store holds for this host (`None`: unknown, send them all).
+    reported: Option<BTreeSet<String>>,
+    last: Option<Instant>,
 }
 
 /// What the agent has done since it started (for metrics and tests).
@@ -209,6 +227,64 @@ impl Agent {
             known: BTreeMap::new(),
             served: None,
             counters: Arc::default(),
+            reporter: None,
+            last_sync_at: None,
+            last_error: None,
+        }
+    }
+
+    /// Makes the agent report a heartbeat under `host` every `every`: the routers whose
+    /// namespaces it serves, its last successful sync and its last error (`GET /v1/agents`).
+    pub fn reporting(mut self, host: impl Into<String>, every: Duration) -> Self {
+        self.reporter = Some(Reporter {
+            host: host.into(),
+            every,
+            started_at: chrono::Utc::now(),
+            reported: None,
+            last: None,
+        });
+        self
+    }
+
+    /// Writes a heartbeat when one is due. A failed write is retried at the next turn, with
+    /// every served router.
+    pub async fn report_if_due(&mut self) {
+        let Some(reporter) = self.reporter.as_mut() else {
+            return;
+        };
+        if reporter
+            .last
+            .is_some_and(|at| at.elapsed() < reporter.every)
+        {
+            return;
+        }
+        let routers: BTreeSet<String> = self
+            .served
+            .iter()
+            .flatten()
+            .filter_map(|ns| RouterNamespace::router_of(ns.name()))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        let change = match &reporter.reported {
+            None => ServedRouters::All(routers.clone()),
+            Some(before) => ServedRouters::Changed {
+                added: routers.difference(before).cloned().collect(),
+                removed: before.difference(&routers).cloned().collect(),
+            },
+        };
+        let report = AgentReport {
+            host: reporter.host.clone(),
+            started_at: reporter.started_at,
+            last_sync_at: self.last_sync_at,
+            last_error: self.last_error.clone(),
+        };
+        reporter.last = Some(Instant::now());
+        match self.store.report_agent(&report, &change).await {
+            Ok(()) => reporter.reported = Some(routers),
+            Err(e) => {
+                reporter.reported = None;
+                warn!(error = %crate::util::Chain(&e), "cannot record the agent's heartbeat");
+            }
         }
     }
 
@@ -299,12 +375,17 @@ impl Agent {
                     if work != Work::Nothing {
                         debug!(?report, elapsed = ?started.elapsed(), "agent pass");
                     }
+                    if work == Work::Everything && report.failed_namespaces == 0 {
+                        self.last_sync_at = Some(chrono::Utc::now());
+                        self.last_error = None;
+                    }
                     *seen = current;
                 }
                 // Nothing is marked as seen: the next turn reconciles everything again.
                 Err(e) => {
                     self.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
                     warn!(error = ?e, "agent pass failed; retrying");
+                    self.last_error = Some(crate::util::Chain(&e).to_string());
                     *seen = None;
                 }
             }
@@ -555,6 +636,7 @@ impl Agent {
                 Ok(Err(e)) => {
                     state.in_sync = false;
                     warn!(%namespace, error = %crate::util::Chain(&e), "programming failed");
+                    self.last_error = Some(format!("{namespace}: {}", crate::util::Chain(&e)));
                     report.failed_namespaces += 1;
                     report.errors += valid.len();
                     let reason = crate::util::Chain(&e).to_string();

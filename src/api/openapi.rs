@@ -10,9 +10,11 @@ use super::v1;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "PRaaS", description = "Port forwarding through OpenStack routers' gateway addresses"),
-    paths(v1::create, v1::list, v1::show, v1::update, v1::remove),
-    components(schemas(ErrorBody, ErrorDetail, v1::MappingView, v1::CreateMapping, v1::UpdateMapping, v1::MappingList)),
-    tags((name = "mappings", description = "PAT mappings on routers' gateways"))
+    paths(v1::create, v1::list, v1::show, v1::update, v1::remove, v1::agents),
+    components(schemas(ErrorBody, ErrorDetail, v1::MappingView, v1::CreateMapping, v1::UpdateMapping, v1::MappingList,
+        v1::AgentView, v1::AgentList)),
+    tags((name = "mappings", description = "PAT mappings on routers' gateways"),
+        (name = "agents", description = "The agents of the network nodes (admin only)"))
 )]
 pub struct ApiDoc;
 

@@ -1,4 +1,4 @@
-//! REST API v1: `/v1/mappings`.
+//! REST API v1: `/v1/mappings`, and `/v1/agents` for operators.
 //!
 //! Field names follow Neutron's port forwarding API where the concepts are the same
 //! (`internal_port_id`, `internal_ip_address`, `internal_port`/`internal_port_range`,
@@ -19,6 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{ApiError, ErrorBody};
 use super::{Caller, SharedState};
 use crate::model::{PortRange, Protocol};
+use crate::service::agents::AgentStatus;
 use crate::service::{CreateRequest, UpdateRequest};
 use crate::store::{ListFilter, Mapping, Status};
 
@@ -39,6 +40,7 @@ pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/v1/mappings", get(list).post(create))
         .route("/v1/mappings/{id}", get(show).put(update).delete(remove))
+        .route("/v1/agents", get(agents))
 }
 
 /// A mapping as the API shows it.
@@ -389,4 +391,69 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     state.service.delete(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An agent, as it last reported.
+#[derive(Debug, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AgentView {
+    /// The network node it runs on (`[praas] host`).
+    pub host: String,
+    /// It reported within `[praas] agent_down_time`.
+    pub alive: bool,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// The end of its last pass that programmed every namespace it serves.
+    pub last_sync_at: Option<String>,
+    /// Its last failure, until a pass succeeds again.
+    pub last_error: Option<String>,
+    /// The routers whose namespaces it serves.
+    pub routers: Vec<String>,
+}
+
+impl From<AgentStatus> for AgentView {
+    fn from(a: AgentStatus) -> Self {
+        let r = a.record;
+        AgentView {
+            host: r.host,
+            alive: a.alive,
+            started_at: r.started_at,
+            heartbeat_at: r.heartbeat_at,
+            last_sync_at: r.last_sync_at,
+            last_error: r.last_error,
+            routers: r.routers,
+        }
+    }
+}
+
+/// `{"agents": [...]}`
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentList {
+    pub agents: Vec<AgentView>,
+}
+
+/// Filters of the agent listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AgentQuery {
+    /// Only the agents serving this router.
+    pub router_id: Option<String>,
+}
+
+/// The agents of the network nodes (admin only).
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", params(AgentQuery),
+    responses((status = 200, description = "Agents, by host", body = AgentList), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)))]
+pub async fn agents(
+    State(state): State<SharedState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AgentQuery>,
+) -> Result<Json<AgentList>, ApiError> {
+    let agents = state
+        .service
+        .agents(&caller, q.router_id.as_deref())
+        .await?;
+    Ok(Json(AgentList {
+        agents: agents.into_iter().map(AgentView::from).collect(),
+    }))
 }

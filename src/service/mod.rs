@@ -12,6 +12,7 @@
 //! The lookups of one request are made concurrently, so a create costs about one Neutron round
 //! trip of latency (router facts are usually cached, see `openstack::cache`).
 
+pub mod agents;
 pub mod audit;
 mod caller;
 mod error;
@@ -74,6 +75,8 @@ pub struct MappingService {
     store: Arc<Store>,
     directory: Arc<dyn RouterDirectory>,
     policy: Policy,
+    /// How long an agent may stay silent and still count as alive.
+    agent_down_time: std::time::Duration,
 }
 
 impl Caller {
@@ -139,7 +142,14 @@ impl MappingService {
             store,
             directory,
             policy,
+            agent_down_time: agents::DEFAULT_AGENT_DOWN_TIME,
         }
+    }
+
+    /// How long an agent may stay silent and still count as alive (`[praas] agent_down_time`).
+    pub fn with_agent_down_time(mut self, down_time: std::time::Duration) -> Self {
+        self.agent_down_time = down_time;
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -179,7 +189,9 @@ impl MappingService {
             None if caller.is_admin() => None,
             None => Some(caller.project_id.clone()),
         };
-        Ok(self.store.list(&filter).await?)
+        let mut mappings = self.store.list(&filter).await?;
+        self.explain_pending(&mut mappings).await?;
+        Ok(mappings)
     }
 
     /// The caller's mapping `id`; another project's is "not found", not "forbidden", so that
@@ -195,7 +207,10 @@ impl MappingService {
     /// One mapping.
     pub async fn get(&self, caller: &Caller, id: &str) -> Result<Mapping, ServiceError> {
         forbidden_unless(caller.can_read(), "show mappings")?;
-        self.visible(caller, id).await
+        let mut mapping = self.visible(caller, id).await?;
+        self.explain_pending(std::slice::from_mut(&mut mapping))
+            .await?;
+        Ok(mapping)
     }
 
     /// Whether the caller's role may create mappings at all (asked before a request is read).

@@ -7,6 +7,7 @@
 //! database: every claimed port is a row under a primary key, so concurrent requests and
 //! overlapping ranges can never both succeed.
 
+pub mod agents;
 pub mod allocate;
 mod cache;
 pub mod model;
@@ -23,6 +24,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Row, Transaction};
 use tokio::sync::Mutex;
 
+pub use agents::{AgentRecord, AgentReport, ServedRouters};
 pub use allocate::{Policy, Strategy};
 pub use model::{ExternalPorts, Hold, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 
