@@ -73,6 +73,8 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
     cfg.praas.auth_strategy = AuthStrategy::Noauth;
     cfg.praas.port_allocation = Allocation::Sequential;
     cfg.openstack.clouds_file = None;
+    let host = format!("e2e-node-{}", uuid::Uuid::new_v4().simple());
+    cfg.praas.host = Some(host.clone());
     let running = runtime::start(&cfg, Role::AllInOne).await.unwrap();
     let base = format!("http://{}", running.api_addr().unwrap());
     let app = base.as_str();
@@ -99,6 +101,23 @@ async fn a_mapping_created_through_the_api_forwards_real_traffic_until_deleted()
     let id = body["mapping"]["id"].as_str().unwrap().to_string();
     let port = body["mapping"]["external_port"].as_u64().unwrap() as u16;
     wait_for_status(app, &id, "ACTIVE").await;
+
+    // The node's agent has reported in, serving the router (an admin's view).
+    let agents: Value = reqwest::Client::new()
+        .get(format!("{app}/v1/agents?router_id={}", node.router_id))
+        .header("x-project-id", "admin-project")
+        .header("x-roles", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let agent = &agents["agents"][0];
+    assert_eq!(agent["host"], host, "{agents}");
+    assert_eq!(agent["alive"], true, "{agents}");
+    assert!(agent["last_sync_at"].is_string(), "{agents}");
+    assert_eq!(agent["last_error"], Value::Null, "{agents}");
 
     let client = node.client_ns.clone();
     let dst = SocketAddrV4::new(GATEWAY_IP, port);

@@ -318,6 +318,7 @@ impl Agent {
                     warn!(error = %crate::util::Chain(&e), "checking the node's namespaces failed")
                 }
             }
+            self.report_if_due().await;
             tokio::select! {
                 // A change committed here: look at the store at once.
                 _ = self.feed.changed() => last_poll = None,
