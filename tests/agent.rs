@@ -302,3 +302,83 @@ async fn concurrent_local_changes_never_force_a_whole_sync_mariadb() {
         }
     }
 }
+
+/// Two network nodes sharing one store: each agent reads, programs and reports only the
+/// routers whose namespaces its node holds; a namespace that appears is fetched and programmed,
+/// one that leaves is dropped. Needs no root: the nodes and their dataplanes are simulated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_agent_serves_only_the_routers_of_its_node() {
+    use praas::testbed::StaticPlacement;
+    let store = Arc::new(common::sqlite_store().await);
+    let policy = Policy {
+        range: "4000:4100".parse().unwrap(),
+        strategy: Strategy::Sequential,
+    };
+    let (ra, rb, rc) = ("router-a", "router-b", "router-c");
+    let mut ids = std::collections::BTreeMap::new();
+    for (router, vm) in [
+        (ra, "10.0.0.5"),
+        (ra, "10.0.0.6"),
+        (rb, "10.0.1.5"),
+        (rc, "10.0.2.5"),
+    ] {
+        let m = store.create(new(router, vm), &policy).await.unwrap();
+        ids.entry(router).or_insert_with(Vec::new).push(m.id);
+    }
+    let node = |names: &[&'static str]| {
+        let placement = Arc::new(StaticPlacement::new(names.iter().copied()));
+        let fake = Arc::new(FakeBackend::new());
+        let agent = Agent::new(
+            store.clone(),
+            Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows))),
+            placement.clone(),
+            Duration::from_secs(3600),
+        );
+        (placement, fake, agent)
+    };
+    let (place1, fake1, mut agent1) = node(&["qrouter-router-a"]);
+    let (_place2, fake2, mut agent2) = node(&["qrouter-router-b"]);
+    let ns = |r: &str| RouterNamespace::named(format!("qrouter-{r}"));
+    let report = agent1.pass().await.unwrap();
+    assert_eq!((report.namespaces, report.active), (1, 2), "{report:?}");
+    let report = agent2.pass().await.unwrap();
+    assert_eq!((report.namespaces, report.active), (1, 1), "{report:?}");
+    let tables = |fake: &FakeBackend| {
+        [ra, rb, rc].map(|r| fake.table(&ns(r)).map_or(0, |t| t.forwards.len()))
+    };
+    assert_eq!(tables(&fake1), [2, 0, 0]);
+    assert_eq!(tables(&fake2), [0, 1, 0]);
+    let status = |id: &String| {
+        let store = store.clone();
+        let id = id.clone();
+        async move { store.get(&id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(&ids[rb][0]).await, Status::Active);
+    // Nobody holds router-c's namespace: its mapping waits.
+    assert_eq!(status(&ids[rc][0]).await, Status::Pending);
+
+    // router-c's namespace appears on node 1: fetched and programmed at the next look.
+    place1.set(["qrouter-router-a", "qrouter-router-c"]);
+    let report = agent1.check_node().await.unwrap();
+    assert_eq!((report.namespaces, report.active), (1, 1), "{report:?}");
+    assert_eq!(tables(&fake1), [2, 0, 1]);
+    assert_eq!(status(&ids[rc][0]).await, Status::Active);
+    let counters = agent1.counters();
+    assert_eq!(counters.namespaces_appeared.load(Ordering::Relaxed), 1);
+
+    // router-a leaves node 1: its mappings are no longer kept there, and a change to one of
+    // them is not programmed by node 1.
+    place1.set(["qrouter-router-c"]);
+    agent1.check_node().await.unwrap();
+    let calls = fake1.calls().len();
+    let changed: BTreeSet<String> = [ids[ra][0].clone()].into();
+    let report = agent1.pass_mappings(&changed).await.unwrap();
+    assert_eq!(report, praas::agent::PassReport::default());
+    assert_eq!(
+        fake1.calls().len(),
+        calls,
+        "nothing was programmed for a router that left"
+    );
+    let report = agent1.pass().await.unwrap();
+    assert_eq!((report.namespaces, report.active), (1, 1), "{report:?}");
+}

@@ -1,6 +1,8 @@
 //! The agent: keeps this node's router namespaces equal to the store.
 //!
-//! It reads every mapping, groups them by router namespace, and hands each namespace's rule set
+//! It serves the routers whose namespaces this node holds ([`Placement`]) and reads only
+//! their mappings (another node's routers are its agent's), groups them by router namespace,
+//! and hands each namespace's rule set
 //! to [`RouterSync`] (element diffs when it can, a verified rewrite when it must), then records
 //! the outcome as each mapping's status. Changes committed by this process (all-in-one) arrive
 //! through the store's change feed: only those mappings are fetched, and only their namespaces
@@ -30,9 +32,7 @@ use tracing::{debug, info, warn};
 use crate::dataplane::sync::{Check, RouterSync, SyncOutcome};
 use crate::dataplane::{Changes, DataplaneError, Forward, RouterNamespace, RuleSet};
 use crate::placement::{Placement, PlacementError};
-use crate::store::{
-    AgentReport, ChangeFeed, ListFilter, Mapping, ServedRouters, Status, Store, StoreError,
-};
+use crate::store::{AgentReport, ChangeFeed, Mapping, ServedRouters, Status, Store, StoreError};
 
 /// Why a pass could not be made; the next turn reconciles everything again.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +170,15 @@ impl NamespaceState {
     }
 }
 
+/// The routers of router namespaces.
+fn routers_of(namespaces: &BTreeSet<RouterNamespace>) -> BTreeSet<String> {
+    namespaces
+        .iter()
+        .filter_map(|ns| RouterNamespace::router_of(ns.name()))
+        .map(|(id, _)| id.to_string())
+        .collect()
+}
+
 /// A mapping's new status and its reason.
 type StatusChange = (String, Status, Option<String>);
 
@@ -258,13 +267,7 @@ impl Agent {
         {
             return;
         }
-        let routers: BTreeSet<String> = self
-            .served
-            .iter()
-            .flatten()
-            .filter_map(|ns| RouterNamespace::router_of(ns.name()))
-            .map(|(id, _)| id.to_string())
-            .collect();
+        let routers = self.served.as_ref().map(routers_of).unwrap_or_default();
         let change = match &reporter.reported {
             None => ServedRouters::All(routers.clone()),
             Some(before) => ServedRouters::Changed {
@@ -417,10 +420,24 @@ impl Agent {
                 .collect::<Vec<_>>()
         })
         .await?;
-        let mut repair: BTreeSet<RouterNamespace> = appeared
-            .into_iter()
-            .filter(|ns| self.known.contains_key(ns))
-            .collect();
+        let mut repair = BTreeSet::new();
+        if !appeared.is_empty() {
+            // The mappings of the routers whose namespaces appeared, in one query.
+            for m in self.store.list_for_routers(&routers_of(&appeared)).await? {
+                let ns = self.placement.namespace(&m.router_id, m.distributed);
+                if appeared.contains(&ns) {
+                    self.known.entry(ns).or_default().upsert(m);
+                }
+            }
+            for namespace in appeared.iter().filter(|ns| self.known.contains_key(*ns)) {
+                self.counters
+                    .namespaces_appeared
+                    .fetch_add(1, Ordering::Relaxed);
+                let mappings = self.known[namespace].mappings.len();
+                info!(%namespace, mappings, "router namespace appeared; programming it");
+                repair.insert(namespace.clone());
+            }
+        }
         // Namespaces whose last programming failed, when their retry is due.
         let now = Instant::now();
         if let Some(served) = &self.served {
@@ -463,27 +480,25 @@ impl Agent {
         };
         for gone in before.difference(&now) {
             self.sync.forget(gone);
-            if let Some(state) = self.known.get_mut(gone) {
-                state.in_sync = false;
+            // Its mappings are another node's now, or wait for the namespace to come back.
+            if let Some(state) = self.known.remove(gone) {
                 info!(namespace = %gone, mappings = state.mappings.len(), "router namespace left this node");
             }
         }
         let appeared: BTreeSet<RouterNamespace> = now.difference(&before).cloned().collect();
         for namespace in &appeared {
             self.sync.forget(namespace);
-            if let Some(state) = self.known.get(namespace) {
-                self.counters
-                    .namespaces_appeared
-                    .fetch_add(1, Ordering::Relaxed);
-                info!(%namespace, mappings = state.mappings.len(), "router namespace appeared; programming it");
-            }
+            self.known.remove(namespace);
         }
         Ok(appeared)
     }
 
     /// Reconciles every namespace on this node with the store.
     pub async fn pass(&mut self) -> Result<PassReport, AgentError> {
-        let mappings = self.store.list(&ListFilter::default()).await?;
+        self.refresh_served()?;
+        let served = self.served.clone().unwrap_or_default();
+        // Only the mappings of the routers this node serves: another node's are its agent's.
+        let mappings = self.store.list_for_routers(&routers_of(&served)).await?;
         // Namespaces known before keep an (emptied) entry, so that their forwards are removed.
         let mut known: BTreeMap<RouterNamespace, NamespaceState> = self
             .known
@@ -492,10 +507,12 @@ impl Agent {
             .collect();
         for m in mappings {
             let ns = self.placement.namespace(&m.router_id, m.distributed);
-            known.entry(ns).or_default().upsert(m);
+            // A router's other namespace (`qrouter-` of a DVR router) carries nothing.
+            if served.contains(&ns) {
+                known.entry(ns).or_default().upsert(m);
+            }
         }
         self.known = known;
-        self.refresh_served()?;
         let all: BTreeSet<RouterNamespace> = self.known.keys().cloned().collect();
         self.program_served(&all, None).await
     }
@@ -523,11 +540,19 @@ impl Agent {
                 }
             }
         }
+        if self.served.is_none() {
+            self.refresh_served()?;
+        }
         for m in current {
             let (id, ns) = (
                 m.id.clone(),
                 self.placement.namespace(&m.router_id, m.distributed),
             );
+            // Another node's router, or one whose namespace has not appeared yet (it is
+            // fetched whole when it does).
+            if !self.served.as_ref().is_some_and(|s| s.contains(&ns)) {
+                continue;
+            }
             let state = self.known.entry(ns.clone()).or_default();
             state.upsert(m);
             let fwd = state.programmed(&id);
@@ -548,9 +573,6 @@ impl Agent {
         }
         // Which namespaces the node holds is looked at each second (see `check_node`), not per
         // change: a namespace that appears meanwhile is programmed whole when it is noticed.
-        if self.served.is_none() {
-            self.refresh_served()?;
-        }
         self.program_served(&touched, Some((ids, &deltas))).await
     }
 

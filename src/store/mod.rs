@@ -599,6 +599,32 @@ impl Store {
         Ok(found)
     }
 
+    /// The mappings of `routers`, in id order: what an agent serving those routers needs,
+    /// without reading (or caching) anyone else's.
+    pub async fn list_for_routers(
+        &self,
+        routers: &BTreeSet<String>,
+    ) -> Result<Vec<Mapping>, StoreError> {
+        let routers: Vec<&String> = routers.iter().collect();
+        let mut found = Vec::new();
+        for chunk in routers.chunks(500) {
+            let sql = format!(
+                "SELECT {} FROM mappings WHERE router_id IN ({})",
+                row::column_list(),
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                found.push(from_row(&r)?);
+            }
+        }
+        found.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
     /// Mappings matching `filter`, in id order.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<Mapping>, StoreError> {
         let version = self.version().await?;

@@ -1,0 +1,33 @@
+//! A network node whose router namespaces a test decides, for agents that program a fake
+//! dataplane: several of them can share one store, each serving its own routers.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use crate::model::RouterNamespace;
+use crate::placement::{Placement, PlacementError};
+
+/// Serves the namespaces it was given, until told otherwise.
+#[derive(Debug, Default)]
+pub struct StaticPlacement {
+    served: Mutex<BTreeSet<RouterNamespace>>,
+}
+
+impl StaticPlacement {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let placement = StaticPlacement::default();
+        placement.set(names);
+        placement
+    }
+
+    /// The node now holds exactly these namespaces.
+    pub fn set<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        *self.served.lock().unwrap() = names.into_iter().map(RouterNamespace::named).collect();
+    }
+}
+
+impl Placement for StaticPlacement {
+    fn served(&self) -> Result<BTreeSet<RouterNamespace>, PlacementError> {
+        Ok(self.served.lock().unwrap().clone())
+    }
+}
