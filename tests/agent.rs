@@ -382,3 +382,111 @@ async fn each_agent_serves_only_the_routers_of_its_node() {
     let report = agent1.pass().await.unwrap();
     assert_eq!((report.namespaces, report.active), (1, 1), "{report:?}");
 }
+
+/// A router converted from legacy to DVR: the monitor marks its mappings distributed, and the
+/// agent moves their rules from `qrouter-` to `snat-` (a DVR network node holds both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_converted_to_dvr_moves_its_rules_to_the_snat_namespace() {
+    use praas::testbed::StaticPlacement;
+    let store = Arc::new(common::sqlite_store().await);
+    let policy = Policy {
+        range: "4000:4100".parse().unwrap(),
+        strategy: Strategy::Sequential,
+    };
+    let m = store
+        .create(new("router-d", "10.0.0.5"), &policy)
+        .await
+        .unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let mut agent = Agent::new(
+        store.clone(),
+        Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows))),
+        Arc::new(StaticPlacement::new(["qrouter-router-d", "snat-router-d"])),
+        Duration::from_secs(3600),
+    );
+    let (legacy, snat) = (
+        RouterNamespace::named("qrouter-router-d"),
+        RouterNamespace::named("snat-router-d"),
+    );
+    let forwards = |ns: &RouterNamespace| fake.table(ns).map_or(0, |t| t.forwards.len());
+    agent.pass().await.unwrap();
+    assert_eq!((forwards(&legacy), forwards(&snat)), (1, 0));
+    store
+        .update(
+            &m.id,
+            &MappingUpdate {
+                distributed: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    agent.pass_mappings(&[m.id.clone()].into()).await.unwrap();
+    assert_eq!((forwards(&legacy), forwards(&snat)), (0, 1));
+    assert_eq!(
+        store.get(&m.id).await.unwrap().unwrap().status,
+        Status::Active
+    );
+    // A fresh agent (after a restart) finds it in the same place.
+    let fresh = Arc::new(FakeBackend::new());
+    let mut restarted = Agent::new(
+        store.clone(),
+        Arc::new(RouterSync::new(fresh.clone(), Arc::new(NoFlows))),
+        Arc::new(StaticPlacement::new(["qrouter-router-d", "snat-router-d"])),
+        Duration::from_secs(3600),
+    );
+    restarted.pass().await.unwrap();
+    assert_eq!(fresh.table(&snat).map(|t| t.forwards.len()), Some(1));
+    assert_eq!(fresh.table(&legacy).map(|t| t.forwards.len()), None);
+}
+
+/// Rules left in a namespace by mappings deleted while no agent ran there are removed by the
+/// next full pass; a namespace with nothing of ours is only read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_no_mapping_needs_are_removed_at_a_full_pass() {
+    use praas::dataplane::Backend;
+    use praas::testbed::StaticPlacement;
+    let store = Arc::new(common::sqlite_store().await);
+    let policy = Policy {
+        range: "4000:4100".parse().unwrap(),
+        strategy: Strategy::Sequential,
+    };
+    let kept = store
+        .create(new("router-k", "10.0.0.5"), &policy)
+        .await
+        .unwrap();
+    let gone = store
+        .create(new("router-g", "10.0.0.6"), &policy)
+        .await
+        .unwrap();
+    let fake = Arc::new(FakeBackend::new());
+    let placement = Arc::new(StaticPlacement::new([
+        "qrouter-router-k",
+        "qrouter-router-g",
+        "qrouter-router-empty",
+    ]));
+    let agent = |fake: &Arc<FakeBackend>| {
+        Agent::new(
+            store.clone(),
+            Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows))),
+            placement.clone(),
+            Duration::from_secs(3600),
+        )
+    };
+    agent(&fake).full_pass().await.unwrap();
+    let (k, g) = (
+        RouterNamespace::named("qrouter-router-k"),
+        RouterNamespace::named("qrouter-router-g"),
+    );
+    assert!(fake.table(&g).is_some_and(|t| t.forwards.len() == 1));
+    // The agent stops; router-g's mapping is deleted meanwhile; a new agent starts.
+    store.delete(&gone.id).await.unwrap();
+    agent(&fake).full_pass().await.unwrap();
+    assert_eq!(fake.table(&g), None, "the orphan rules are gone");
+    assert_eq!(fake.table(&k).map(|t| t.forwards.len()), Some(1));
+    let empty = RouterNamespace::named("qrouter-router-empty");
+    assert!(fake.calls().iter().all(|c| !matches!(c,
+        Call::Remove { namespace } | Call::FullSync { namespace, .. } if *namespace == empty.to_string())));
+    assert!(fake.read_back(&empty).unwrap().is_none());
+    let _ = kept;
+}

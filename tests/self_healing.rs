@@ -17,9 +17,9 @@ use praas::agent::{Agent, Counters};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::RouterSync;
 use praas::dataplane::Driver;
-use praas::placement::LocalNamespaces;
 use praas::store::{ExternalPorts, NewMapping, Policy, Status, Store, Strategy};
 use praas::testbed::simnode::{self, SimNode, SimNodeOptions};
+use praas::testbed::OwnNamespaces;
 
 /// How long a repair may take.
 const TARGET: Duration = Duration::from_secs(2);
@@ -77,7 +77,8 @@ impl Fixture {
         let agent = Agent::new(
             store.clone(),
             sync,
-            Arc::new(LocalNamespaces::default()),
+            // The other driver's test runs beside this one, on namespaces of its own.
+            Arc::new(OwnNamespaces::new([node.router_ns.name()])),
             Duration::from_secs(3600),
         );
         let counters = agent.counters();

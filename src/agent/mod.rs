@@ -384,6 +384,13 @@ impl Agent {
                         self.last_error = None;
                     }
                     *seen = current;
+                    // After the pass is counted (the node is ready once its mappings are
+                    // programmed), however many namespaces there are to clean.
+                    if work == Work::Everything {
+                        if let Err(e) = self.remove_orphans().await {
+                            warn!(error = %crate::util::Chain(&e), "removing rules no mapping needs failed");
+                        }
+                    }
                 }
                 // Nothing is marked as seen: the next turn reconciles everything again.
                 Err(e) => {
@@ -515,6 +522,53 @@ impl Agent {
         self.known = known;
         let all: BTreeSet<RouterNamespace> = self.known.keys().cloned().collect();
         self.program_served(&all, None).await
+    }
+
+    /// A full pass ([`Agent::pass`]), then the removal of rules no mapping needs
+    /// ([`Agent::remove_orphans`]).
+    pub async fn full_pass(&mut self) -> Result<PassReport, AgentError> {
+        let report = self.pass().await?;
+        self.remove_orphans().await?;
+        Ok(report)
+    }
+
+    /// Removes our rules from served namespaces that no mapping needs any more: mappings
+    /// deleted, or moved to the router's other namespace, while no agent was running here.
+    /// One read per namespace (for nftables a single netlink request), at full passes only.
+    pub async fn remove_orphans(&mut self) -> Result<(), AgentError> {
+        let idle: Vec<RouterNamespace> = self
+            .served
+            .iter()
+            .flatten()
+            .filter(|ns| !self.known.contains_key(*ns))
+            .cloned()
+            .collect();
+        if idle.is_empty() {
+            return Ok(());
+        }
+        let sync = self.sync.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut removed = vec![];
+            for namespace in idle {
+                match sync.backend().read_back(&namespace) {
+                    Ok(None) => {}
+                    Ok(Some(rules)) if rules.forwards.is_empty() => {}
+                    // Forwards no mapping asks for, or a table we cannot read: ours to remove.
+                    Ok(Some(_)) | Err(_) => match sync.remove(&namespace) {
+                        Ok(flows) => removed.push((namespace, flows)),
+                        Err(e) => {
+                            warn!(%namespace, error = %crate::util::Chain(&e), "cannot remove rules no mapping needs")
+                        }
+                    },
+                }
+            }
+            removed
+        })
+        .await?;
+        for (namespace, flows_deleted) in removed {
+            info!(%namespace, flows_deleted, "removed rules that no mapping needs any more");
+        }
+        Ok(())
     }
 
     /// Applies the changes of `ids` (fetched in one query) and reprograms their namespaces with

@@ -73,6 +73,9 @@ pub enum Action {
 pub struct Change {
     pub internal_ip: Option<Ipv4Addr>,
     pub external_ip: Option<Ipv4Addr>,
+    /// The router was converted between legacy and distributed (DVR): its gateway, and the
+    /// mapping's rules, move between `qrouter-` and `snat-`.
+    pub distributed: Option<bool>,
     pub hold: Option<Hold>,
     pub reason: String,
 }
@@ -98,6 +101,7 @@ pub fn decide(
             Action::Update(Change {
                 internal_ip: None,
                 external_ip: None,
+                distributed: None,
                 hold: Some(Hold::Keep {
                     status,
                     reason: reason.clone(),
@@ -173,6 +177,15 @@ pub fn decide(
     if gateway != m.external_ip_address {
         reasons.push(format!("gateway {} -> {gateway}", m.external_ip_address));
     }
+    let converted = router.distributed != m.distributed;
+    if converted {
+        let kind = |d: bool| if d { "distributed" } else { "legacy" };
+        reasons.push(format!(
+            "router converted from {} to {}",
+            kind(m.distributed),
+            kind(router.distributed)
+        ));
+    }
     if m.held {
         reasons.push(format!(
             "released from {} ({})",
@@ -186,6 +199,7 @@ pub fn decide(
     Action::Update(Change {
         internal_ip: (internal != m.internal_ip_address).then_some(internal),
         external_ip: (gateway != m.external_ip_address).then_some(gateway),
+        distributed: converted.then_some(router.distributed),
         hold: m.held.then_some(Hold::Release),
         reason: reasons.join(", "),
     })
@@ -322,6 +336,7 @@ impl Monitor {
                     let update = MappingUpdate {
                         internal_ip_address: change.internal_ip,
                         external_ip_address: change.external_ip,
+                        distributed: change.distributed,
                         hold: change.hold.clone(),
                         ..Default::default()
                     };

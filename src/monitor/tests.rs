@@ -252,6 +252,39 @@ fn gateways_are_followed_and_their_removal_holds_mappings_until_they_return() {
     }
 }
 
+#[test]
+fn a_router_converted_to_or_from_dvr_moves_its_mappings() {
+    let p = port("vm-1", &["10.0.0.5"]);
+    let dvr = RouterInfo {
+        distributed: true,
+        ..router(Some("203.0.113.10"))
+    };
+    match decide(&mapping(), Some(&dvr), Some(Some(&p)), PortGone::Delete) {
+        Action::Update(c) => {
+            assert_eq!(c.distributed, Some(true));
+            assert_eq!(c.reason, "router converted from legacy to distributed");
+        }
+        other => panic!("{other:?}"),
+    }
+    let on_dvr = Mapping {
+        distributed: true,
+        ..mapping()
+    };
+    assert_eq!(
+        decide(&on_dvr, Some(&dvr), Some(Some(&p)), PortGone::Delete),
+        Action::Keep
+    );
+    match decide(
+        &on_dvr,
+        Some(&router(Some("203.0.113.10"))),
+        Some(Some(&p)),
+        PortGone::Delete,
+    ) {
+        Action::Update(c) => assert_eq!(c.distributed, Some(false)),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// A scripted Neutron: what it knows, or that it fails.
 #[derive(Default)]
 struct FakeNetwork {

@@ -71,7 +71,7 @@ pub fn changes(old: &Mapping, new: &Mapping) -> Vec<FieldChange> {
     };
     let reason = |m: &Mapping| m.status_reason.clone().unwrap_or_else(|| "-".into());
     let port_id = |m: &Mapping| m.internal_port_id.clone().unwrap_or_else(|| "-".into());
-    let fields: [(&'static str, String, String); 11] = [
+    let fields: [(&'static str, String, String); 12] = [
         (
             "external_ip_address",
             old.external_ip_address.to_string(),
@@ -107,6 +107,11 @@ pub fn changes(old: &Mapping, new: &Mapping) -> Vec<FieldChange> {
         ("status", old.status.to_string(), new.status.to_string()),
         ("status_reason", reason(old), reason(new)),
         ("held", old.held.to_string(), new.held.to_string()),
+        (
+            "distributed",
+            old.distributed.to_string(),
+            new.distributed.to_string(),
+        ),
     ];
     fields
         .into_iter()

@@ -735,6 +735,9 @@ impl Store {
         if let Some(ip) = update.external_ip_address {
             mapping.external_ip_address = ip;
         }
+        if let Some(d) = update.distributed {
+            mapping.distributed = d;
+        }
         if let Some(d) = &update.description {
             mapping.description = d.clone();
         }
@@ -783,7 +786,7 @@ impl Store {
             sqlx::query(
                 "UPDATE mappings SET external_port_first = ?, external_port_last = ?, internal_ip_address = ?, \
                  internal_port_first = ?, internal_port_last = ?, description = ?, allowed_cidrs = ?, masquerade = ?, \
-                 status = ?, status_reason = ?, updated_at = ?, external_ip_address = ?, held = ? WHERE id = ?",
+                 status = ?, status_reason = ?, updated_at = ?, external_ip_address = ?, held = ?, distributed = ? WHERE id = ?",
             )
             .bind(i64::from(mapping.external_ports.first()))
             .bind(i64::from(mapping.external_ports.last()))
@@ -798,6 +801,7 @@ impl Store {
             .bind(&mapping.updated_at)
             .bind(mapping.external_ip_address.to_string())
             .bind(i64::from(mapping.held))
+            .bind(i64::from(mapping.distributed))
             .bind(id)
             .execute(&mut *tx)
             .await?;

@@ -146,6 +146,8 @@ pub struct MappingUpdate {
     pub internal_ip_address: Option<Ipv4Addr>,
     /// The router's new gateway address.
     pub external_ip_address: Option<Ipv4Addr>,
+    /// The router was converted to or from DVR.
+    pub distributed: Option<bool>,
     pub hold: Option<Hold>,
 }
 

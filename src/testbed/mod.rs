@@ -12,4 +12,4 @@ mod placement;
 pub mod simnode;
 
 pub use directory::StaticDirectory;
-pub use placement::StaticPlacement;
+pub use placement::{OwnNamespaces, StaticPlacement};

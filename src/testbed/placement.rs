@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use crate::model::RouterNamespace;
-use crate::placement::{Placement, PlacementError};
+use crate::placement::{LocalNamespaces, Placement, PlacementError};
 
 /// Serves the namespaces it was given, until told otherwise.
 #[derive(Debug, Default)]
@@ -29,5 +29,38 @@ impl StaticPlacement {
 impl Placement for StaticPlacement {
     fn served(&self) -> Result<BTreeSet<RouterNamespace>, PlacementError> {
         Ok(self.served.lock().unwrap().clone())
+    }
+}
+
+/// This machine's namespaces, as [`LocalNamespaces`] sees them, but only those named: an agent
+/// of a test that serves its own routers beside other tests' namespaces, whose rules it must
+/// neither program nor remove.
+#[derive(Debug)]
+pub struct OwnNamespaces {
+    local: LocalNamespaces,
+    names: BTreeSet<RouterNamespace>,
+}
+
+impl OwnNamespaces {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        OwnNamespaces {
+            local: LocalNamespaces::default(),
+            names: names.into_iter().map(RouterNamespace::named).collect(),
+        }
+    }
+}
+
+impl Placement for OwnNamespaces {
+    fn served(&self) -> Result<BTreeSet<RouterNamespace>, PlacementError> {
+        Ok(self
+            .local
+            .served()?
+            .intersection(&self.names)
+            .cloned()
+            .collect())
+    }
+
+    fn watch_dir(&self) -> Option<&std::path::Path> {
+        self.local.watch_dir()
     }
 }
