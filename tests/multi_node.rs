@@ -1,5 +1,6 @@
 //! Several network nodes, as deployed: two `praas server` processes and two `praas agent`
-//! processes (the real binary) on one MariaDB database, each agent in its own mount namespace
+//! processes (the real binary) on a three-node MariaDB Galera cluster (`scripts/galera`), each
+//! server on a different node, each agent in its own mount namespace
 //! whose `/run/netns` holds only its node's router namespaces (what `ip netns` on that node
 //! would list). An HA router has a namespace on both nodes, with the gateway address on the
 //! active one (as keepalived keeps it); a second router lives on node B only.
@@ -381,7 +382,8 @@ async fn two_nodes_two_servers_and_an_ha_router_that_fails_over() {
     if !kernel_tests_enabled(test) {
         return;
     }
-    let Some(database) = common::mariadb_url(test).await else {
+    // Server 1 on Galera node 1, server 2 on node 2, the agents on node 3 and node 1.
+    let Some(galera) = common::galera_urls(test).await else {
         return;
     };
     let id = format!("{:05x}", std::process::id() & 0xfffff);
@@ -397,13 +399,13 @@ async fn two_nodes_two_servers_and_an_ha_router_that_fails_over() {
     node_b.expose(&topo.solo, &format!("qrouter-{solo}"));
 
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
-    let conf = |name: &str, port: u16, status: u16| config(&dir, name, &database, port, status);
+    let conf = |name: &str, db: &str, port: u16, status: u16| config(&dir, name, db, port, status);
     let (server1, server2) = (ports[0], ports[1]);
     let cfg = [
-        conf("server-1", server1, free_port()),
-        conf("server-2", server2, free_port()),
-        conf("node-a", free_port(), ports[2]),
-        conf("node-b", free_port(), ports[3]),
+        conf("server-1", &galera[0], server1, free_port()),
+        conf("server-2", &galera[1], server2, free_port()),
+        conf("node-a", &galera[2], free_port(), ports[2]),
+        conf("node-b", &galera[0], free_port(), ports[3]),
     ];
     // The schema first, once, as an operator runs `praas db-sync` before starting the roles.
     let status = Command::new(env!("CARGO_BIN_EXE_praas"))

@@ -87,6 +87,8 @@ pub struct Agent {
     last_sync_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The last failure, until a pass succeeds again.
     last_error: Option<String>,
+    /// The store's count of failed commits when last looked at (see `ChangeFeed`).
+    failed_commits: u64,
 }
 
 /// What the agent reports, and what it reported last.
@@ -239,6 +241,7 @@ impl Agent {
             reporter: None,
             last_sync_at: None,
             last_error: None,
+            failed_commits: 0,
         }
     }
 
@@ -348,10 +351,20 @@ impl Agent {
                     None
                 }
             };
+            // Read before draining: a commit that fails after this is caught at the next turn.
+            let failed_commits = self.feed.failed_commits();
             pending.extend(self.feed.take());
             let mut work = plan(*seen, current, pending);
             if let Some(current) = current {
                 pending.retain(|(g, _)| *g > current);
+            }
+            if failed_commits != self.failed_commits {
+                // An entry whose commit failed may name a generation another process
+                // committed: the entries cannot tell what changed, so everything is looked at,
+                // and entries still waiting are not trusted either.
+                self.failed_commits = failed_commits;
+                work = Work::Everything;
+                pending.clear();
             }
             if last_full.elapsed() >= self.resync_every {
                 // Periodic resync: forget what the namespaces hold, rewrite and read back all.

@@ -65,6 +65,14 @@ impl Store {
         report: &AgentReport,
         routers: &ServedRouters,
     ) -> Result<(), StoreError> {
+        super::retrying(|| self.report_agent_once(report, routers)).await
+    }
+
+    async fn report_agent_once(
+        &self,
+        report: &AgentReport,
+        routers: &ServedRouters,
+    ) -> Result<(), StoreError> {
         let _writer = self.writer().await;
         let now = Utc::now().timestamp_millis();
         let mut tx = self.pool.begin().await?;

@@ -200,6 +200,10 @@ pub struct Store {
 pub struct ChangeFeed {
     entries: std::sync::Mutex<Vec<(i64, String)>>,
     notify: tokio::sync::Notify,
+    /// Commits that failed after their entry was published. The generation such an entry
+    /// names may then be committed by another process (another Galera node certified first),
+    /// so a reader that sees this move must not trust the entries around it.
+    failed: std::sync::atomic::AtomicU64,
 }
 
 impl ChangeFeed {
@@ -208,6 +212,11 @@ impl ChangeFeed {
             .lock()
             .unwrap()
             .push((generation, mapping_id.to_string()));
+    }
+
+    /// How many published entries' commits failed, ever (see the field's comment).
+    pub fn failed_commits(&self) -> u64 {
+        self.failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Everything published since the last call.
@@ -341,6 +350,11 @@ impl Store {
         };
         self.feed.publish(generation, mapping_id);
         let result = tx.commit().await;
+        if result.is_err() {
+            self.feed
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.feed.notify.notify_one();
         result?;
         let change = match now {
@@ -431,7 +445,7 @@ impl Store {
         let _writer = self.writer().await;
         let id = uuid::Uuid::new_v4().to_string();
         match new.external_ports {
-            ExternalPorts::Explicit(ports) => self.insert(&id, &new, ports).await,
+            ExternalPorts::Explicit(ports) => retrying(|| self.insert(&id, &new, ports)).await,
             ExternalPorts::Allocate { len } => {
                 let mut last_conflict = None;
                 // Random allocation first tries a block blindly: in a sparsely used range it is
@@ -708,6 +722,10 @@ impl Store {
     /// Changes a mapping. Port changes re-claim ports under the same guarantees as a create;
     /// the mapping goes back to `PENDING` until the dataplane confirms it.
     pub async fn update(&self, id: &str, update: &MappingUpdate) -> Result<Mapping, StoreError> {
+        retrying(|| self.update_once(id, update)).await
+    }
+
+    async fn update_once(&self, id: &str, update: &MappingUpdate) -> Result<Mapping, StoreError> {
         let _writer = self.writer().await;
         let mut tx = self.pool.begin().await?;
         let Some(mut mapping) = self.get_for_update(&mut tx, id).await? else {
@@ -815,6 +833,10 @@ impl Store {
 
     /// Deletes a mapping and frees its ports; returns what was deleted.
     pub async fn delete(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
+        retrying(|| self.delete_once(id)).await
+    }
+
+    async fn delete_once(&self, id: &str) -> Result<Option<Mapping>, StoreError> {
         let _writer = self.writer().await;
         let mut tx = self.pool.begin().await?;
         let Some(mapping) = self.get_for_update(&mut tx, id).await? else {
@@ -845,6 +867,15 @@ impl Store {
     /// its status and reason (an agent pass that began before the hold must not report it
     /// `ACTIVE`).
     pub async fn set_status(
+        &self,
+        ids: &[String],
+        status: Status,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        retrying(|| self.set_status_once(ids, status, reason)).await
+    }
+
+    async fn set_status_once(
         &self,
         ids: &[String],
         status: Status,
@@ -1022,6 +1053,37 @@ async fn insert_row(tx: &mut Transaction<'_, Any>, mapping: &Mapping) -> Result<
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// How often a transaction that lost a deadlock or a Galera certification is run again.
+const CONFLICT_RETRIES: u32 = 8;
+
+/// Runs `op` (one whole transaction) again while it loses to a concurrent one: an InnoDB
+/// deadlock, or a Galera certification failure (another node committed a conflicting write
+/// first; MariaDB reports it as a deadlock, SQLSTATE 40001). Waits a little longer, with
+/// jitter, before each new attempt.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(StoreError::Database(e)) if is_deadlock(&e) && attempt < CONFLICT_RETRIES => {
+                attempt += 1;
+                let ms =
+                    rand::Rng::gen_range(&mut rand::thread_rng(), 1..=(5u64 << attempt.min(5)));
+                tracing::debug!(
+                    attempt,
+                    wait_ms = ms,
+                    "transaction lost a conflict; running it again"
+                );
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// SQLSTATE 40001: the server chose this transaction as a deadlock victim.

@@ -54,16 +54,21 @@ pub async fn mariadb_store(test: &str) -> Option<Store> {
 pub async fn mariadb_url(test: &str) -> Option<String> {
     let base = std::env::var("PRAAS_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://praas_test:praas-test-password@127.0.0.1/praas_test".into());
+    fresh_database(test, &base).await
+}
+
+/// A fresh database next to `base`'s, or `None` with the reason printed.
+async fn fresh_database(test: &str, base: &str) -> Option<String> {
     sqlx::any::install_default_drivers();
     // A short wait: without a server every test would wait out sqlx's 30 s default.
     let admin = match sqlx::any::AnyPoolOptions::new()
         .acquire_timeout(std::time::Duration::from_secs(3))
-        .connect(&base)
+        .connect(base)
         .await
     {
         Ok(pool) => pool,
         Err(e) => {
-            let shown = praas::util::redacted(&base);
+            let shown = praas::util::redacted(base);
             if std::env::var("CI").as_deref() == Ok("true") {
                 panic!("{test}: MariaDB must be reachable in CI at {shown}: {e}");
             }
@@ -81,6 +86,31 @@ pub async fn mariadb_url(test: &str) -> Option<String> {
         .await
         .unwrap();
     Some(format!("{}/{name}", base.rsplit_once('/').unwrap().0))
+}
+
+/// The URLs of one fresh database on each node of the Galera cluster of `scripts/galera`
+/// (named by `PRAAS_TEST_GALERA_URLS`, comma-separated), or `None` with the reason printed;
+/// under CI a missing cluster is a failure.
+pub async fn galera_urls(test: &str) -> Option<Vec<String>> {
+    let Ok(urls) = std::env::var("PRAAS_TEST_GALERA_URLS") else {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: CI must run the Galera cluster (scripts/galera up)");
+        }
+        praas::testbed::simnode::skipped(
+            &format!("{test} on Galera"),
+            "PRAAS_TEST_GALERA_URLS is not set (scripts/galera up; scripts/test sets it)",
+        );
+        return None;
+    };
+    let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let first = fresh_database(test, nodes[0]).await?;
+    let name = first.rsplit_once('/').unwrap().1.to_string();
+    Some(
+        nodes
+            .iter()
+            .map(|n| format!("{}/{name}", n.rsplit_once('/').unwrap().0))
+            .collect(),
+    )
 }
 
 /// The RabbitMQ of `scripts/services` on loopback.
