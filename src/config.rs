@@ -958,7 +958,9 @@ static NOTIFICATIONS: &[Key] = &[
             Neutron's notifications on RabbitMQ (oslo.messaging's transport URL, as in neutron.conf), so
             that the monitor reacts to deleted ports and changed routers within moments (polling every
             second_monitoring seconds stays as the safety net) and the API drops the router facts it
-            keeps. Unset: polling only.",
+            keeps. The same broker carries PRaaS's own announcements (exchange praas.changes): servers
+            and the monitor announce their commits, and agents on other nodes program them at once
+            instead of at their next look at the database (every 2 s). Unset: polling only.",
         set: |c, v| {
             c.notifications.transport_url = if v.is_empty() {
                 None

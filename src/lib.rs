@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod changes;
 pub mod client;
 pub mod config;
 pub mod dataplane;

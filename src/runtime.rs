@@ -344,13 +344,41 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
 
     let mut agent_counters = None;
     if role.agent() && cfg.dataplane.enabled {
-        let agent = agent(cfg, store.clone())?;
+        let mut agent = agent(cfg, store.clone())?;
         agent_counters = Some(agent.counters());
         tracing::info!(driver = ?cfg.dataplane.driver, "agent started");
         let mut stop = stopping.subscribe();
+        // An agent of its own process hears of the servers' commits over RabbitMQ (all-in-one
+        // sees its own through the store's change feed).
+        let announced = match (&cfg.notifications.transport_url, role) {
+            (Some(url), Role::Agent) => {
+                let wake = Arc::new(Notify::new());
+                agent = agent.woken_by(wake.clone());
+                Some(crate::changes::listen(url.clone(), wake))
+            }
+            _ => None,
+        };
         tasks.spawn(async move {
+            let announced = async {
+                match announced {
+                    Some(listen) => listen.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = agent.run() => {}
+                _ = announced => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        });
+    }
+    // Processes that write mappings without an agent tell the agents elsewhere.
+    if let (Some(url), Role::Server | Role::Monitor) = (&cfg.notifications.transport_url, role) {
+        let (url, feed, mut stop) = (url.clone(), store.feed(), stopping.subscribe());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = crate::changes::announce(url, feed) => {}
                 _ = stop.wait_for(|s| *s) => {}
             }
             Ok(())

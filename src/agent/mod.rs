@@ -89,6 +89,8 @@ pub struct Agent {
     last_error: Option<String>,
     /// The store's count of failed commits when last looked at (see `ChangeFeed`).
     failed_commits: u64,
+    /// Woken when another process announces a commit (see [`crate::changes`]).
+    announced: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// What the agent reports, and what it reported last.
@@ -242,7 +244,15 @@ impl Agent {
             last_sync_at: None,
             last_error: None,
             failed_commits: 0,
+            announced: None,
         }
+    }
+
+    /// Makes the agent look at the store as soon as `announced` is woken (a server's commit,
+    /// announced over RabbitMQ), not only every [`POLL_INTERVAL`].
+    pub fn woken_by(mut self, announced: Arc<tokio::sync::Notify>) -> Self {
+        self.announced = Some(announced);
+        self
     }
 
     /// Makes the agent report a heartbeat under `host` every `every`: the routers whose
@@ -325,9 +335,17 @@ impl Agent {
                 }
             }
             self.report_if_due().await;
+            let announced = self.announced.clone();
+            let announced = async {
+                match announced {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                // A change committed here: look at the store at once.
+                // A change committed here, or announced by another process: look at once.
                 _ = self.feed.changed() => last_poll = None,
+                _ = announced => last_poll = None,
                 _ = watch.next() => {}
             }
         }
