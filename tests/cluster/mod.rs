@@ -273,8 +273,12 @@ impl Role {
         self.spawn();
     }
 
-    pub fn running(&self) -> bool {
-        self.child.is_some()
+    /// Whether its process is alive (a role whose database was unreachable at start exits,
+    /// as it would under systemd, which would start it again).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn log_tail(&self) -> String {
@@ -372,6 +376,8 @@ pub fn config(dir: &Path, name: &str, database: &str, port: u16, status_port: u1
     path
 }
 
+/// A request to a server as an admin of project p1; 502 stands for no answer at all (the
+/// server is down, or did not answer within 10 s).
 pub async fn call(
     port: u16,
     method: Method,
@@ -380,6 +386,7 @@ pub async fn call(
 ) -> (StatusCode, Value) {
     let mut req = reqwest::Client::new()
         .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(10))
         .header("x-project-id", "p1")
         .header("x-roles", "admin,member,reader");
     if let Some(b) = body {
@@ -394,7 +401,7 @@ pub async fn call(
                 serde_json::from_slice(&bytes).unwrap_or(Value::Null),
             )
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Value::Null),
+        Err(_) => (StatusCode::BAD_GATEWAY, Value::Null),
     }
 }
 
