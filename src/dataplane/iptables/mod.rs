@@ -735,6 +735,65 @@ mod netns_tests {
     }
 
     #[test]
+    fn the_legacy_flavour_is_fingerprinted_by_the_shape_of_its_nat_table() {
+        if !crate::testbed::simnode::kernel_tests_enabled("iptables_legacy_fingerprint") {
+            return;
+        }
+        let ns = TestNamespace::new();
+        let legacy = IptablesBackend {
+            restore: "iptables-legacy-restore",
+            save: "iptables-legacy-save",
+            legacy: Default::default(),
+        };
+        assert!(
+            legacy.is_legacy(),
+            "iptables-legacy-save --version says legacy"
+        );
+        let rules = tests::sample();
+        legacy.full_sync(&ns.0, &rules).unwrap();
+        let programmed = legacy.fingerprint(&ns.0).unwrap().unwrap();
+        assert_ne!(programmed.state, 0, "a legacy nat table is there");
+        assert_eq!(legacy.fingerprint(&ns.0).unwrap(), Some(programmed));
+        // Someone flushes our chain with legacy iptables: the shape moves, nf_tables' would not.
+        ns.exec("iptables-legacy", &["-t", "nat", "-F", PREROUTING_CHAIN]);
+        let flushed = legacy.fingerprint(&ns.0).unwrap().unwrap();
+        assert_ne!(flushed, programmed);
+        assert_eq!(flushed.namespace, programmed.namespace);
+        // Through the sync layer: the change is found and repaired.
+        let sync = crate::dataplane::sync::RouterSync::new(
+            std::sync::Arc::new(legacy),
+            std::sync::Arc::new(NoFlows),
+        );
+        sync.sync(&ns.0, &rules).unwrap();
+        assert_eq!(
+            sync.check(&ns.0).unwrap(),
+            crate::dataplane::sync::Check::Unchanged
+        );
+        ns.exec("iptables-legacy", &["-t", "nat", "-F", PREROUTING_CHAIN]);
+        assert!(matches!(
+            sync.check(&ns.0).unwrap(),
+            crate::dataplane::sync::Check::Drifted(_)
+        ));
+        assert_eq!(
+            sync.sync(&ns.0, &rules).unwrap().mode,
+            crate::dataplane::sync::SyncMode::Full
+        );
+        assert_eq!(sync.backend().read_back(&ns.0).unwrap(), Some(rules));
+    }
+
+    struct NoFlows;
+
+    impl crate::dataplane::sync::FlowCleaner for NoFlows {
+        fn delete_flows(
+            &self,
+            _: &RouterNamespace,
+            stale: &[(ExternalKey, Target)],
+        ) -> Result<usize, DataplaneError> {
+            Ok(stale.len())
+        }
+    }
+
+    #[test]
     fn missing_namespace_and_missing_binaries() {
         if !crate::testbed::simnode::kernel_tests_enabled("iptables") {
             return;
