@@ -275,10 +275,9 @@ impl Socket {
             fd,
             // Any start works; distinct per socket makes traces easier to tell apart.
             seq: std::process::id().wrapping_mul(65_599) ^ 0x7072_6161,
-            // Not zeroed: the kernel writes what is read, so a socket that only ever receives
-            // small answers keeps one touched page, not 64 KiB, resident (an agent keeps one
-            // socket per router namespace).
-            buf: Vec::with_capacity(RECV_BUFFER),
+            // Allocated at the first receive; kept sockets borrow a shared one instead (see
+            // `sockets::with`), so that a thousand idle sockets hold no buffers.
+            buf: Vec::new(),
         })
     }
 
@@ -355,6 +354,10 @@ impl Socket {
 
     /// Receives one datagram from the kernel.
     pub fn recv(&mut self) -> io::Result<&[u8]> {
+        if self.buf.capacity() < RECV_BUFFER {
+            // Not zeroed: the kernel writes what is read.
+            self.buf = Vec::with_capacity(RECV_BUFFER);
+        }
         loop {
             // SAFETY: sockaddr_nl is plain data, valid when zeroed.
             let mut from: libc::sockaddr_nl = unsafe { mem::zeroed() };
@@ -664,11 +667,24 @@ pub mod sockets {
             socket.move_above(KEPT_FROM);
             *cached = Some(Cached { inode, socket });
         }
-        let result = f(&mut cached.as_mut().expect("socket just opened").socket);
+        let socket = &mut cached.as_mut().expect("socket just opened").socket;
+        // A receive buffer lent for this call only: idle kept sockets hold none.
+        socket.buf = buffers().lock().unwrap().pop().unwrap_or_default();
+        let result = f(socket);
+        let buf = std::mem::take(&mut socket.buf);
+        if buf.capacity() > 0 {
+            buffers().lock().unwrap().push(buf);
+        }
         if result.is_err() {
             *cached = None;
         }
         Ok(result)
+    }
+
+    /// Receive buffers for kept sockets, as many as were ever in use at once.
+    fn buffers() -> &'static Mutex<Vec<Vec<u8>>> {
+        static BUFFERS: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
+        BUFFERS.get_or_init(Default::default)
     }
 
     /// Closes the namespace's socket, when its router is gone.
