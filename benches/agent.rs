@@ -9,7 +9,10 @@
 //!   back and verified, and every mapping's status recorded (target ≤ 2 s);
 //! - the node check the agent makes every second at rest (is every namespace still what was
 //!   programmed), and what it costs when one namespace was flushed behind its back;
-//! - the process's resident memory afterwards.
+//! - the process's resident memory afterwards;
+//! - then, with 100 mappings per router (100,000), the resident memory of `praas server` (after
+//!   an admin's first page, which reads and caches every row) and of `praas agent` (after its
+//!   first pass), each a process of the built binary on the same SQLite database.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,14 +62,104 @@ impl Drop for Routers {
     }
 }
 
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// Stores mappings number `per_router` of every router (a few thousand per second).
+async fn store_mappings(store: &Store, routers: &Routers, per_router: std::ops::Range<usize>) {
+    let policy = Policy {
+        range: "4000:4100".parse().unwrap(),
+        strategy: Strategy::Sequential,
+    };
+    for (r, id) in routers.0.iter().enumerate() {
+        for m in per_router.clone() {
+            store
+                .create(
+                    NewMapping {
+                        project_id: "bench".into(),
+                        router_id: id.clone(),
+                        distributed: false,
+                        external_ip_address: "203.0.113.10".parse().unwrap(),
+                        protocol: if m % 2 == 0 { "tcp" } else { "udp" }.parse().unwrap(),
+                        external_ports: ExternalPorts::Allocate { len: 1 },
+                        internal_ip_address: std::net::Ipv4Addr::new(
+                            10,
+                            (r / 250) as u8,
+                            (r % 250) as u8,
+                            m as u8 + 2,
+                        ),
+                        internal_port_id: None,
+                        internal_ports: "22".parse().unwrap(),
+                        description: String::new(),
+                        allowed_cidrs: vec![],
+                        masquerade: false,
+                    },
+                    &policy,
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The resident memory of process `pid` (`self` for this one), in MiB.
+fn rss_of(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+fn rss_mib() -> f64 {
+    rss_of("self")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `praas <role>` of the built binary on `database`; returns it and its API port once
+/// its `/readyz` answers 200.
+async fn start_role(
+    role: &str,
+    dir: &std::path::Path,
+    database: &str,
+) -> (std::process::Child, u16) {
+    let (api, status) = (free_port(), free_port());
+    let config = dir.join(format!("{role}.conf"));
+    std::fs::write(
+        &config,
+        format!(
+            "[praas]\nport_app = {api}\nbind_address = 127.0.0.1\nauth_strategy = noauth\n\
+             agent_status_port = {status}\nhost = bench-{role}\n\
+             [database]\nconnection = {database}\n[dataplane]\ndriver = nftables\n"
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_praas"))
+        .args([role, "--config-file"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = if role == "agent" { status } else { api };
+    let started = Instant::now();
+    loop {
+        let answer = reqwest::get(format!("http://127.0.0.1:{ready}/readyz")).await;
+        if answer.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "praas {role} never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, api)
 }
 
 fn ms(d: Duration) -> String {
@@ -107,40 +200,8 @@ async fn main() {
             .unwrap(),
     );
     store.migrate().await.unwrap();
-    let policy = Policy {
-        range: "4000:4100".parse().unwrap(),
-        strategy: Strategy::Sequential,
-    };
     let started = Instant::now();
-    for (r, id) in routers.0.iter().enumerate() {
-        for m in 0..PER_ROUTER {
-            store
-                .create(
-                    NewMapping {
-                        project_id: "bench".into(),
-                        router_id: id.clone(),
-                        distributed: false,
-                        external_ip_address: "203.0.113.10".parse().unwrap(),
-                        protocol: if m % 2 == 0 { "tcp" } else { "udp" }.parse().unwrap(),
-                        external_ports: ExternalPorts::Allocate { len: 1 },
-                        internal_ip_address: std::net::Ipv4Addr::new(
-                            10,
-                            (r / 250) as u8,
-                            (r % 250) as u8,
-                            m as u8 + 2,
-                        ),
-                        internal_port_id: None,
-                        internal_ports: "22".parse().unwrap(),
-                        description: String::new(),
-                        allowed_cidrs: vec![],
-                        masquerade: false,
-                    },
-                    &policy,
-                )
-                .await
-                .unwrap();
-        }
-    }
+    store_mappings(&store, &routers, 0..PER_ROUTER).await;
     eprintln!(
         "{} mappings stored in {}",
         n * PER_ROUTER,
@@ -222,8 +283,55 @@ async fn main() {
         ),
     );
     drop(agent);
+
+    // The roles as processes of the binary, on the same node and database, with 100 mappings
+    // per router: 100,000 at 1,000 routers.
+    let started = Instant::now();
+    store_mappings(&store, &routers, PER_ROUTER..10 * PER_ROUTER).await;
+    let total = store.list(&ListFilter::default()).await.unwrap().len();
+    eprintln!("{total} mappings stored in {}", ms(started.elapsed()));
+    let database = format!("sqlite:///{}/praas.db", dir.display());
+    let (mut server, api) = start_role("server", &dir, &database).await;
+    // What a server keeps once it has listed everything (its listing cache then holds every
+    // row), as admins' listings make it.
+    let started = Instant::now();
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{api}/v1/mappings?limit=10000"))
+        .header("x-project-id", "bench")
+        .header("x-roles", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["mappings"].as_array().map(Vec::len), Some(10_000));
+    let listing = started.elapsed();
+    row(
+        &format!("`praas server` resident memory, {total} mappings"),
+        format!("{:.1} MiB", rss_of(&server.id().to_string())),
+        &format!(
+            "after a first page of 10,000 as an admin (in {}), which reads and caches every row",
+            ms(listing)
+        ),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let started = Instant::now();
+    let (mut agent, _) = start_role("agent", &dir, &database).await;
+    row(
+        &format!("`praas agent` resident memory, {total} mappings on {n} routers"),
+        format!("{:.1} MiB", rss_of(&agent.id().to_string())),
+        &format!(
+            "after its first pass (ready in {}): every namespace programmed and verified",
+            ms(started.elapsed())
+        ),
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
     drop(routers);
     let _ = std::fs::remove_dir_all(&dir);
+
     println!("| measurement | result | note |\n|---|---|---|");
     for (what, figure, note) in rows {
         println!("| {what} | {figure} | {note} |");

@@ -460,11 +460,23 @@ impl Agent {
         .await?;
         let mut repair = BTreeSet::new();
         if !appeared.is_empty() {
-            // The mappings of the routers whose namespaces appeared, in one query.
-            for m in self.store.list_for_routers(&routers_of(&appeared)).await? {
-                let ns = self.placement.namespace(&m.router_id, m.distributed);
-                if appeared.contains(&ns) {
-                    self.known.entry(ns).or_default().upsert(m);
+            // The mappings of the routers whose namespaces appeared, in one query. Without the
+            // store they count as not seen yet, to be fetched at a later look; the repairs
+            // below need no store and go on.
+            match self.store.list_for_routers(&routers_of(&appeared)).await {
+                Ok(mappings) => {
+                    for m in mappings {
+                        let ns = self.placement.namespace(&m.router_id, m.distributed);
+                        if appeared.contains(&ns) {
+                            self.known.entry(ns).or_default().upsert(m);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %crate::util::Chain(&e), "cannot read the mappings of namespaces that appeared");
+                    if let Some(served) = self.served.as_mut() {
+                        served.retain(|ns| !appeared.contains(ns));
+                    }
                 }
             }
             for namespace in appeared.iter().filter(|ns| self.known.contains_key(*ns)) {
