@@ -58,16 +58,6 @@ pub struct PassReport {
     pub errors: usize,
 }
 
-impl std::ops::AddAssign for PassReport {
-    fn add_assign(&mut self, other: PassReport) {
-        self.namespaces += other.namespaces;
-        self.failed_namespaces += other.failed_namespaces;
-        self.absent_namespaces += other.absent_namespaces;
-        self.active += other.active;
-        self.errors += other.errors;
-    }
-}
-
 pub struct Agent {
     store: Arc<Store>,
     sync: Arc<RouterSync>,
@@ -358,78 +348,76 @@ impl Agent {
         pending: &mut Vec<(i64, String)>,
         last_full: &mut Instant,
     ) {
-        {
-            // Read the generation, then drain: a local change visible in the generation was
-            // published before it committed, so its entry is drained too. Entries not visible
-            // yet (published, not committed when the generation was read) wait for later.
-            let current = match self.store.generation().await {
-                Ok(g) => Some(g),
-                Err(e) => {
-                    warn!(error = ?e, "cannot read the store's generation");
-                    None
+        // Read the generation, then drain: a local change visible in the generation was
+        // published before it committed, so its entry is drained too. Entries not visible
+        // yet (published, not committed when the generation was read) wait for later.
+        let current = match self.store.generation().await {
+            Ok(g) => Some(g),
+            Err(e) => {
+                warn!(error = ?e, "cannot read the store's generation");
+                None
+            }
+        };
+        // Read before draining: a commit that fails after this is caught at the next turn.
+        let failed_commits = self.feed.failed_commits();
+        pending.extend(self.feed.take());
+        let mut work = plan(*seen, current, pending);
+        if let Some(current) = current {
+            pending.retain(|(g, _)| *g > current);
+        }
+        if failed_commits != self.failed_commits {
+            // An entry whose commit failed may name a generation another process
+            // committed: the entries cannot tell what changed, so everything is looked at,
+            // and entries still waiting are not trusted either.
+            self.failed_commits = failed_commits;
+            work = Work::Everything;
+            pending.clear();
+        }
+        if last_full.elapsed() >= self.resync_every {
+            // Periodic resync: forget what the namespaces hold, rewrite and read back all.
+            self.sync.invalidate_all();
+            work = Work::Everything;
+        }
+        let started = Instant::now();
+        let result = match &work {
+            Work::Nothing => Ok(PassReport::default()),
+            Work::Mappings(ids) => self.pass_mappings(ids).await,
+            Work::Everything => self.pass().await,
+        };
+        match result {
+            Ok(report) => {
+                match work {
+                    Work::Everything => {
+                        *last_full = Instant::now();
+                        self.counters.full_passes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Work::Mappings(_) => {
+                        self.counters.change_passes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Work::Nothing => {}
                 }
-            };
-            // Read before draining: a commit that fails after this is caught at the next turn.
-            let failed_commits = self.feed.failed_commits();
-            pending.extend(self.feed.take());
-            let mut work = plan(*seen, current, pending);
-            if let Some(current) = current {
-                pending.retain(|(g, _)| *g > current);
-            }
-            if failed_commits != self.failed_commits {
-                // An entry whose commit failed may name a generation another process
-                // committed: the entries cannot tell what changed, so everything is looked at,
-                // and entries still waiting are not trusted either.
-                self.failed_commits = failed_commits;
-                work = Work::Everything;
-                pending.clear();
-            }
-            if last_full.elapsed() >= self.resync_every {
-                // Periodic resync: forget what the namespaces hold, rewrite and read back all.
-                self.sync.invalidate_all();
-                work = Work::Everything;
-            }
-            let started = Instant::now();
-            let result = match &work {
-                Work::Nothing => Ok(PassReport::default()),
-                Work::Mappings(ids) => self.pass_mappings(ids).await,
-                Work::Everything => self.pass().await,
-            };
-            match result {
-                Ok(report) => {
-                    match work {
-                        Work::Everything => {
-                            *last_full = Instant::now();
-                            self.counters.full_passes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Work::Mappings(_) => {
-                            self.counters.change_passes.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Work::Nothing => {}
-                    }
-                    if work != Work::Nothing {
-                        debug!(?report, elapsed = ?started.elapsed(), "agent pass");
-                    }
-                    if work == Work::Everything && report.failed_namespaces == 0 {
-                        self.last_sync_at = Some(chrono::Utc::now());
-                        self.last_error = None;
-                    }
-                    *seen = current;
-                    // After the pass is counted (the node is ready once its mappings are
-                    // programmed), however many namespaces there are to clean.
-                    if work == Work::Everything {
-                        if let Err(e) = self.remove_orphans().await {
-                            warn!(error = %crate::util::Chain(&e), "removing rules no mapping needs failed");
-                        }
+                if work != Work::Nothing {
+                    debug!(?report, elapsed = ?started.elapsed(), "agent pass");
+                }
+                if work == Work::Everything && report.failed_namespaces == 0 {
+                    self.last_sync_at = Some(chrono::Utc::now());
+                    self.last_error = None;
+                }
+                *seen = current;
+                // After the pass is counted (the node is ready once its mappings are
+                // programmed), however many namespaces there are to clean.
+                if work == Work::Everything {
+                    if let Err(e) = self.remove_orphans().await {
+                        warn!(error = %crate::util::Chain(&e), "removing rules no mapping needs failed");
                     }
                 }
-                // Nothing is marked as seen: the next turn reconciles everything again.
-                Err(e) => {
-                    self.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = ?e, "agent pass failed; retrying");
-                    self.last_error = Some(crate::util::Chain(&e).to_string());
-                    *seen = None;
-                }
+            }
+            // Nothing is marked as seen: the next turn reconciles everything again.
+            Err(e) => {
+                self.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
+                warn!(error = ?e, "agent pass failed; retrying");
+                self.last_error = Some(crate::util::Chain(&e).to_string());
+                *seen = None;
             }
         }
     }
