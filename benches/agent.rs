@@ -1,6 +1,8 @@
 //! Agent benchmark: a network node with 1,000 router namespaces and 10 mappings each.
 //!
-//! Run as root: `cargo bench --bench agent` (`-- --routers N` for another size).
+//! Run as root: `cargo bench --bench agent` (`-- --routers N` for another size; `-- --database
+//! mysql://…` for an empty MariaDB database instead of SQLite, which also counts the agent's
+//! queries at rest).
 //! Prints a Markdown table; `docs/benchmarks.md` holds the figures of the last run.
 //!
 //! Real parts: 1,000 empty `qrouter-*` namespaces made here, the nftables backend, conntrack,
@@ -184,6 +186,13 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
     let mut rows: Vec<(String, String, String)> = vec![];
+    // An empty MariaDB database instead of SQLite (`--database mysql://…`); then the agent's
+    // queries at rest are counted too.
+    let database_arg = args
+        .iter()
+        .position(|a| a == "--database")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let mut row = |what: &str, figure: String, note: &str| {
         eprintln!("{what}: {figure} {note}");
         rows.push((what.to_string(), figure, note.to_string()));
@@ -195,9 +204,13 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("praas-bench-agent-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Arc::new(
-        Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
-            .await
-            .unwrap(),
+        Store::open(
+            &database_arg
+                .clone()
+                .unwrap_or_else(|| format!("sqlite:///{}/praas.db", dir.display())),
+        )
+        .await
+        .unwrap(),
     );
     store.migrate().await.unwrap();
     let started = Instant::now();
@@ -290,7 +303,9 @@ async fn main() {
     store_mappings(&store, &routers, PER_ROUTER..10 * PER_ROUTER).await;
     let total = store.list(&ListFilter::default()).await.unwrap().len();
     eprintln!("{total} mappings stored in {}", ms(started.elapsed()));
-    let database = format!("sqlite:///{}/praas.db", dir.display());
+    let database = database_arg
+        .clone()
+        .unwrap_or_else(|| format!("sqlite:///{}/praas.db", dir.display()));
     let (mut server, api) = start_role("server", &dir, &database).await;
     // What a server keeps once it has listed everything (its listing cache then holds every
     // row), as admins' listings make it.
@@ -327,6 +342,41 @@ async fn main() {
             ms(started.elapsed())
         ),
     );
+    if database.starts_with("mysql") {
+        // What the agent asks of the database at rest: MariaDB's per-user statistics of the
+        // test user, which only the agent uses now (this process's pool is idle).
+        let stats = || {
+            let out = std::process::Command::new("mysql")
+                .args(["-N", "-e", "SET GLOBAL userstat = ON; SELECT SELECT_COMMANDS, UPDATE_COMMANDS, \
+                    OTHER_COMMANDS, ROWS_READ FROM information_schema.USER_STATISTICS WHERE USER = 'praas_test'"])
+                .output()
+                .expect("mysql (as root, over the local socket)");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let v: Vec<f64> = text
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            assert_eq!(v.len(), 4, "userstat: {text:?}");
+            v
+        };
+        let before = stats();
+        let window = Duration::from_secs(30);
+        tokio::time::sleep(window).await;
+        let after = stats();
+        let rate = |i: usize| (after[i] - before[i]) / window.as_secs_f64();
+        row(
+            &format!("`praas agent` database load at rest, {total} mappings"),
+            format!("{:.2} statements/s", rate(0) + rate(1) + rate(2)),
+            &format!(
+                "over {} s: {:.2} SELECT/s, {:.2} UPDATE/s, {:.2} other/s, {:.1} rows read/s",
+                window.as_secs(),
+                rate(0),
+                rate(1),
+                rate(2),
+                rate(3)
+            ),
+        );
+    }
     let _ = agent.kill();
     let _ = agent.wait();
     drop(routers);
