@@ -111,7 +111,7 @@ pub struct Counters {
 /// What the agent knows of one namespace.
 #[derive(Debug, Default)]
 struct NamespaceState {
-    mappings: BTreeMap<String, Mapping>,
+    mappings: BTreeMap<String, Kept>,
     /// The forwards of the mappings that can be programmed.
     rules: RuleSet,
     /// Mappings that cannot be programmed, and why.
@@ -135,22 +135,46 @@ fn retry_after(failures: u32) -> Duration {
     }
 }
 
+/// What the agent keeps of a mapping: what it programs, and the status it last recorded (not
+/// the whole `Mapping`: a node may serve a hundred thousand).
+#[derive(Debug)]
+struct Kept {
+    /// The forward, whose `id` is the mapping's.
+    forward: Forward,
+    held: bool,
+    status: Status,
+    status_reason: Option<String>,
+}
+
+impl From<Mapping> for Kept {
+    fn from(m: Mapping) -> Self {
+        Kept {
+            forward: m.forward(),
+            held: m.held,
+            status: m.status,
+            status_reason: m.status_reason,
+        }
+    }
+}
+
 impl NamespaceState {
     fn upsert(&mut self, m: Mapping) {
-        self.remove(&m.id);
+        let kept = Kept::from(m);
+        let id = kept.forward.id.clone();
+        self.remove(&id);
         // A mapping the monitor holds is known but not programmed.
-        if !m.held {
-            if let Err(e) = self.rules.insert_forward(&m.forward()) {
-                self.invalid.insert(m.id.clone(), e.to_string());
+        if !kept.held {
+            if let Err(e) = self.rules.insert_forward(&kept.forward) {
+                self.invalid.insert(id.clone(), e.to_string());
             }
         }
-        self.mappings.insert(m.id.clone(), m);
+        self.mappings.insert(id, kept);
     }
 
     /// The forward of mapping `id` as programmed (not of an invalid one).
     fn programmed(&self, id: &str) -> Option<Forward> {
         let m = self.mappings.get(id)?;
-        (!m.held && !self.invalid.contains_key(id)).then(|| m.forward())
+        (!m.held && !self.invalid.contains_key(id)).then(|| m.forward.clone())
     }
 
     fn remove(&mut self, id: &str) -> bool {
@@ -158,7 +182,7 @@ impl NamespaceState {
             return false;
         };
         if self.invalid.remove(id).is_none() && !old.held {
-            self.rules.remove_forward(&old.forward());
+            self.rules.remove_forward(&old.forward);
         }
         true
     }
@@ -703,7 +727,7 @@ impl Agent {
                 .map(|(id, reason)| (id.clone(), Status::Error, Some(reason.clone())))
                 .collect();
             report.errors += state.invalid.len();
-            let valid: Vec<&Mapping> = match changed_ids {
+            let valid: Vec<&Kept> = match changed_ids {
                 Some(ids) => ids
                     .iter()
                     .filter_map(|id| state.mappings.get(id))
@@ -711,7 +735,7 @@ impl Agent {
                 None => state.mappings.values().collect::<Vec<_>>(),
             }
             .into_iter()
-            .filter(|m| !m.held && !state.invalid.contains_key(&m.id))
+            .filter(|m| !m.held && !state.invalid.contains_key(&m.forward.id))
             .collect();
             let delta = changed
                 .and_then(|(_, deltas)| deltas.get(namespace))
@@ -738,7 +762,7 @@ impl Agent {
                         valid
                             .iter()
                             .filter(|m| m.status != Status::Active || m.status_reason.is_some())
-                            .map(|m| (m.id.clone(), Status::Active, None)),
+                            .map(|m| (m.forward.id.clone(), Status::Active, None)),
                     );
                 }
                 Ok(Err(e)) => {
@@ -751,7 +775,7 @@ impl Agent {
                     record.extend(
                         valid
                             .iter()
-                            .map(|m| (m.id.clone(), Status::Error, Some(reason.clone()))),
+                            .map(|m| (m.forward.id.clone(), Status::Error, Some(reason.clone()))),
                     );
                 }
                 Err(join) => {
