@@ -13,10 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Notify;
@@ -112,35 +109,7 @@ pub async fn listen(transport_url: String, wake: Arc<Notify>) {
 
 async fn consume(url: &str, name: &str, wake: &Notify) -> Result<(), lapin::Error> {
     let channel = channel(url, name).await?;
-    // A private queue: deleted with the connection, so a stopped agent leaves nothing behind.
-    let queue = channel
-        .queue_declare(
-            "",
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().as_str(),
-            EXCHANGE,
-            "",
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.name().as_str(),
-            name,
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut deliveries = crate::util::private_consumer(&channel, EXCHANGE, "", name).await?;
     info!(
         exchange = EXCHANGE,
         "listening for changes announced by the servers"

@@ -66,6 +66,46 @@ pub fn amqp_url(transport_url: &str) -> Result<String, TransportUrlError> {
     Ok(format!("amqp://{first}/{vhost}"))
 }
 
+/// Consumes a private queue (exclusive, deleted with the connection, so a stopped process
+/// leaves nothing behind on the broker) bound to `exchange` with `routing_key`.
+pub async fn private_consumer(
+    channel: &lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    consumer_tag: &str,
+) -> Result<lapin::Consumer, lapin::Error> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let queue = channel
+        .queue_declare(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().as_str(),
+            exchange,
+            routing_key,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.name().as_str(),
+            consumer_tag,
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

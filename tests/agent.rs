@@ -12,26 +12,14 @@ use std::time::Duration;
 
 use common::kernel_tests_enabled;
 use praas::agent::Agent;
-use praas::dataplane::sync::{FlowCleaner, RouterSync};
-use praas::dataplane::{DataplaneError, ExternalKey, RouterNamespace, RuleSet, Target};
+use praas::dataplane::sync::RouterSync;
+use praas::dataplane::{RouterNamespace, RuleSet};
 use praas::placement::LocalNamespaces;
 use praas::store::{
     ExternalPorts, Hold, ListFilter, MappingUpdate, NewMapping, Policy, Status, Store, Strategy,
 };
-use praas::testbed::fake_dataplane::{Call, FakeBackend};
+use praas::testbed::fake_dataplane::{Call, FakeBackend, NoFlows};
 use praas::testbed::simnode;
-
-struct NoFlows;
-
-impl FlowCleaner for NoFlows {
-    fn delete_flows(
-        &self,
-        _: &RouterNamespace,
-        stale: &[(ExternalKey, Target)],
-    ) -> Result<usize, DataplaneError> {
-        Ok(stale.len())
-    }
-}
 
 /// An empty router namespace, deleted on drop.
 struct Namespace(RouterNamespace);

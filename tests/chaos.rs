@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use common::kernel_tests_enabled;
 use praas::dataplane::{Backend, RouterNamespace, RuleSet};
 use praas::store::{ListFilter, Store};
 use rand::{Rng, SeedableRng};
@@ -46,15 +45,9 @@ struct Ledger {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_changes_survive_kill_9_and_a_galera_node_restart() {
     let test = "acknowledged_changes_survive_kill_9_and_a_galera_node_restart";
-    if !kernel_tests_enabled(test) {
-        return;
-    }
-    let Some(galera) = common::galera_urls(test).await else {
+    let Some(galera) = Cloud::prerequisites(test).await else {
         return;
     };
-    if !common::rabbitmq_enabled(test) {
-        return;
-    }
     let cloud = Arc::new(tokio::sync::Mutex::new(Cloud::start(&galera).await));
     let (api, ha, solo, client_ns, vm_ns) = {
         let c = cloud.lock().await;

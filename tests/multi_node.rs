@@ -26,7 +26,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use common::kernel_tests_enabled;
 use praas::testbed::simnode;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -34,17 +33,9 @@ use serde_json::{json, Value};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_two_servers_and_an_ha_router_that_fails_over() {
     let test = "two_nodes_two_servers_and_an_ha_router_that_fails_over";
-    if !kernel_tests_enabled(test) {
-        return;
-    }
-    // Server 1 on Galera node 1, server 2 on node 2, the agents on node 3 and node 1.
-    let Some(galera) = common::galera_urls(test).await else {
+    let Some(galera) = Cloud::prerequisites(test).await else {
         return;
     };
-    // The servers announce their commits to the agents on RabbitMQ.
-    if !common::rabbitmq_enabled(test) {
-        return;
-    }
     let mut cloud = Cloud::start(&galera).await;
     let (ha, solo) = (cloud.ha.clone(), cloud.solo.clone());
     let (server1, server2) = (cloud.api[0], cloud.api[1]);

@@ -145,13 +145,7 @@ pub trait Backend: Send + Sync {
 /// The nf_tables generation of `namespace`, with its inode: what changes when any nf_tables
 /// table there (ours, or iptables-nft's) is changed, or the namespace is built again.
 pub fn nft_fingerprint(namespace: &RouterNamespace) -> Result<Fingerprint, DataplaneError> {
-    use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(netns::path_of(namespace.name()))
-        .map_err(|source| DataplaneError::Namespace {
-            namespace: namespace.to_string(),
-            source,
-        })?
-        .ino();
+    let inode = netns::inode(namespace)?;
     let generation =
         netlink::sockets::with(namespace, |s| nft::wire::NftSocket::new(s).generation())?.map_err(
             |e| DataplaneError::ReadBack {

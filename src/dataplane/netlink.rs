@@ -599,7 +599,6 @@ fn parse_address(payload: &[u8]) -> io::Result<Option<InterfaceAddress>> {
 pub mod sockets {
     use std::collections::HashMap;
     use std::io;
-    use std::os::unix::fs::MetadataExt;
     use std::sync::{Arc, Mutex, OnceLock};
 
     use super::Socket;
@@ -644,13 +643,7 @@ pub mod sockets {
         namespace: &RouterNamespace,
         f: impl FnOnce(&mut Socket) -> io::Result<R>,
     ) -> Result<io::Result<R>, DataplaneError> {
-        let unavailable = |source| DataplaneError::Namespace {
-            namespace: namespace.to_string(),
-            source,
-        };
-        let inode = std::fs::metadata(netns::path_of(namespace.name()))
-            .map_err(unavailable)?
-            .ino();
+        let inode = netns::inode(namespace)?;
         let slot = cache()
             .lock()
             .unwrap()

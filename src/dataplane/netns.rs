@@ -27,6 +27,18 @@ pub fn exists(name: &str) -> bool {
     path_of(name).exists()
 }
 
+/// The inode of the namespace mounted as `namespace`: another one once the namespace has been
+/// deleted and created again under the same name.
+pub fn inode(namespace: &RouterNamespace) -> Result<u64, DataplaneError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path_of(namespace.name()))
+        .map(|m| m.ino())
+        .map_err(|source| DataplaneError::Namespace {
+            namespace: namespace.to_string(),
+            source,
+        })
+}
+
 /// Runs `f` on a thread inside `namespace` and returns its result.
 pub fn run_in<T, F>(namespace: &RouterNamespace, f: F) -> Result<T, DataplaneError>
 where

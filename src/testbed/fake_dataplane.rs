@@ -5,7 +5,24 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::dataplane::{Backend, Changes, DataplaneError, Fingerprint, RouterNamespace, RuleSet};
+use crate::dataplane::sync::FlowCleaner;
+use crate::dataplane::{
+    Backend, Changes, DataplaneError, ExternalKey, Fingerprint, RouterNamespace, RuleSet, Target,
+};
+
+/// A flow cleaner that deletes nothing and reports every stale flow as deleted, for tests
+/// without conntrack.
+pub struct NoFlows;
+
+impl FlowCleaner for NoFlows {
+    fn delete_flows(
+        &self,
+        _: &RouterNamespace,
+        stale: &[(ExternalKey, Target)],
+    ) -> Result<usize, DataplaneError> {
+        Ok(stale.len())
+    }
+}
 
 /// One call the fake received.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -446,6 +446,17 @@ pub struct Cloud {
 }
 
 impl Cloud {
+    /// What the cloud needs, each missing one skipped with its reason (a failure under CI):
+    /// root, the Galera cluster (whose node URLs are returned) and RabbitMQ, which carries the
+    /// servers' announcements to the agents.
+    pub async fn prerequisites(test: &str) -> Option<Vec<String>> {
+        if !crate::common::kernel_tests_enabled(test) {
+            return None;
+        }
+        let galera = crate::common::galera_urls(test).await?;
+        crate::common::rabbitmq_enabled(test).then_some(galera)
+    }
+
     pub async fn start(galera: &[String]) -> Cloud {
         let id = format!("{:05x}", std::process::id() & 0xfffff);
         let ha = format!("5e1f{id:0>4.4}-0a0a-4000-8000-000000000000");

@@ -371,13 +371,7 @@ impl Backend for IptablesBackend {
         if !self.is_legacy() {
             return super::nft_fingerprint(namespace).map(Some);
         }
-        use std::os::unix::fs::MetadataExt;
-        let inode = std::fs::metadata(netns::path_of(namespace.name()))
-            .map_err(|source| DataplaneError::Namespace {
-                namespace: namespace.to_string(),
-                source,
-            })?
-            .ino();
+        let inode = netns::inode(namespace)?;
         let state =
             netns::run_in(namespace, legacy_nat_shape)?.map_err(|e| DataplaneError::ReadBack {
                 namespace: namespace.to_string(),
@@ -762,7 +756,7 @@ mod netns_tests {
         // Through the sync layer: the change is found and repaired.
         let sync = crate::dataplane::sync::RouterSync::new(
             std::sync::Arc::new(legacy),
-            std::sync::Arc::new(NoFlows),
+            std::sync::Arc::new(crate::testbed::fake_dataplane::NoFlows),
         );
         sync.sync(&ns.0, &rules).unwrap();
         assert_eq!(
@@ -779,18 +773,6 @@ mod netns_tests {
             crate::dataplane::sync::SyncMode::Full
         );
         assert_eq!(sync.backend().read_back(&ns.0).unwrap(), Some(rules));
-    }
-
-    struct NoFlows;
-
-    impl crate::dataplane::sync::FlowCleaner for NoFlows {
-        fn delete_flows(
-            &self,
-            _: &RouterNamespace,
-            stale: &[(ExternalKey, Target)],
-        ) -> Result<usize, DataplaneError> {
-            Ok(stale.len())
-        }
     }
 
     #[test]
