@@ -276,6 +276,129 @@ on_both!(pagination_and_generation, |store: Arc<Store>| async move {
     store.migrate().await.unwrap();
 });
 
+on_both!(
+    the_change_log_names_what_changed_since_a_revision,
+    |store: Arc<Store>| async move {
+        let p = Policy::default();
+        let g0 = store.generation().await.unwrap();
+        let a = store.create(new(None, "10.0.3.1", "22"), &p).await.unwrap();
+        let b = store.create(new(None, "10.0.3.2", "22"), &p).await.unwrap();
+        let g2 = store.generation().await.unwrap();
+        store
+            .update(
+                &a.id,
+                &MappingUpdate {
+                    description: Some("moved".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        store.delete(&b.id).await.unwrap();
+        let g4 = store.generation().await.unwrap();
+        assert_eq!(g4, g0 + 4);
+        let ids = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+        let a_and_b = ids(&[&a.id, &b.id]);
+        assert_eq!(store.changed_between(g0, g2).await.unwrap(), a_and_b);
+        // A modification and a deletion are changes too.
+        assert_eq!(store.changed_between(g2, g4).await.unwrap(), a_and_b);
+        assert_eq!(
+            store.changed_between(g0 + 2, g0 + 3).await.unwrap(),
+            ids(&[&a.id])
+        );
+        assert_eq!(store.changed_between(g4, g4).await.unwrap(), ids(&[]));
+        // Statuses are not changes to follow.
+        store
+            .set_status(
+                std::slice::from_ref(&a.id),
+                praas::store::Status::Active,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .changed_between(g4, store.generation().await.unwrap())
+                .await
+                .unwrap(),
+            ids(&[])
+        );
+        // Revisions the log does not hold (before it existed, or pruned) are not guessed at.
+        assert_eq!(store.changed_between(g0 - 3, g4).await.unwrap(), None);
+        assert_eq!(
+            store
+                .changed_between(g4 - praas::store::CHANGES_KEPT - 1, g4)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+);
+
+#[tokio::test]
+async fn past_the_cached_rows_listings_read_their_page_from_the_database() {
+    let url = common::sqlite_url();
+    let ours = common::open(&url).await.caching_at_most(3);
+    let theirs = common::open(&url).await;
+    let p = Policy::default();
+    for i in 0..5 {
+        ours.create(new(None, &format!("10.0.5.{}", i + 1), "22"), &p)
+            .await
+            .unwrap();
+    }
+    let all = ours.list(&ListFilter::default()).await.unwrap();
+    assert_eq!(all, fresh(&theirs).await);
+    let page = ListFilter {
+        limit: Some(2),
+        marker: Some(all[1].id.clone()),
+        ..Default::default()
+    };
+    assert_eq!(ours.list(&page).await.unwrap(), all[2..4].to_vec());
+    // Changes are seen at once: nothing is served from a stale snapshot.
+    ours.delete(&all[0].id).await.unwrap();
+    theirs.delete(&all[1].id).await.unwrap();
+    assert_eq!(
+        ours.list(&ListFilter::default()).await.unwrap(),
+        all[2..].to_vec()
+    );
+    // Back under the limit, listings are cached again, and still right.
+    theirs.delete(&all[2].id).await.unwrap();
+    assert_eq!(
+        ours.list(&ListFilter::default()).await.unwrap(),
+        all[3..].to_vec()
+    );
+    ours.delete(&all[3].id).await.unwrap();
+    assert_eq!(
+        ours.list(&ListFilter::default()).await.unwrap(),
+        all[4..].to_vec()
+    );
+}
+
+#[tokio::test]
+async fn the_change_log_keeps_its_latest_entries() {
+    let store = common::sqlite_store().await.keeping_changes(10);
+    let p = Policy::default();
+    let g0 = store.generation().await.unwrap();
+    for i in 0..25 {
+        store
+            .create(new(None, &format!("10.0.4.{}", i + 1), "22"), &p)
+            .await
+            .unwrap();
+    }
+    let g = g0 + 25;
+    assert_eq!(store.generation().await.unwrap(), g);
+    // Pruned at each tenth revision: the last ten (and those since) are there, older not.
+    assert_eq!(
+        store
+            .changed_between(g - 10, g)
+            .await
+            .unwrap()
+            .map(|s| s.len()),
+        Some(10)
+    );
+    assert_eq!(store.changed_between(g - 20, g).await.unwrap(), None);
+}
+
 on_both!(a_listing_returns_exactly_what_was_stored, |store: Arc<
     Store,
 >| async move {

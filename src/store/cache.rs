@@ -70,6 +70,11 @@ impl ListingCache {
         selected
     }
 
+    /// Drops the snapshot.
+    pub fn clear(&self) {
+        *self.snapshot.lock().expect("not poisoned") = None;
+    }
+
     /// Applies a write of this process that moved its counter to `after`: the change counter
     /// for a mapping written or deleted, the status counter for statuses.
     pub fn written(&self, after: i64, write: Written<'_>) {

@@ -186,10 +186,15 @@ pub struct Store {
     sqlite_writer: Option<Mutex<()>>,
     feed: Arc<ChangeFeed>,
     listing: cache::ListingCache,
+    /// Entries of `mapping_changes` kept ([`CHANGES_KEPT`] unless a test asks for fewer).
+    changes_kept: i64,
+    /// Most mappings the listing cache holds ([`CACHED_ROWS`] unless a test asks for fewer).
+    cached_rows: i64,
 }
 
 /// The changes this process makes, for an agent in the same process: (generation, mapping id)
-/// per write. An agent elsewhere sees only the generation move and reconciles everything.
+/// per write, without a query. An agent elsewhere sees the generation move and reads which
+/// mappings changed from `mapping_changes` ([`Store::changed_between`]).
 ///
 /// An entry is published just before its transaction commits, so that once a generation is
 /// visible in the database, the entry that wrote it is already here: had it been published
@@ -283,7 +288,22 @@ impl Store {
             sqlite_writer: (dialect == Dialect::Sqlite).then(|| Mutex::new(())),
             feed: Arc::default(),
             listing: cache::ListingCache::default(),
+            changes_kept: CHANGES_KEPT,
+            cached_rows: CACHED_ROWS,
         })
+    }
+
+    /// Keeps only the last `n` entries of the change log when this store writes (tests of the
+    /// pruning; deployments keep [`CHANGES_KEPT`]).
+    pub fn keeping_changes(mut self, n: i64) -> Self {
+        self.changes_kept = n.max(1);
+        self
+    }
+
+    /// Caches listings only up to `n` mappings (tests; deployments keep [`CACHED_ROWS`]).
+    pub fn caching_at_most(mut self, n: i64) -> Self {
+        self.cached_rows = n;
+        self
     }
 
     /// This process's changes, as they commit.
@@ -549,7 +569,7 @@ impl Store {
             claim_external(&mut tx, &mapping).await?;
             claim_internal(&mut tx, &mapping).await?;
             insert_row(&mut tx, &mapping).await?;
-            bump_generation(&mut tx, self.dialect).await
+            record_change(&mut tx, self.dialect, self.changes_kept, &mapping.id).await
         }
         .await;
         self.finish(tx, written, &mapping.id, Some(&mapping))
@@ -655,8 +675,22 @@ impl Store {
         if selective {
             return self.read(filter).await;
         }
+        // Past `CACHED_ROWS` the cache would cost more memory than its speed is worth: each
+        // listing then reads its page from the database.
+        if self.count().await? > self.cached_rows {
+            self.listing.clear();
+            return self.read(filter).await;
+        }
         let all = self.read(&ListFilter::default()).await?;
         Ok(self.listing.fill(version, all, filter))
+    }
+
+    /// How many mappings there are.
+    async fn count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM mappings")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>(0)?)
     }
 
     /// The rows matching `filter`, from the database.
@@ -823,7 +857,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-            bump_generation(&mut tx, self.dialect).await
+            record_change(&mut tx, self.dialect, self.changes_kept, id).await
         }
         .await;
         self.finish(tx, written, &mapping.id, Some(&mapping))
@@ -855,7 +889,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            bump_generation(&mut tx, self.dialect).await
+            record_change(&mut tx, self.dialect, self.changes_kept, id).await
         }
         .await;
         self.finish(tx, written, &mapping.id, None).await?;
@@ -947,6 +981,38 @@ impl Store {
         Ok(row.try_get::<i64, _>(0)?)
     }
 
+    /// The mappings changed (written or deleted) after revision `seen` up to `current` of the
+    /// change counter, in one query of `mapping_changes`; `None` when the log no longer holds
+    /// every revision of that range (pruned, or written before the log existed): then the
+    /// caller must look at everything.
+    pub async fn changed_between(
+        &self,
+        seen: i64,
+        current: i64,
+    ) -> Result<Option<BTreeSet<String>>, StoreError> {
+        if current <= seen {
+            return Ok(Some(BTreeSet::new()));
+        }
+        if current - seen > CHANGES_KEPT {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT revision, mapping_id FROM mapping_changes WHERE revision > ? AND revision <= ?",
+        )
+        .bind(seen)
+        .bind(current)
+        .fetch_all(&self.pool)
+        .await?;
+        // One entry per revision (the key): all there exactly when as many as the range.
+        if rows.len() as i64 != current - seen {
+            return Ok(None);
+        }
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>(1)?))
+            .collect::<Result<_, StoreError>>()
+            .map(Some)
+    }
+
     /// Both counters, for the listing cache: changes and recorded statuses.
     async fn version(&self) -> Result<cache::Version, StoreError> {
         let rows = sqlx::query("SELECT id, value FROM generation WHERE id IN (1, 2)")
@@ -983,17 +1049,44 @@ enum Bind {
     Int(i64),
 }
 
-/// Bumps the change counter inside the writing transaction and returns its new value, in one
-/// statement: the row stays locked until the transaction ends, so values are never shared, and
-/// a second round trip while holding that lock would queue every concurrent writer behind it.
-async fn bump_generation(
+/// Up to how many mappings the listing cache holds (≈ 0.8 KiB each); with more, listings read
+/// their page from the database, so that a server's memory does not grow with the cloud.
+pub const CACHED_ROWS: i64 = 20_000;
+
+/// How many entries of `mapping_changes` are kept: an agent that fell further behind (down
+/// for a while, or cut from the database) reads all its routers' mappings instead.
+pub const CHANGES_KEPT: i64 = 10_000;
+
+/// Records a change to `mapping_id` inside the writing transaction: bumps the change counter
+/// and logs which mapping the new value was about (`mapping_changes`), so that other
+/// processes can follow the mappings by revision. Returns the new value.
+///
+/// The counter is bumped in one statement: the row stays locked until the transaction ends, so
+/// values are never shared. Each statement after it holds that lock one round trip longer,
+/// which is why old entries are pruned only at every hundredth change (so up to 99 more than
+/// `kept` are there).
+async fn record_change(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
+    kept: i64,
+    mapping_id: &str,
 ) -> Result<i64, StoreError> {
-    bump_counter(tx, dialect, CHANGES).await
+    let revision = bump_counter(tx, dialect, CHANGES).await?;
+    sqlx::query("INSERT INTO mapping_changes (revision, mapping_id) VALUES (?, ?)")
+        .bind(revision)
+        .bind(mapping_id)
+        .execute(&mut **tx)
+        .await?;
+    if revision % kept.min(100) == 0 {
+        sqlx::query("DELETE FROM mapping_changes WHERE revision <= ?")
+            .bind(revision - kept)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(revision)
 }
 
-/// Bumps row `id` of `generation` (see [`bump_generation`]).
+/// Bumps row `id` of `generation` (see [`record_change`]).
 async fn bump_counter(
     tx: &mut Transaction<'_, Any>,
     dialect: Dialect,
