@@ -219,13 +219,14 @@ async fn committed_changes_reach_the_namespace_as_differences() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Writers commit while the agent reads the generation: every change it sees must be
-/// accounted for by the feed, or it would list and rewrite everything.
-async fn concurrent_local_changes_never_force_a_whole_sync(store: Store) {
+/// Writers commit through `writer` while the agent, on `store`, reads the generation: every
+/// change it sees must be accounted for, by the feed when `writer` is the agent's own store
+/// (one process), by the store's change log when it is another (a separate server), or it
+/// would list and rewrite everything.
+async fn concurrent_changes_never_force_a_whole_sync(store: Arc<Store>, writer: Arc<Store>) {
     let router_id = uuid::Uuid::new_v4().to_string();
     let ns = Namespace(RouterNamespace::named(format!("qrouter-{router_id}")));
     simnode::run(&["ip", "netns", "add", ns.0.name()], None).unwrap();
-    let store = Arc::new(store);
     let fake = Arc::new(FakeBackend::new());
     let sync = Arc::new(RouterSync::new(fake.clone(), Arc::new(NoFlows)));
     let agent = Agent::new(
@@ -236,6 +237,12 @@ async fn concurrent_local_changes_never_force_a_whole_sync(store: Store) {
     );
     let counters = agent.counters();
     let agent = tokio::spawn(agent.run());
+    // The writes come after the first pass, so that each must be followed as a change.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while counters.full_passes.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no first pass");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let policy = Policy {
         range: "1024:65000".parse().unwrap(),
         strategy: Strategy::Random,
@@ -243,7 +250,7 @@ async fn concurrent_local_changes_never_force_a_whole_sync(store: Store) {
     let total = 600;
     let writers: Vec<_> = (0..16)
         .map(|w| {
-            let (store, policy, router_id) = (store.clone(), policy, router_id.clone());
+            let (store, policy, router_id) = (writer.clone(), policy, router_id.clone());
             tokio::spawn(async move {
                 for i in (w..total).step_by(16) {
                     let vm = format!("10.1.{}.{}", i / 200, i % 200 + 1);
@@ -263,13 +270,29 @@ async fn concurrent_local_changes_never_force_a_whole_sync(store: Store) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A pass is counted once its statuses are recorded, after the kernel has the rules.
+    while counters.change_passes.load(Ordering::Relaxed) == 0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     agent.abort();
+    let shown = format!(
+        "full {}, change {}, failed {}, appeared {}",
+        counters.full_passes.load(Ordering::Relaxed),
+        counters.change_passes.load(Ordering::Relaxed),
+        counters.failed_passes.load(Ordering::Relaxed),
+        counters.namespaces_appeared.load(Ordering::Relaxed)
+    );
     assert_eq!(
         counters.full_passes.load(Ordering::Relaxed),
         1,
-        "only the first pass may go over everything"
+        "only the first pass may go over everything: {shown}"
     );
-    assert!(counters.change_passes.load(Ordering::Relaxed) > 0);
+    assert!(
+        counters.change_passes.load(Ordering::Relaxed) > 0,
+        "{shown}"
+    );
     assert_eq!(counters.failed_passes.load(Ordering::Relaxed), 0);
     assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
 }
@@ -277,7 +300,28 @@ async fn concurrent_local_changes_never_force_a_whole_sync(store: Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_local_changes_never_force_a_whole_sync_sqlite() {
     if kernel_tests_enabled("concurrent_local_changes_never_force_a_whole_sync_sqlite") {
-        concurrent_local_changes_never_force_a_whole_sync(common::sqlite_store().await).await;
+        let store = Arc::new(common::sqlite_store().await);
+        concurrent_changes_never_force_a_whole_sync(store.clone(), store).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_process_s_changes_are_followed_by_revision_sqlite() {
+    if kernel_tests_enabled("another_process_s_changes_are_followed_by_revision_sqlite") {
+        let url = common::sqlite_url();
+        let (ours, theirs) = (common::open(&url).await, common::open(&url).await);
+        concurrent_changes_never_force_a_whole_sync(Arc::new(ours), Arc::new(theirs)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_process_s_changes_are_followed_by_revision_mariadb() {
+    let name = "another_process_s_changes_are_followed_by_revision_mariadb";
+    if kernel_tests_enabled(name) {
+        if let Some(url) = common::mariadb_url(name).await {
+            let (ours, theirs) = (common::open(&url).await, common::open(&url).await);
+            concurrent_changes_never_force_a_whole_sync(Arc::new(ours), Arc::new(theirs)).await;
+        }
     }
 }
 
@@ -286,7 +330,8 @@ async fn concurrent_local_changes_never_force_a_whole_sync_mariadb() {
     let name = "concurrent_local_changes_never_force_a_whole_sync_mariadb";
     if kernel_tests_enabled(name) {
         if let Some(store) = common::mariadb_store(name).await {
-            concurrent_local_changes_never_force_a_whole_sync(store).await;
+            let store = Arc::new(store);
+            concurrent_changes_never_force_a_whole_sync(store.clone(), store).await;
         }
     }
 }

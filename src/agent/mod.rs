@@ -6,10 +6,11 @@
 //! to [`RouterSync`] (element diffs when it can, a verified rewrite when it must), then records
 //! the outcome as each mapping's status. Changes committed by this process (all-in-one) arrive
 //! through the store's change feed: only those mappings are fetched, and only their namespaces
-//! reprogrammed (the agent keeps every namespace's mappings from its last pass); a generation that
-//! moved without them (another process, e.g. a separate server) makes it reconcile everything;
-//! and periodically it rewrites and reads back every namespace, which repairs whatever changed
-//! behind its back.
+//! reprogrammed (the agent keeps every namespace's mappings from its last pass). Changes of
+//! other processes (a separate server, the monitor) are read by revision: the generation
+//! moved, and the store's change log names the mappings written since the last look; only
+//! when the log no longer reaches back that far does it reconcile everything. Periodically it
+//! rewrites and reads back every namespace, which repairs whatever changed behind its back.
 //! Namespaces that are not on this node belong to another network node's agent.
 //!
 //! Between passes it watches the node ([`watch`]): a router namespace that appears (the L3
@@ -111,7 +112,8 @@ pub struct Counters {
 /// What the agent knows of one namespace.
 #[derive(Debug, Default)]
 struct NamespaceState {
-    mappings: BTreeMap<String, Kept>,
+    /// By mapping id (see [`Kept`]'s ordering).
+    mappings: BTreeSet<Kept>,
     /// The forwards of the mappings that can be programmed.
     rules: RuleSet,
     /// Mappings that cannot be programmed, and why.
@@ -136,7 +138,8 @@ fn retry_after(failures: u32) -> Duration {
 }
 
 /// What the agent keeps of a mapping: what it programs, and the status it last recorded (not
-/// the whole `Mapping`: a node may serve a hundred thousand).
+/// the whole `Mapping`: a node may serve a hundred thousand). Ordered and looked up by the
+/// mapping id, which the forward holds, so that a set of them holds each id once.
 #[derive(Debug)]
 struct Kept {
     /// The forward, whose `id` is the mapping's.
@@ -144,6 +147,32 @@ struct Kept {
     held: bool,
     status: Status,
     status_reason: Option<String>,
+}
+
+impl PartialEq for Kept {
+    fn eq(&self, other: &Self) -> bool {
+        self.forward.id == other.forward.id
+    }
+}
+
+impl Eq for Kept {}
+
+impl PartialOrd for Kept {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Kept {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.forward.id.cmp(&other.forward.id)
+    }
+}
+
+impl std::borrow::Borrow<str> for Kept {
+    fn borrow(&self) -> &str {
+        &self.forward.id
+    }
 }
 
 impl From<Mapping> for Kept {
@@ -160,15 +189,14 @@ impl From<Mapping> for Kept {
 impl NamespaceState {
     fn upsert(&mut self, m: Mapping) {
         let kept = Kept::from(m);
-        let id = kept.forward.id.clone();
-        self.remove(&id);
+        self.remove(&kept.forward.id);
         // A mapping the monitor holds is known but not programmed.
         if !kept.held {
             if let Err(e) = self.rules.insert_forward(&kept.forward) {
-                self.invalid.insert(id.clone(), e.to_string());
+                self.invalid.insert(kept.forward.id.clone(), e.to_string());
             }
         }
-        self.mappings.insert(id, kept);
+        self.mappings.insert(kept);
     }
 
     /// The forward of mapping `id` as programmed (not of an invalid one).
@@ -178,7 +206,7 @@ impl NamespaceState {
     }
 
     fn remove(&mut self, id: &str) -> bool {
-        let Some(old) = self.mappings.remove(id) else {
+        let Some(old) = self.mappings.take(id) else {
             return false;
         };
         if self.invalid.remove(id).is_none() && !old.held {
@@ -197,6 +225,9 @@ fn routers_of(namespaces: &BTreeSet<RouterNamespace>) -> BTreeSet<String> {
         .collect()
 }
 
+/// How many routers' mappings a full pass reads per query.
+const ROUTERS_PER_READ: usize = 50;
+
 /// A mapping's new status and its reason.
 type StatusChange = (String, Status, Option<String>);
 
@@ -209,11 +240,12 @@ enum Work {
     Everything,
 }
 
-/// Decides between a per-mapping and a full pass. `drained` are the (generation, mapping id)
-/// pairs this process wrote; they cover the changes since `seen` exactly when every
-/// generation in `seen+1 ..= current` is among them. Anything else (a change by another
-/// process, a failed read, the first turn) means reconciling everything. Entries above
-/// `current` are not visible yet and wait for a later turn.
+/// Decides between a per-mapping and a full pass from what this process knows: `drained` are
+/// the (generation, mapping id) pairs it wrote; they cover the changes since `seen` exactly
+/// when every generation in `seen+1 ..= current` is among them. Anything else (a change by
+/// another process, a failed read, the first turn) is `Everything`, which the caller narrows
+/// with the store's change log when it can. Entries above `current` are not visible yet and
+/// wait for a later turn.
 fn plan(seen: Option<i64>, current: Option<i64>, drained: &[(i64, String)]) -> Work {
     let (Some(seen), Some(current)) = (seen, current) else {
         return Work::Everything;
@@ -401,6 +433,21 @@ impl Agent {
             // Periodic resync: forget what the namespaces hold, rewrite and read back all.
             self.sync.invalidate_all();
             work = Work::Everything;
+        } else if let (Work::Everything, Some(seen), Some(current)) = (&work, *seen, current) {
+            // Changes this process did not make (or whose entries it cannot trust): the
+            // store's change log names their mappings, unless it no longer reaches back to
+            // `seen`; then everything is read, as on the first turn.
+            match self.store.changed_between(seen, current).await {
+                Ok(Some(ids)) if ids.is_empty() => work = Work::Nothing,
+                Ok(Some(ids)) => work = Work::Mappings(ids),
+                Ok(None) => debug!(
+                    seen,
+                    current, "the change log does not reach back; reading everything"
+                ),
+                Err(e) => {
+                    warn!(error = %crate::util::Chain(&e), "cannot read the store's change log")
+                }
+            }
         }
         let started = Instant::now();
         let result = match &work {
@@ -559,19 +606,24 @@ impl Agent {
     pub async fn pass(&mut self) -> Result<PassReport, AgentError> {
         self.refresh_served()?;
         let served = self.served.clone().unwrap_or_default();
-        // Only the mappings of the routers this node serves: another node's are its agent's.
-        let mappings = self.store.list_for_routers(&routers_of(&served)).await?;
         // Namespaces known before keep an (emptied) entry, so that their forwards are removed.
         let mut known: BTreeMap<RouterNamespace, NamespaceState> = self
             .known
             .keys()
             .map(|ns| (ns.clone(), NamespaceState::default()))
             .collect();
-        for m in mappings {
-            let ns = self.placement.namespace(&m.router_id, m.distributed);
-            // A router's other namespace (`qrouter-` of a DVR router) carries nothing.
-            if served.contains(&ns) {
-                known.entry(ns).or_default().upsert(m);
+        // Only the mappings of the routers this node serves (another node's are its agent's),
+        // read a few routers at a time: what is kept of a mapping is a fraction of the row,
+        // and the whole node's rows at once would set the process's peak memory.
+        let routers: Vec<String> = routers_of(&served).into_iter().collect();
+        for page in routers.chunks(ROUTERS_PER_READ) {
+            let page: BTreeSet<String> = page.iter().cloned().collect();
+            for m in self.store.list_for_routers(&page).await? {
+                let ns = self.placement.namespace(&m.router_id, m.distributed);
+                // A router's other namespace (`qrouter-` of a DVR router) carries nothing.
+                if served.contains(&ns) {
+                    known.entry(ns).or_default().upsert(m);
+                }
             }
         }
         self.known = known;
@@ -720,7 +772,7 @@ impl Agent {
                 .iter()
                 .filter(|(id, reason)| {
                     concerned(id)
-                        && state.mappings.get(*id).is_some_and(|m| {
+                        && state.mappings.get(id.as_str()).is_some_and(|m| {
                             m.status != Status::Error || m.status_reason.as_ref() != Some(reason)
                         })
                 })
@@ -730,9 +782,9 @@ impl Agent {
             let valid: Vec<&Kept> = match changed_ids {
                 Some(ids) => ids
                     .iter()
-                    .filter_map(|id| state.mappings.get(id))
+                    .filter_map(|id| state.mappings.get(id.as_str()))
                     .collect::<Vec<_>>(),
-                None => state.mappings.values().collect::<Vec<_>>(),
+                None => state.mappings.iter().collect::<Vec<_>>(),
             }
             .into_iter()
             .filter(|m| !m.held && !state.invalid.contains_key(&m.forward.id))
@@ -810,9 +862,10 @@ impl Agent {
                 .await?;
             if let Some(state) = self.known.get_mut(namespace) {
                 for id in &ids {
-                    if let Some(m) = state.mappings.get_mut(id) {
+                    if let Some(mut m) = state.mappings.take(id.as_str()) {
                         m.status = status;
                         m.status_reason = reason.clone();
+                        state.mappings.insert(m);
                     }
                 }
             }
