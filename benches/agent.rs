@@ -103,10 +103,24 @@ async fn store_mappings(store: &Store, routers: &Routers, per_router: std::ops::
 
 /// The resident memory of process `pid` (`self` for this one), in MiB.
 fn rss_of(pid: &str) -> f64 {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The resident memory of process `pid` now and at its peak, for the table.
+fn rss_and_peak(pid: &str) -> String {
+    format!(
+        "{:.1} MiB (peak {:.1} MiB)",
+        status_mib(pid, "VmRSS:"),
+        status_mib(pid, "VmHWM:")
+    )
+}
+
+/// A `kB` line of `/proc/<pid>/status`, in MiB.
+fn status_mib(pid: &str, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
@@ -164,12 +178,31 @@ async fn start_role(
     (child, api)
 }
 
+/// An admin's first page of 10,000 mappings from the server at `api`; returns how long it took.
+async fn admin_first_page(api: u16) -> Duration {
+    let started = Instant::now();
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{api}/v1/mappings?limit=10000"))
+        .header("x-project-id", "bench")
+        .header("x-roles", "admin")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["mappings"].as_array().map(Vec::len), Some(10_000));
+    started.elapsed()
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // As the roles do (`praas::util::limit_malloc_arenas`).
+    praas::util::limit_malloc_arenas();
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
         // `cargo test --all-targets` runs bench targets without `--bench`: nothing to check here.
@@ -297,36 +330,40 @@ async fn main() {
     );
     drop(agent);
 
-    // The roles as processes of the binary, on the same node and database, with 100 mappings
-    // per router: 100,000 at 1,000 routers.
-    let started = Instant::now();
-    store_mappings(&store, &routers, PER_ROUTER..10 * PER_ROUTER).await;
-    let total = store.list(&ListFilter::default()).await.unwrap().len();
-    eprintln!("{total} mappings stored in {}", ms(started.elapsed()));
+    // The roles as processes of the binary, on the same node and database: first the server
+    // at 10,000 mappings, where its listing cache holds every row, then both with 100
+    // mappings per router: 100,000 at 1,000 routers.
     let database = database_arg
         .clone()
         .unwrap_or_else(|| format!("sqlite:///{}/praas.db", dir.display()));
     let (mut server, api) = start_role("server", &dir, &database).await;
-    // What a server keeps once it has listed everything (its listing cache then holds every
-    // row), as admins' listings make it.
-    let started = Instant::now();
-    let listed: serde_json::Value = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{api}/v1/mappings?limit=10000"))
-        .header("x-project-id", "bench")
-        .header("x-roles", "admin")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["mappings"].as_array().map(Vec::len), Some(10_000));
-    let listing = started.elapsed();
+    let listing = admin_first_page(api).await;
     row(
-        &format!("`praas server` resident memory, {total} mappings"),
-        format!("{:.1} MiB", rss_of(&server.id().to_string())),
+        &format!(
+            "`praas server` resident memory, {} mappings",
+            n * PER_ROUTER
+        ),
+        rss_and_peak(&server.id().to_string()),
         &format!(
             "after a first page of 10,000 as an admin (in {}), which reads and caches every row",
+            ms(listing)
+        ),
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let started = Instant::now();
+    store_mappings(&store, &routers, PER_ROUTER..10 * PER_ROUTER).await;
+    let total = store.list(&ListFilter::default()).await.unwrap().len();
+    eprintln!("{total} mappings stored in {}", ms(started.elapsed()));
+    // What a server keeps once an admin has listed (past `CACHED_ROWS` the listing cache
+    // stays empty and the page is read from the database).
+    let (mut server, api) = start_role("server", &dir, &database).await;
+    let listing = admin_first_page(api).await;
+    row(
+        &format!("`praas server` resident memory, {total} mappings"),
+        rss_and_peak(&server.id().to_string()),
+        &format!(
+            "after a first page of 10,000 as an admin (in {}), read from the database past 20,000 mappings",
             ms(listing)
         ),
     );
@@ -336,7 +373,7 @@ async fn main() {
     let (mut agent, _) = start_role("agent", &dir, &database).await;
     row(
         &format!("`praas agent` resident memory, {total} mappings on {n} routers"),
-        format!("{:.1} MiB", rss_of(&agent.id().to_string())),
+        rss_and_peak(&agent.id().to_string()),
         &format!(
             "after its first pass (ready in {}): every namespace programmed and verified",
             ms(started.elapsed())
