@@ -36,6 +36,29 @@ use crate::util::{redacted, TransportUrlError};
 /// Where the service looks for its configuration when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/praas/praas.conf";
 
+/// Where the original PRaaS kept it (`praas-install`), looked at when [`DEFAULT_PATH`] does not
+/// exist, so that a node installed by the original keeps working.
+pub const ORIGINAL_PATH: &str = "/usr/local/etc/praas/praas.conf";
+
+/// The configuration file to read: `given` (`--config-file`), else the first of
+/// [`DEFAULT_PATH`] and [`ORIGINAL_PATH`] that exists.
+pub fn locate(given: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    locate_in(given, &[DEFAULT_PATH, ORIGINAL_PATH])
+}
+
+fn locate_in(given: Option<&Path>, search: &[&str]) -> Result<PathBuf, ConfigError> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
+    }
+    search
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| ConfigError::NotFound {
+            searched: search.join(", "),
+        })
+}
+
 /// Longest accepted period, for `second_monitoring` and `resync_interval`. A period of more
 /// than a day is certainly a typo, and the bound keeps timer arithmetic far from overflow.
 pub const MAX_INTERVAL_SECS: u64 = 86_400;
@@ -358,6 +381,9 @@ impl FromStr for AuthStrategy {
 /// What is wrong with a configuration file. Line numbers count from 1.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("no configuration file: none of {searched} exists (give --config-file)")]
+    NotFound { searched: String },
+
     #[error("cannot read configuration file {}", path.display())]
     Read {
         path: PathBuf,
@@ -1606,5 +1632,22 @@ mod tests {
         for s in [AuthStrategy::Keystone, AuthStrategy::Noauth] {
             assert_eq!(s.to_string().parse::<AuthStrategy>().unwrap(), s);
         }
+    }
+
+    #[test]
+    fn the_configuration_is_the_given_file_else_the_first_that_exists() {
+        let dir = std::env::temp_dir().join(format!("praas-locate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (ours, original) = (dir.join("praas.conf"), dir.join("original.conf"));
+        let search = [ours.to_str().unwrap(), original.to_str().unwrap()];
+        let given = Path::new("/somewhere/else.conf");
+        assert_eq!(locate_in(Some(given), &search).unwrap(), given);
+        let err = locate_in(None, &search).unwrap_err().to_string();
+        assert!(err.contains(search[0]) && err.contains(search[1]), "{err}");
+        std::fs::write(&original, "").unwrap();
+        assert_eq!(locate_in(None, &search).unwrap(), original);
+        std::fs::write(&ours, "").unwrap();
+        assert_eq!(locate_in(None, &search).unwrap(), ours);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

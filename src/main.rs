@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
@@ -32,23 +32,31 @@ enum Command {
     /// The API, the agent and the store in one process: the embedded default for a single
     /// network node (SQLite unless `[database] connection` says otherwise).
     AllInOne {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
-        config_file: PathBuf,
+        /// The configuration [default: /etc/praas/praas.conf, else the original's
+        /// /usr/local/etc/praas/praas.conf]
+        #[arg(long)]
+        config_file: Option<PathBuf>,
     },
     /// The REST API alone (the agents program the namespaces).
     Server {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
-        config_file: PathBuf,
+        /// The configuration [default: /etc/praas/praas.conf, else the original's
+        /// /usr/local/etc/praas/praas.conf]
+        #[arg(long)]
+        config_file: Option<PathBuf>,
     },
     /// The agent alone: programs this node's router namespaces from the shared store.
     Agent {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
-        config_file: PathBuf,
+        /// The configuration [default: /etc/praas/praas.conf, else the original's
+        /// /usr/local/etc/praas/praas.conf]
+        #[arg(long)]
+        config_file: Option<PathBuf>,
     },
     /// The monitor alone: keeps mappings true to Neutron (one acts when several run).
     Monitor {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
-        config_file: PathBuf,
+        /// The configuration [default: /etc/praas/praas.conf, else the original's
+        /// /usr/local/etc/praas/praas.conf]
+        #[arg(long)]
+        config_file: Option<PathBuf>,
     },
     /// The Proxy CLI: manage your project's port forwardings (PAT) through PRaaS, as the user
     /// of a clouds.yaml cloud.
@@ -60,8 +68,10 @@ enum Command {
     },
     /// Creates or upgrades the database schema.
     DbSync {
-        #[arg(long, default_value = config::DEFAULT_PATH)]
-        config_file: PathBuf,
+        /// The configuration [default: /etc/praas/praas.conf, else the original's
+        /// /usr/local/etc/praas/praas.conf]
+        #[arg(long)]
+        config_file: Option<PathBuf>,
     },
     /// Build a simulated network node in throwaway namespaces, forward a port of the router's
     /// gateway to a VM and show connections going through it (needs root).
@@ -293,16 +303,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { driver, cloud_dir } => demo::run(driver, cloud_dir.as_deref()),
-        Command::AllInOne { config_file } => serve(&config_file, Role::AllInOne),
-        Command::Server { config_file } => serve(&config_file, Role::Server),
-        Command::Agent { config_file } => serve(&config_file, Role::Agent),
-        Command::Monitor { config_file } => serve(&config_file, Role::Monitor),
+        Command::AllInOne { config_file } => serve(config_file, Role::AllInOne),
+        Command::Server { config_file } => serve(config_file, Role::Server),
+        Command::Agent { config_file } => serve(config_file, Role::Agent),
+        Command::Monitor { config_file } => serve(config_file, Role::Monitor),
         Command::Pat {
             connection,
             command,
         } => async_runtime().and_then(|rt| rt.block_on(pat(connection, command))),
         Command::DbSync { config_file } => {
-            async_runtime().and_then(|rt| rt.block_on(db_sync(&config_file)))
+            async_runtime().and_then(|rt| rt.block_on(db_sync(config_file)))
         }
     };
     match result {
@@ -321,20 +331,23 @@ fn async_runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn load(path: &Path) -> Result<Config> {
-    config::load(path).with_context(|| format!("loading {}", path.display()))
+/// The configuration at `given` (`--config-file`), else at the first default place.
+fn load(given: Option<PathBuf>) -> Result<Config> {
+    let path = config::locate(given.as_deref())?;
+    config::load(&path).with_context(|| format!("loading {}", path.display()))
 }
 
-async fn db_sync(path: &Path) -> Result<()> {
-    let cfg = load(path)?;
+async fn db_sync(given: Option<PathBuf>) -> Result<()> {
+    let cfg = load(given)?;
     let (_, migration) = runtime::db_sync(&cfg).await?;
     println!("{migration}");
     Ok(())
 }
 
 /// Runs `role` until SIGTERM or SIGINT.
-fn serve(path: &Path, role: Role) -> Result<()> {
-    let cfg = load(path)?;
+fn serve(given: Option<PathBuf>, role: Role) -> Result<()> {
+    praas::util::limit_malloc_arenas();
+    let cfg = load(given)?;
     async_runtime()?.block_on(async {
         let running = runtime::start(&cfg, role)
             .await

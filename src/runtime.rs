@@ -385,6 +385,31 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
         });
     }
 
+    // systemd (`Type=notify` units) is told once the role serves: at once for the API and
+    // the monitor, after the agent's first pass over the node for the agent roles. Without
+    // NOTIFY_SOCKET (not started by systemd) this does nothing.
+    {
+        let counters = agent_counters.clone();
+        let mut stop = stopping.subscribe();
+        tasks.spawn(async move {
+            let ready = async {
+                if let Some(c) = counters {
+                    while c.full_passes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                    tracing::warn!(error = %e, "cannot tell systemd that the service is ready");
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                _ = ready => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        });
+    }
     let readiness = Arc::new(Readiness {
         store: store.clone(),
         session: session.clone(),
@@ -535,6 +560,7 @@ impl Running {
     /// Stops every part: listeners finish their requests, the monitor gives its lease up (so
     /// a standby acts at once), the agent and the listener of notifications end.
     pub async fn stop(mut self) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         self.stopping.send_replace(true);
         if let Some(task) = self.monitor.take().filter(|t| !t.is_finished()) {
             if tokio::time::timeout(Duration::from_secs(5), task)
