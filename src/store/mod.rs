@@ -1148,8 +1148,10 @@ async fn insert_row(tx: &mut Transaction<'_, Any>, mapping: &Mapping) -> Result<
     Ok(())
 }
 
-/// How often a transaction that lost a deadlock or a Galera certification is run again.
-const CONFLICT_RETRIES: u32 = 8;
+/// How often a transaction that lost a deadlock or a Galera certification is run again. Every
+/// write moves the one `generation` row, so writers on two Galera nodes conflict on each
+/// commit: eight retries were once not enough for eight such writers.
+const CONFLICT_RETRIES: u32 = 16;
 
 /// Runs `op` (one whole transaction) again while it loses to a concurrent one: an InnoDB
 /// deadlock, or a Galera certification failure (another node committed a conflicting write
