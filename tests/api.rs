@@ -695,6 +695,8 @@ async fn the_openapi_document_matches_the_routes() {
         documented,
         [
             "DELETE /v1/mappings/{id}",
+            "GET /",
+            "GET /v1",
             "GET /v1/agents",
             "GET /v1/mappings",
             "GET /v1/mappings/{id}",
@@ -725,6 +727,47 @@ async fn the_openapi_document_matches_the_routes() {
             );
         }
     }
+}
+
+/// Version discovery as OpenStack clients do it: no token, links from the request's host.
+#[tokio::test]
+async fn the_version_documents_need_no_token_and_link_to_v1() {
+    let app = app().await;
+    let get = |uri: &str, headers: &[(&str, &str)]| {
+        let mut req = Request::builder().method(Method::GET).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let app = app.clone();
+        async move {
+            let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    let (status, root) = get("/", &[("host", "praas.example:3000")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        root,
+        json!({"versions": [{"id": "v1", "status": "CURRENT", "links": [
+            {"href": "http://praas.example:3000/v1", "rel": "self"},
+            {"href": "http://praas.example:3000/v1/openapi.json", "rel": "describedby"}]}]})
+    );
+    let (status, v1) = get(
+        "/v1",
+        &[("host", "praas.example"), ("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v1["version"]["id"], "v1");
+    assert_eq!(
+        v1["version"]["links"][0]["href"],
+        "https://praas.example/v1"
+    );
+    // The self link answers.
+    let (status, _) = call(&app, READER_P1, Method::GET, "/v1", None).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 /// The original Proxy CLI protocol, on the same store as v1.

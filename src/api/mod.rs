@@ -7,6 +7,7 @@ pub mod health;
 pub mod legacy;
 pub mod openapi;
 pub mod v1;
+pub mod versions;
 
 use std::sync::Arc;
 
@@ -57,6 +58,7 @@ pub fn router(state: SharedState) -> Router {
     let health = health::routes(state.readiness.clone());
     Router::new()
         .merge(v1::routes())
+        .merge(versions::routes())
         .merge(legacy::routes())
         .route("/v1/openapi.json", get(openapi::serve))
         .fallback(not_found)

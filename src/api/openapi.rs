@@ -5,15 +5,17 @@ use axum::Json;
 use utoipa::OpenApi;
 
 use super::error::{ErrorBody, ErrorDetail};
-use super::v1;
+use super::{v1, versions};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "PRaaS", description = "Port forwarding through OpenStack routers' gateway addresses"),
-    paths(v1::create, v1::list, v1::show, v1::update, v1::remove, v1::agents),
+    paths(versions::versions, versions::version, v1::create, v1::list, v1::show, v1::update, v1::remove, v1::agents),
     components(schemas(ErrorBody, ErrorDetail, v1::MappingView, v1::CreateMapping, v1::UpdateMapping, v1::MappingList,
-        v1::AgentView, v1::AgentList)),
-    tags((name = "mappings", description = "PAT mappings on routers' gateways"),
+        v1::AgentView, v1::AgentList, versions::VersionList, versions::VersionEnvelope, versions::Version,
+        versions::Link)),
+    tags((name = "versions", description = "API version discovery, without a token"),
+        (name = "mappings", description = "PAT mappings on routers' gateways"),
         (name = "agents", description = "The agents of the network nodes (admin only)"))
 )]
 pub struct ApiDoc;
