@@ -113,6 +113,8 @@ impl Config {
                 host: None,
                 report_interval: 0,
                 agent_down_time: 0,
+                log_file: None,
+                log_format: LogFormat::default(),
             },
             database: DatabaseSection {
                 connection: String::new(),
@@ -191,6 +193,9 @@ pub struct PraasSection {
     /// Seconds without a heartbeat after which an agent counts as down, and a pending
     /// mapping of a router no live agent serves says so (default 30).
     pub agent_down_time: u64,
+    /// Where the roles write their log; unset: standard error (the journal under systemd).
+    pub log_file: Option<PathBuf>,
+    pub log_format: LogFormat,
 }
 
 impl Default for PraasSection {
@@ -298,6 +303,28 @@ impl Default for OpenStackSection {
     /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
         Config::default().openstack
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(ValueError::NotALogFormat),
+        }
     }
 }
 
@@ -452,6 +479,10 @@ pub enum ValueError {
     NotABool,
     #[error("expected random or sequential")]
     NotAnAllocation,
+    #[error("expected text or json")]
+    NotALogFormat,
+    #[error("must be an absolute path")]
+    NotAnAbsolutePath,
     #[error("expected keystone or noauth")]
     NotAnAuthStrategy,
     #[error("expected delete or down")]
@@ -839,6 +870,34 @@ static PRAAS: &[Key] = &[
             mapping whose router no live agent serves says so in its status_reason.",
         set: |c, v| {
             c.praas.agent_down_time = parse_seconds(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "log_file",
+        default: Unset {
+            example: "/var/log/praas/praas.log",
+        },
+        doc: "
+            A file the role appends its log to (absolute path; /etc/logrotate.d/praas rotates
+            /var/log/praas/*.log). Unset: standard error, which systemd puts in the journal.",
+        set: |c, v| {
+            c.praas.log_file = match v {
+                "" => None,
+                path if path.starts_with('/') => Some(PathBuf::from(path)),
+                _ => return Err(ValueError::NotAnAbsolutePath),
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "log_format",
+        default: Is("text"),
+        doc: "
+            How log lines are written: text (one line per event) or json (one JSON object per
+            line, for log collectors). PRAAS_LOG sets the level (default praas=info).",
+        set: |c, v| {
+            c.praas.log_format = v.parse()?;
             Ok(())
         },
     },
@@ -1649,5 +1708,28 @@ mod tests {
         std::fs::write(&ours, "").unwrap();
         assert_eq!(locate_in(None, &search).unwrap(), ours);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_log_goes_to_an_absolute_file_in_text_or_json() {
+        let c = parse("[praas]\nlog_file = /var/log/praas/praas.log\nlog_format = JSON\n").unwrap();
+        assert_eq!(
+            c.praas.log_file.as_deref(),
+            Some(Path::new("/var/log/praas/praas.log"))
+        );
+        assert_eq!(c.praas.log_format, LogFormat::Json);
+        assert_eq!(Config::default().praas.log_file, None);
+        assert_eq!(Config::default().praas.log_format, LogFormat::Text);
+        let err = parse("[praas]\nlog_file = praas.log\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("absolute path") && err.contains("log_file"),
+            "{err}"
+        );
+        let err = parse("[praas]\nlog_format = xml\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected text or json"), "{err}");
     }
 }

@@ -291,16 +291,53 @@ async fn pat(connection: PatConnection, command: PatCommand) -> Result<()> {
     Ok(())
 }
 
+/// Sends the log to standard error, or to `[praas] log_file` in `[praas] log_format` for the
+/// roles; the level comes from `PRAAS_LOG` (default `praas=info`).
+fn init_logging(cfg: Option<&Config>) -> Result<()> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PRAAS_LOG")
+        .unwrap_or_else(|_| "praas=info".into());
+    let (file, format) = match cfg {
+        Some(c) => (c.praas.log_file.as_deref(), c.praas.log_format),
+        None => (None, config::LogFormat::Text),
+    };
+    let (writer, ansi) = match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening the log file {}", path.display()))?;
+            (BoxMakeWriter::new(std::sync::Mutex::new(f)), false)
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.with_ansi(ansi).init(),
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PRAAS_LOG")
-                .unwrap_or_else(|_| "praas=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
+    let serving = matches!(
+        cli.command,
+        Command::AllInOne { .. }
+            | Command::Server { .. }
+            | Command::Agent { .. }
+            | Command::Monitor { .. }
+    );
+    if !serving {
+        // The roles start theirs once their configuration is read.
+        let _ = init_logging(None);
+    }
     let result = match cli.command {
         Command::Demo { driver, cloud_dir } => demo::run(driver, cloud_dir.as_deref()),
         Command::AllInOne { config_file } => serve(config_file, Role::AllInOne),
@@ -348,6 +385,7 @@ async fn db_sync(given: Option<PathBuf>) -> Result<()> {
 fn serve(given: Option<PathBuf>, role: Role) -> Result<()> {
     praas::util::limit_malloc_arenas();
     let cfg = load(given)?;
+    init_logging(Some(&cfg))?;
     async_runtime()?.block_on(async {
         let running = runtime::start(&cfg, role)
             .await

@@ -115,6 +115,8 @@ fn install_verify_reinstall_and_uninstall_into_a_temporary_root() {
         passwd.lines().any(|l| l.starts_with("praas:")),
         "the user praas"
     );
+    let rotate = std::fs::read_to_string(root.path("/etc/logrotate.d/praas")).unwrap();
+    assert!(rotate.contains("/var/log/praas/*.log"), "{rotate}");
 
     // The units: pointing at the installed binary, and accepted by systemd.
     let units: Vec<PathBuf> = UNITS
@@ -175,6 +177,7 @@ fn install_verify_reinstall_and_uninstall_into_a_temporary_root() {
         "unedited: removed"
     );
     assert!(!root.path("/etc/praas/praas.conf.dist").exists());
+    assert!(!root.path("/etc/logrotate.d/praas").exists());
     assert!(conf.exists() && root.path("/var/lib/praas/praas.db").exists());
 
     // --purge takes what was kept, and the user.

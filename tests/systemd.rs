@@ -1,5 +1,6 @@
 //! What a `Type=notify` unit sees: `praas server` run as systemd runs it (NOTIFY_SOCKET set)
-//! says READY=1 once it serves, and STOPPING=1 on SIGTERM. Needs no root.
+//! says READY=1 once it serves, and STOPPING=1 on SIGTERM; its log goes to `[praas] log_file`
+//! as JSON lines when asked. Needs no root.
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
@@ -32,7 +33,9 @@ async fn the_server_tells_systemd_it_is_ready_once_it_serves_and_when_it_stops()
         &config,
         format!(
             "[praas]\nport_app = {port}\nbind_address = 127.0.0.1\nauth_strategy = noauth\n\
+             log_file = {}/praas.log\nlog_format = json\n\
              [database]\nconnection = sqlite:///{}/praas.db\n",
+            dir.display(),
             dir.display()
         ),
     )
@@ -59,7 +62,19 @@ async fn the_server_tells_systemd_it_is_ready_once_it_serves_and_when_it_stops()
     }
     let stopping = receive(&socket, Duration::from_secs(10));
     let status = server.wait().unwrap();
+    // The log went to [praas] log_file, one JSON object per line.
+    let log = std::fs::read_to_string(dir.join("praas.log")).unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["message"] == "API listening" && e["level"] == "INFO"),
+        "{log}"
+    );
     assert_eq!(
         ready.as_deref(),
         Some("READY=1\n"),
