@@ -1,7 +1,7 @@
 """Fills the dev cloud (scripts/dev-cloud) through the real Keystone and Neutron APIs.
 
-`identity`: service users (`neutron`, `praas`), the network endpoint in the catalog, projects
-`praas-a` and `praas-b` with member and reader users.
+`identity`: service users (`neutron`, `praas`), the network and port-forwarding endpoints in the
+catalog, projects `praas-a` and `praas-b` with member and reader users.
 `network`: an external network, and per project a network and subnet, a router with a gateway
 and an interface on that subnet, and two VM ports; for project A also a second network not
 attached to any router and a router without gateway. Writes clouds.yaml and resources.json.
@@ -109,16 +109,34 @@ def identity(cloud, args):
         user = cloud.user(name, service)
         cloud.grant(user, service, roles["admin"])
         cloud.grant(user, service, roles["service"])
-    network = cloud.ks("GET", "/services", params={"type": "network"})["services"]
-    if not network:
-        network = [
+    register(cloud, "network", "neutron", args.neutron)
+    # PRaaS itself, so that `praas pat` finds it from a token without --url (the tests serve
+    # it there; nothing listens on that port otherwise).
+    register(cloud, "port-forwarding", "praas", args.praas)
+    application_credential(cloud, args)
+    for p in ("a", "b"):
+        project = cloud.project(f"praas-{p}")
+        for role in ("member", "reader"):
+            user = cloud.user(f"{p}-{role}", project)
+            cloud.grant(user, project, roles[role])
+            if role == "member":
+                # As Keystone's implied roles would: a member may read.
+                cloud.grant(user, project, roles["reader"])
+
+
+def register(cloud, service_type, name, url):
+    """The service of `service_type` in the catalog, with a public, internal and admin endpoint
+    at `url` in RegionOne (those missing are added)."""
+    found = cloud.ks("GET", "/services", params={"type": service_type})["services"]
+    if not found:
+        found = [
             cloud.ks(
                 "POST",
                 "/services",
-                json={"service": {"type": "network", "name": "neutron", "enabled": True}},
+                json={"service": {"type": service_type, "name": name, "enabled": True}},
             )["service"]
         ]
-    endpoints = cloud.ks("GET", "/endpoints", params={"service_id": network[0]["id"]})[
+    endpoints = cloud.ks("GET", "/endpoints", params={"service_id": found[0]["id"]})[
         "endpoints"
     ]
     have = {e["interface"] for e in endpoints}
@@ -129,22 +147,13 @@ def identity(cloud, args):
                 "/endpoints",
                 json={
                     "endpoint": {
-                        "service_id": network[0]["id"],
+                        "service_id": found[0]["id"],
                         "interface": interface,
-                        "url": args.neutron,
+                        "url": url,
                         "region_id": "RegionOne",
                     }
                 },
             )
-    application_credential(cloud, args)
-    for p in ("a", "b"):
-        project = cloud.project(f"praas-{p}")
-        for role in ("member", "reader"):
-            user = cloud.user(f"{p}-{role}", project)
-            cloud.grant(user, project, roles[role])
-            if role == "member":
-                # As Keystone's implied roles would: a member may read.
-                cloud.grant(user, project, roles["reader"])
 
 
 def application_credential(cloud, args):
@@ -170,7 +179,12 @@ def application_credential(cloud, args):
 
 
 def network(cloud, args):
-    resources = {"keystone": args.keystone, "neutron": args.neutron, "projects": {}}
+    resources = {
+        "keystone": args.keystone,
+        "neutron": args.neutron,
+        "praas": args.praas,
+        "projects": {},
+    }
     public = cloud.neutron_find_or_create(
         "networks",
         "network",
@@ -382,6 +396,7 @@ def main():
     parser.add_argument("--state", required=True)
     parser.add_argument("--keystone", required=True)
     parser.add_argument("--neutron", required=True)
+    parser.add_argument("--praas", default="http://127.0.0.1:3300")
     parser.add_argument("--password", required=True)
     args = parser.parse_args()
     cloud = Cloud(args.keystone, args.neutron, args.password)

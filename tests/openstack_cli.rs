@@ -111,3 +111,42 @@ async fn the_proxy_cli_manages_a_members_mappings() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
     server.abort();
 }
+
+/// Without `--url` or `PRAAS_URL`, `praas pat` finds PRaaS in Keystone's catalog under the
+/// service type `port-forwarding` (which the dev cloud registers, as the install documents).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_cli_finds_praas_through_the_catalog() {
+    let test = "the_proxy_cli_finds_praas_through_the_catalog";
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find(test) else {
+        return;
+    };
+    let Some(endpoint) = cloud.resources["praas"].as_str() else {
+        panic!("{test}: the dev cloud registers no PRaaS endpoint: run scripts/dev-cloud up again");
+    };
+    let address = endpoint.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+    let app = cloud.app().await;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_praas"))
+        .arg("pat")
+        .arg("--clouds-file")
+        .arg(cloud.dir.join("clouds.yaml"))
+        .args(["--os-cloud", "b-reader", "--json", "list"])
+        .env_remove("OS_CLOUD")
+        .env_remove("PRAAS_URL")
+        .output()
+        .await
+        .unwrap();
+    server.abort();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&stdout).unwrap(),
+        json!([]),
+        "project B has no mapping"
+    );
+}
