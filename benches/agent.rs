@@ -16,6 +16,7 @@
 //!   an admin's first page, which reads and caches every row) and of `praas agent` (after its
 //!   first pass), each a process of the built binary on the same SQLite database.
 
+use praas::testbed::free_port;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,14 +129,6 @@ fn status_mib(pid: &str, key: &str) -> f64 {
 
 fn rss_mib() -> f64 {
     rss_of("self")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `praas <role>` of the built binary on `database`; returns it and its API port once

@@ -2,16 +2,9 @@
 //! says READY=1 once it serves, and STOPPING=1 on SIGTERM; its log goes to `[praas] log_file`
 //! as JSON lines when asked. Needs no root.
 
+use praas::testbed::free_port;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The next datagram on `socket`, waiting at most `limit`.
 fn receive(socket: &UnixDatagram, limit: Duration) -> Option<String> {

@@ -13,3 +13,11 @@ pub mod simnode;
 
 pub use directory::StaticDirectory;
 pub use placement::{OwnNamespaces, StaticPlacement};
+
+/// A TCP port on loopback that was free a moment ago, for a process a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}

@@ -351,13 +351,7 @@ impl Drop for Echo {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use praas::testbed::free_port;
 
 pub fn config(dir: &Path, name: &str, database: &str, port: u16, status_port: u16) -> PathBuf {
     let path = dir.join(format!("{name}.conf"));
