@@ -66,6 +66,18 @@ enum Command {
         #[command(subcommand)]
         command: PatCommand,
     },
+    /// For operators: the agents with their heartbeats and last sync, the monitor's lease
+    /// holder, mappings by status and the mappings that are not working, read from the
+    /// database of the configuration.
+    Status {
+        /// The configuration [default: /etc/praas/praas.conf, else the original's
+        /// /usr/local/etc/praas/praas.conf]
+        #[arg(long)]
+        config_file: Option<PathBuf>,
+        /// JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Creates or upgrades the database schema.
     DbSync {
         /// The configuration [default: /etc/praas/praas.conf, else the original's
@@ -348,6 +360,9 @@ fn main() -> ExitCode {
             connection,
             command,
         } => async_runtime().and_then(|rt| rt.block_on(pat(connection, command))),
+        Command::Status { config_file, json } => {
+            async_runtime().and_then(|rt| rt.block_on(status(config_file, json)))
+        }
         Command::DbSync { config_file } => {
             async_runtime().and_then(|rt| rt.block_on(db_sync(config_file)))
         }
@@ -372,6 +387,24 @@ fn async_runtime() -> Result<tokio::runtime::Runtime> {
 fn load(given: Option<PathBuf>) -> Result<Config> {
     let path = config::locate(given.as_deref())?;
     config::load(&path).with_context(|| format!("loading {}", path.display()))
+}
+
+async fn status(given: Option<PathBuf>, json: bool) -> Result<()> {
+    let cfg = load(given)?;
+    // Read only: the schema is the roles' and db-sync's to change.
+    let store = praas::store::Store::open(&cfg.database.connection).await?;
+    let overview = praas::status::overview(
+        &store,
+        std::time::Duration::from_secs(cfg.praas.agent_down_time),
+    )
+    .await
+    .context("reading the status from the database (run praas db-sync if it is new)")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&overview)?);
+    } else {
+        print!("{}", overview.render());
+    }
+    Ok(())
 }
 
 async fn db_sync(given: Option<PathBuf>) -> Result<()> {

@@ -22,7 +22,9 @@ use crate::config::{Allocation, AuthStrategy, Config};
 use crate::dataplane::conntrack::Conntrack;
 use crate::dataplane::sync::RouterSync;
 use crate::dataplane::DataplaneError;
-use crate::monitor::notifications::{self, Subscription};
+use crate::metrics::http::HttpMetrics;
+use crate::metrics::Metrics;
+use crate::monitor::notifications::{self, EventCounts, Subscription};
 use crate::monitor::Monitor;
 use crate::openstack::tokens::KeystoneTokens;
 use crate::openstack::{
@@ -339,6 +341,22 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
     let store = open_store(cfg).await?;
     let (stopping, _) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // Every part registers what it counts before the listeners serve `/metrics`.
+    let mut metrics = Metrics::new(role.name());
+    let http_metrics = HttpMetrics::default();
+    http_metrics.register(metrics.registry());
+    if let Some(s) = &session {
+        s.metrics().register(metrics.registry());
+    }
+    let runs_monitor = role.monitor() != MonitorNeed::No && session.is_some();
+    metrics.reading_store(store.clone(), role.api() || runs_monitor, runs_monitor);
+    let events = EventCounts::default();
+    // Neutron's notifications wake the monitor and drop the API's router cache.
+    if cfg.notifications.transport_url.is_some()
+        && (runs_monitor || (role.api() && session.is_some()))
+    {
+        events.register(metrics.registry());
+    }
     // Woken by Neutron's notifications: the monitor, and the API's router cache.
     let mut wakes: Vec<Arc<Notify>> = vec![];
 
@@ -346,6 +364,7 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
     if role.agent() && cfg.dataplane.enabled {
         let mut agent = agent(cfg, store.clone())?;
         agent_counters = Some(agent.counters());
+        agent.counters().register(metrics.registry());
         tracing::info!(driver = ?cfg.dataplane.driver, "agent started");
         let mut stop = stopping.subscribe();
         // An agent of its own process hears of the servers' commits over RabbitMQ (all-in-one
@@ -394,7 +413,7 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
         tasks.spawn(async move {
             let ready = async {
                 if let Some(c) = counters {
-                    while c.full_passes.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                    while c.full_passes.get() == 0 {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -410,6 +429,23 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
             Ok(())
         });
     }
+    // The monitor is built here, so that its counters are registered before `/metrics` is
+    // served, and started once the listeners are.
+    let monitor_part = match (role.monitor(), &session) {
+        (MonitorNeed::No, _) => None,
+        (_, Some(session)) => {
+            let monitor = monitor(cfg, store.clone(), session.clone());
+            monitor.counters().register(metrics.registry());
+            Some(monitor)
+        }
+        (_, None) => {
+            tracing::warn!(
+                "no clouds.yaml: the monitor does not run, so mappings of deleted or changed VMs are not updated"
+            );
+            None
+        }
+    };
+    let metrics = Arc::new(metrics);
     let readiness = Arc::new(Readiness {
         store: store.clone(),
         session: session.clone(),
@@ -435,7 +471,9 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
             service(cfg, store.clone(), directory),
             auth,
             readiness.clone(),
-        );
+        )
+        .merge(crate::metrics::routes(metrics.clone()));
+        let app = crate::metrics::http::tracked(app, http_metrics.clone());
         let listener = bind(cfg.praas.listen_addr()).await?;
         let addr = listener.local_addr().map_err(RuntimeError::Serve)?;
         tracing::info!(%addr, "API listening");
@@ -448,38 +486,69 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
         };
         let listener = bind(SocketAddr::new(cfg.praas.bind_address, port)).await?;
         let addr = listener.local_addr().map_err(RuntimeError::Serve)?;
-        tracing::info!(%addr, "status (/healthz, /readyz) listening");
+        tracing::info!(%addr, "status (/healthz, /readyz, /metrics) listening");
+        let app = health::routes(readiness).merge(crate::metrics::routes(metrics.clone()));
         serve(
             &mut tasks,
             listener,
-            health::routes(readiness),
+            crate::metrics::http::tracked(app, http_metrics.clone()),
             stopping.subscribe(),
         );
         status_addr = Some(addr);
     }
 
     let mut monitor_task = None;
-    match (role.monitor(), &session) {
-        (MonitorNeed::No, _) => {}
-        (_, Some(session)) => {
-            let monitor = monitor(cfg, store.clone(), session.clone());
-            let wake = Arc::new(Notify::new());
-            wakes.push(wake.clone());
-            let interval = cfg.praas.monitoring_interval();
-            tracing::info!(?interval, "monitor started");
-            let mut stop = stopping.subscribe();
-            monitor_task = Some(tokio::spawn(monitor.run_until(interval, wake, async move {
+    if let Some(monitor) = monitor_part {
+        let wake = Arc::new(Notify::new());
+        wakes.push(wake.clone());
+        let interval = cfg.praas.monitoring_interval();
+        tracing::info!(?interval, "monitor started");
+        let mut stop = stopping.subscribe();
+        monitor_task = Some(tokio::spawn(monitor.run_until(
+            interval,
+            wake,
+            async move {
                 let _ = stop.wait_for(|s| *s).await;
-            })));
-        }
-        (_, None) => tracing::warn!(
-            "no clouds.yaml: the monitor does not run, so mappings of deleted or changed VMs are not updated"
-        ),
+            },
+        )));
+    }
+
+    // Servers and monitors report to the database, as agents do, for `praas status`.
+    if role != Role::Agent {
+        let (store, host, every) = (
+            store.clone(),
+            cfg.praas.host_name(),
+            cfg.praas.report_period(),
+        );
+        let address = api_addr
+            .or(status_addr)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let role_name = role.name();
+        let mut stop = stopping.subscribe();
+        tasks.spawn(async move {
+            let started_at = chrono::Utc::now();
+            let mut ticker = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                if let Err(e) = store
+                    .report_service(role_name, &host, &address, started_at)
+                    .await
+                {
+                    tracing::warn!(error = %Chain(&e), "cannot record this process's heartbeat");
+                }
+            }
+        });
     }
 
     match &cfg.notifications.transport_url {
         Some(url) if !wakes.is_empty() => {
-            let subscription = Subscription::new(url.clone(), cfg.notifications.exchange.clone());
+            let mut subscription =
+                Subscription::new(url.clone(), cfg.notifications.exchange.clone());
+            subscription.events = events;
             let mut stop = stopping.subscribe();
             tasks.spawn(async move {
                 tokio::select! {

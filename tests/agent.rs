@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,7 +238,7 @@ async fn concurrent_changes_never_force_a_whole_sync(store: Arc<Store>, writer: 
     let agent = tokio::spawn(agent.run());
     // The writes come after the first pass, so that each must be followed as a change.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while counters.full_passes.load(Ordering::Relaxed) == 0 {
+    while counters.full_passes.get() == 0 {
         assert!(std::time::Instant::now() < deadline, "no first pass");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -271,29 +270,24 @@ async fn concurrent_changes_never_force_a_whole_sync(store: Arc<Store>, writer: 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A pass is counted once its statuses are recorded, after the kernel has the rules.
-    while counters.change_passes.load(Ordering::Relaxed) == 0
-        && std::time::Instant::now() < deadline
-    {
+    while counters.change_passes.get() == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     agent.abort();
     let shown = format!(
         "full {}, change {}, failed {}, appeared {}",
-        counters.full_passes.load(Ordering::Relaxed),
-        counters.change_passes.load(Ordering::Relaxed),
-        counters.failed_passes.load(Ordering::Relaxed),
-        counters.namespaces_appeared.load(Ordering::Relaxed)
+        counters.full_passes.get(),
+        counters.change_passes.get(),
+        counters.failed_passes.get(),
+        counters.namespaces_appeared.get()
     );
     assert_eq!(
-        counters.full_passes.load(Ordering::Relaxed),
+        counters.full_passes.get(),
         1,
         "only the first pass may go over everything: {shown}"
     );
-    assert!(
-        counters.change_passes.load(Ordering::Relaxed) > 0,
-        "{shown}"
-    );
-    assert_eq!(counters.failed_passes.load(Ordering::Relaxed), 0);
+    assert!(counters.change_passes.get() > 0, "{shown}");
+    assert_eq!(counters.failed_passes.get(), 0);
     assert_eq!(fake.table(&ns.0), Some(expected(&store).await));
 }
 
@@ -397,7 +391,7 @@ async fn each_agent_serves_only_the_routers_of_its_node() {
     assert_eq!(tables(&fake1), [2, 0, 1]);
     assert_eq!(status(&ids[rc][0]).await, Status::Active);
     let counters = agent1.counters();
-    assert_eq!(counters.namespaces_appeared.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.namespaces_appeared.get(), 1);
 
     // router-a leaves node 1: its mappings are no longer kept there, and a change to one of
     // them is not programmed by node 1.

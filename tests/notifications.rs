@@ -76,7 +76,9 @@ async fn the_listener_wakes_on_neutron_events_and_reconnects_when_the_broker_dro
         transport_url: common::RABBIT_URL.into(),
         exchange: format!("praas-test-{tag}"),
         connection_name: format!("praas-test-{tag}"),
+        events: Default::default(),
     };
+    let events = subscription.events.clone();
     let exchange = subscription.exchange.clone();
     let name = subscription.connection_name.clone();
     let (wake, listening) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
@@ -97,6 +99,9 @@ async fn the_listener_wakes_on_neutron_events_and_reconnects_when_the_broker_dro
     timeout(Duration::from_secs(5), wake.notified())
         .await
         .expect("port.delete.end did not wake the monitor");
+    // Both were counted for `praas_monitor_notifications_total`: the one acted on by name.
+    assert_eq!(events.received("port.delete.end"), 1);
+    assert_eq!(events.received("other"), 1);
 
     // The broker drops the connection: the listener connects again, and wakes the monitor
     // once to catch up on what it may have missed meanwhile.

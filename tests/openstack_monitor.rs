@@ -13,7 +13,6 @@ mod common;
 mod support;
 
 use std::net::SocketAddrV4;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -223,7 +222,7 @@ async fn notifications_make_the_monitor_react_at_once() {
     let running = tokio::spawn(monitor.run(Duration::from_secs(600), wake));
     // The first cycle runs at once; once it has finished, only a notification can start another.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while counters.cycles.load(Ordering::Relaxed) < 1 {
+    while counters.cycles.get() < 1 {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -251,7 +250,7 @@ async fn notifications_make_the_monitor_react_at_once() {
     );
     // The timer's only cycle had finished before the deletion: the one that saw it was woken.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while counters.cycles.load(Ordering::Relaxed) < 2 {
+    while counters.cycles.get() < 2 {
         assert!(std::time::Instant::now() < deadline, "no second cycle");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -514,11 +513,11 @@ async fn what_neutron_changes_reaches_the_packets() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let failed = counters.failed_cycles.load(Ordering::Relaxed);
+    let failed = counters.failed_cycles.get();
     let generation = store.generation().await.unwrap();
     // A failing cycle takes about a second (reads are retried with backoff).
     tokio::time::sleep(interval * 4).await;
-    let failed_meanwhile = counters.failed_cycles.load(Ordering::Relaxed) - failed;
+    let failed_meanwhile = counters.failed_cycles.get() - failed;
     let unchanged = store.generation().await.unwrap() == generation;
     let flowing = tokio::task::block_in_place(answers(gateway, mapped[0].1))
         && tokio::task::block_in_place(answers(gateway, mapped[1].1));
@@ -540,7 +539,7 @@ async fn what_neutron_changes_reaches_the_packets() {
     assert!(flowing, "traffic stopped while Neutron was down");
 
     // Neutron back, cycles resume: a deleted port's connection is refused within the interval.
-    let failed = counters.failed_cycles.load(Ordering::Relaxed);
+    let failed = counters.failed_cycles.get();
     let issued = std::time::Instant::now();
     neutron_call(
         &cloud,
@@ -562,7 +561,7 @@ async fn what_neutron_changes_reaches_the_packets() {
          the connection was refused {took:?} later"
     );
     assert!(store.get(&mapped[1].0).await.unwrap().is_none());
-    assert_eq!(counters.failed_cycles.load(Ordering::Relaxed), failed);
+    assert_eq!(counters.failed_cycles.get(), failed);
     assert!(tokio::task::block_in_place(answers(gateway, mapped[0].1)));
     // Stopping gives the lease up, so the next monitor acts at once.
     stop_polling.send(()).unwrap();
@@ -582,7 +581,7 @@ async fn what_neutron_changes_reaches_the_packets() {
         .expect("not listening to RabbitMQ after 10 s");
     let notified = tokio::spawn(notified.run(Duration::from_secs(600), wake));
     until(Duration::from_secs(10), "the first cycle", || {
-        counters.cycles.load(Ordering::Relaxed) >= 1
+        counters.cycles.get() >= 1
     })
     .await;
     let issued = std::time::Instant::now();

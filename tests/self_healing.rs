@@ -8,7 +8,6 @@
 mod common;
 
 use std::net::SocketAddrV4;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,15 +219,15 @@ async fn heals(driver: Driver, test: &str) {
     report(driver, "namespace rebuilt", figures);
     // Each damaged table is one repair; a rebuilt namespace is one too, or one appearance
     // when a look fell between its deletion and its creation.
-    let repairs = fixture.counters.repairs.load(Ordering::Relaxed);
-    let appeared = fixture.counters.namespaces_appeared.load(Ordering::Relaxed);
+    let repairs = fixture.counters.repairs.get();
+    let appeared = fixture.counters.namespaces_appeared.get();
     assert_eq!(
         repairs + appeared,
         ((damages.len() + 1) * ROUNDS) as u64,
         "every repair is counted ({repairs} repairs, {appeared} namespaces appeared)"
     );
     assert_eq!(
-        fixture.counters.full_passes.load(Ordering::Relaxed),
+        fixture.counters.full_passes.get(),
         1,
         "only the first full pass ran: the repairs did not wait for a resync"
     );

@@ -24,13 +24,18 @@
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tracing::{debug, info, warn};
 
-use crate::dataplane::sync::{Check, RouterSync, SyncOutcome};
+use crate::dataplane::sync::{Check, RouterSync, SyncMode, SyncOutcome};
 use crate::dataplane::{Changes, DataplaneError, Forward, RouterNamespace, RuleSet};
 use crate::placement::{Placement, PlacementError};
 use crate::store::{AgentReport, ChangeFeed, Mapping, ServedRouters, Status, Store, StoreError};
@@ -94,19 +99,110 @@ struct Reporter {
     last: Option<Instant>,
 }
 
-/// What the agent has done since it started (for metrics and tests).
-#[derive(Debug, Default)]
+/// What the agent has done since it started: the `praas_agent_*` metrics (registered by
+/// [`Counters::register`]), also read by `/readyz` and the tests.
+#[derive(Debug)]
 pub struct Counters {
     /// Passes over every mapping: the first, periodic resyncs, and changes the change feed did
     /// not account for (another process's, or after a failure).
-    pub full_passes: AtomicU64,
-    /// Passes over the mappings this process changed.
-    pub change_passes: AtomicU64,
-    pub failed_passes: AtomicU64,
+    pub full_passes: Counter,
+    /// Passes over the mappings that changed.
+    pub change_passes: Counter,
+    pub failed_passes: Counter,
     /// Namespaces whose rules were found changed behind our back, and rewritten.
-    pub repairs: AtomicU64,
+    pub repairs: Counter,
     /// Router namespaces that appeared on this node after the first look, and were programmed.
-    pub namespaces_appeared: AtomicU64,
+    pub namespaces_appeared: Counter,
+    /// Router namespaces this node serves, at the last look.
+    pub namespaces: Gauge,
+    /// Served namespaces whose last programming failed.
+    pub failing_namespaces: Gauge,
+    passes: Family<PassLabels, Counter>,
+    /// How long programming one namespace took, by how it was done.
+    apply_seconds: Family<ApplyLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApplyLabels {
+    /// `changes` (elements added and removed), `full` (the table rewritten and verified) or
+    /// `unchanged`.
+    mode: &'static str,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let passes: Family<PassLabels, Counter> = Family::default();
+        Counters {
+            full_passes: passes.get_or_create_owned(&PassLabels { kind: "full" }),
+            change_passes: passes.get_or_create_owned(&PassLabels { kind: "changes" }),
+            passes,
+            failed_passes: Counter::default(),
+            repairs: Counter::default(),
+            namespaces_appeared: Counter::default(),
+            namespaces: Gauge::default(),
+            failing_namespaces: Gauge::default(),
+            apply_seconds: Family::new_with_constructor(|| {
+                Histogram::new(crate::metrics::seconds_buckets(0.0001, 16))
+            }),
+        }
+    }
+}
+
+impl Counters {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("agent");
+        r.register(
+            "passes",
+            "Passes over this node's mappings: full (every mapping) or changes (those that changed)",
+            self.passes.clone(),
+        );
+        r.register(
+            "pass_failures",
+            "Passes that could not be made (the store or the node could not be read)",
+            self.failed_passes.clone(),
+        );
+        r.register(
+            "repairs",
+            "Namespaces whose rules were found changed behind the agent's back, and rewritten",
+            self.repairs.clone(),
+        );
+        r.register(
+            "namespaces_appeared",
+            "Router namespaces that appeared on this node and were programmed",
+            self.namespaces_appeared.clone(),
+        );
+        r.register(
+            "namespaces",
+            "Router namespaces this node serves",
+            self.namespaces.clone(),
+        );
+        r.register(
+            "failing_namespaces",
+            "Served router namespaces whose last programming failed",
+            self.failing_namespaces.clone(),
+        );
+        r.register(
+            "apply_duration_seconds",
+            "Time to program one router namespace, by mode: changes, full or unchanged",
+            self.apply_seconds.clone(),
+        );
+    }
+
+    fn applied(&self, mode: SyncMode, took: Duration) {
+        let mode = match mode {
+            SyncMode::Unchanged => "unchanged",
+            SyncMode::Incremental => "changes",
+            SyncMode::Full => "full",
+        };
+        self.apply_seconds
+            .get_or_create(&ApplyLabels { mode })
+            .observe(took.as_secs_f64());
+    }
 }
 
 /// What the agent knows of one namespace.
@@ -460,10 +556,10 @@ impl Agent {
                 match work {
                     Work::Everything => {
                         *last_full = Instant::now();
-                        self.counters.full_passes.fetch_add(1, Ordering::Relaxed);
+                        self.counters.full_passes.inc();
                     }
                     Work::Mappings(_) => {
-                        self.counters.change_passes.fetch_add(1, Ordering::Relaxed);
+                        self.counters.change_passes.inc();
                     }
                     Work::Nothing => {}
                 }
@@ -485,7 +581,7 @@ impl Agent {
             }
             // Nothing is marked as seen: the next turn reconciles everything again.
             Err(e) => {
-                self.counters.failed_passes.fetch_add(1, Ordering::Relaxed);
+                self.counters.failed_passes.inc();
                 warn!(error = ?e, "agent pass failed; retrying");
                 self.last_error = Some(crate::util::Chain(&e).to_string());
                 *seen = None;
@@ -539,9 +635,7 @@ impl Agent {
                 }
             }
             for namespace in appeared.iter().filter(|ns| self.known.contains_key(*ns)) {
-                self.counters
-                    .namespaces_appeared
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.namespaces_appeared.inc();
                 let mappings = self.known[namespace].mappings.len();
                 info!(%namespace, mappings, "router namespace appeared; programming it");
                 repair.insert(namespace.clone());
@@ -563,7 +657,7 @@ impl Agent {
             match check {
                 Ok(Check::Drifted(drift)) => {
                     warn!(%namespace, found = %drift, "our rules were changed behind our back; repairing");
-                    self.counters.repairs.fetch_add(1, Ordering::Relaxed);
+                    self.counters.repairs.inc();
                     repair.insert(namespace);
                 }
                 Ok(_) => {}
@@ -584,6 +678,7 @@ impl Agent {
     /// look are returned. The first look returns every namespace without calling it new.
     fn refresh_served(&mut self) -> Result<BTreeSet<RouterNamespace>, PlacementError> {
         let now = self.placement.served()?;
+        self.counters.namespaces.set(now.len() as i64);
         let Some(before) = self.served.replace(now.clone()) else {
             return Ok(now);
         };
@@ -794,9 +889,13 @@ impl Agent {
                 .filter(|_| state.in_sync)
                 .cloned();
             let empty = state.mappings.is_empty();
+            let started = Instant::now();
             let outcome = apply(&sync, namespace, delta, &state.rules).await;
             match &outcome {
-                Ok(Ok(_)) => (state.failures, state.retry_at) = (0, None),
+                Ok(Ok(done)) => {
+                    self.counters.applied(done.mode, started.elapsed());
+                    (state.failures, state.retry_at) = (0, None)
+                }
                 _ => {
                     state.failures += 1;
                     state.retry_at = Some(Instant::now() + retry_after(state.failures));
@@ -842,6 +941,8 @@ impl Agent {
             }
             self.record(namespace, record).await?;
         }
+        let failing = self.known.values().filter(|s| s.failures > 0).count();
+        self.counters.failing_namespaces.set(failing as i64);
         Ok(report)
     }
 

@@ -6,7 +6,6 @@
 //! refusing the service's own credentials (or unreachable), or an agent whose first pass over
 //! the mappings has not succeeded yet.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -56,7 +55,7 @@ impl Readiness {
             }
         }
         if let Some(counters) = &self.agent {
-            if counters.full_passes.load(Ordering::Relaxed) == 0 {
+            if counters.full_passes.get() == 0 {
                 return Err((
                     "agent_starting",
                     "the agent has not yet programmed this node's routers".into(),

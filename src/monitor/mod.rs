@@ -18,16 +18,21 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
 use crate::openstack::neutron::NeutronDirectory;
 use crate::openstack::{OpenStackError, PortInfo, RouterInfo};
 use crate::service::audit::{self, Actor};
-use crate::store::{Hold, ListFilter, Mapping, MappingUpdate, Status, Store, StoreError};
+use crate::store::{
+    CycleRecord, Hold, ListFilter, Mapping, MappingUpdate, Status, Store, StoreError,
+};
 
 pub use crate::model::PortGone;
 
@@ -47,6 +52,10 @@ pub trait NetworkView: Send + Sync {
     async fn ports(&self, ids: &[String]) -> Result<HashMap<String, PortInfo>, OpenStackError>;
     /// The routers among `ids` that exist.
     async fn routers(&self, ids: &[String]) -> Result<HashMap<String, RouterInfo>, OpenStackError>;
+    /// The requests sent so far (for the calls per cycle), when the view counts them.
+    fn requests(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -57,6 +66,10 @@ impl NetworkView for NeutronDirectory {
 
     async fn routers(&self, ids: &[String]) -> Result<HashMap<String, RouterInfo>, OpenStackError> {
         self.routers_by_id(ids).await
+    }
+
+    fn requests(&self) -> Option<u64> {
+        Some(NeutronDirectory::requests(self))
     }
 }
 
@@ -228,14 +241,88 @@ const BURST: Duration = Duration::from_millis(200);
 /// The least time between the starts of two cycles when notifications wake the monitor.
 pub const NOTIFIED_GAP: Duration = Duration::from_secs(1);
 
-/// Counters since start, for metrics and tests.
-#[derive(Debug, Default)]
+/// What the monitor has done since it started: the `praas_monitor_*` metrics (registered by
+/// [`MonitorCounters::register`]), also read by the tests.
+#[derive(Debug)]
 pub struct MonitorCounters {
-    /// Cycles finished, failed ones included.
-    pub cycles: AtomicU64,
-    pub failed_cycles: AtomicU64,
-    pub deleted: AtomicU64,
-    pub updated: AtomicU64,
+    /// Cycles finished, failed ones and those of a standby included.
+    pub cycles: Counter,
+    /// Cycles abandoned because Neutron, Keystone or the database could not be read.
+    pub failed_cycles: Counter,
+    pub deleted: Counter,
+    /// Mappings re-pointed or held (new address, gateway, namespace, or held `DOWN`).
+    pub updated: Counter,
+    /// Deletions held back by a suspected mass deletion, until the next cycle confirms them.
+    pub held_back: Counter,
+    /// 1 while this monitor holds the lease (as of its last cycle).
+    pub lease_held: Gauge,
+    /// How long an active cycle took (standby cycles are not timed).
+    cycle_seconds: Histogram,
+    /// Neutron requests an active cycle made.
+    cycle_requests: Histogram,
+}
+
+impl Default for MonitorCounters {
+    fn default() -> Self {
+        MonitorCounters {
+            cycles: Counter::default(),
+            failed_cycles: Counter::default(),
+            deleted: Counter::default(),
+            updated: Counter::default(),
+            held_back: Counter::default(),
+            lease_held: Gauge::default(),
+            cycle_seconds: Histogram::new(crate::metrics::seconds_buckets(0.005, 14)),
+            cycle_requests: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1.0, 2.0, 14),
+            ),
+        }
+    }
+}
+
+impl MonitorCounters {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("monitor");
+        r.register(
+            "cycles",
+            "Monitor cycles run, abandoned ones and a standby's included",
+            self.cycles.clone(),
+        );
+        r.register(
+            "abandoned_cycles",
+            "Cycles that changed nothing because Neutron, Keystone or the database could not be read",
+            self.failed_cycles.clone(),
+        );
+        r.register(
+            "deletions",
+            "Mappings deleted because their router or port was deleted",
+            self.deleted.clone(),
+        );
+        r.register(
+            "updates",
+            "Mappings re-pointed (new fixed IP, gateway or namespace) or held down",
+            self.updated.clone(),
+        );
+        r.register(
+            "deletions_held_back",
+            "Deletions held back until the next cycle confirmed a suspected mass deletion",
+            self.held_back.clone(),
+        );
+        r.register(
+            "lease_held",
+            "1 while this monitor holds the lease and acts, 0 while it stands by",
+            self.lease_held.clone(),
+        );
+        r.register(
+            "cycle_duration_seconds",
+            "Time of the cycles this monitor ran as the lease holder",
+            self.cycle_seconds.clone(),
+        );
+        r.register(
+            "cycle_neutron_requests",
+            "Neutron requests per cycle run as the lease holder",
+            self.cycle_requests.clone(),
+        );
+    }
 }
 
 pub struct Monitor {
@@ -435,24 +522,63 @@ impl Monitor {
                 }
             }
             last_cycle = Some(tokio::time::Instant::now());
+            let started = std::time::Instant::now();
+            let started_at = chrono::Utc::now();
+            let requests_before = self.view.requests();
             let result = self.cycle(lease).await;
-            self.counters.cycles.fetch_add(1, Ordering::Relaxed);
-            match result {
+            let took = started.elapsed();
+            self.counters.cycles.inc();
+            let requests = self
+                .view
+                .requests()
+                .zip(requests_before)
+                .map(|(after, before)| after.saturating_sub(before));
+            let outcome = match &result {
+                Ok(report) if report.standby => {
+                    self.counters.lease_held.set(0);
+                    continue;
+                }
                 Ok(report) => {
-                    self.counters
-                        .deleted
-                        .fetch_add(report.deleted as u64, Ordering::Relaxed);
-                    self.counters
-                        .updated
-                        .fetch_add(report.updated as u64, Ordering::Relaxed);
+                    self.counters.lease_held.set(1);
+                    self.counters.deleted.inc_by(report.deleted as u64);
+                    self.counters.updated.inc_by(report.updated as u64);
+                    self.counters.held_back.inc_by(report.held_back as u64);
                     if report.deleted + report.updated > 0 {
                         info!(?report, "monitor cycle");
                     }
+                    CycleRecord {
+                        holder: self.holder.clone(),
+                        started_at,
+                        duration: took,
+                        neutron_requests: requests,
+                        mappings: report.mappings,
+                        deleted: report.deleted,
+                        updated: report.updated,
+                        error: None,
+                    }
                 }
                 Err(e) => {
-                    self.counters.failed_cycles.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %crate::util::Chain(&e), "monitor cycle abandoned; nothing changed, retrying next cycle");
+                    self.counters.failed_cycles.inc();
+                    warn!(error = %crate::util::Chain(e), "monitor cycle abandoned; nothing changed, retrying next cycle");
+                    CycleRecord {
+                        holder: self.holder.clone(),
+                        started_at,
+                        duration: took,
+                        neutron_requests: requests,
+                        mappings: 0,
+                        deleted: 0,
+                        updated: 0,
+                        error: Some(crate::util::Chain(e).to_string()),
+                    }
                 }
+            };
+            self.counters.cycle_seconds.observe(took.as_secs_f64());
+            if let Some(n) = requests {
+                self.counters.cycle_requests.observe(n as f64);
+            }
+            // For `praas status`; a database that cannot take it now gets the next one.
+            if let Err(e) = self.store.record_monitor_cycle(&outcome).await {
+                warn!(error = %crate::util::Chain(&e), "cannot record the monitor's cycle");
             }
         }
     }

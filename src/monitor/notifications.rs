@@ -13,6 +13,10 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
@@ -69,6 +73,47 @@ pub struct Subscription {
     /// How the connection shows in RabbitMQ (`rabbitmqctl list_connections client_properties`,
     /// the management UI), as oslo.messaging names its own.
     pub connection_name: String,
+    /// Where the notifications received are counted.
+    pub events: EventCounts,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    /// One of the events the monitor acts on, or `other`.
+    event_type: String,
+}
+
+/// Notifications received, by event type: `praas_neutron_notifications_total`.
+#[derive(Clone, Debug, Default)]
+pub struct EventCounts(Family<EventLabels, Counter>);
+
+impl EventCounts {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "neutron_notifications",
+            "Neutron notifications received, by event type (other: those PRaaS does not act on)",
+            self.0.clone(),
+        );
+    }
+
+    fn count(&self, event: Option<&str>) {
+        let event_type = event.filter(|e| relevant(e)).unwrap_or("other");
+        self.0
+            .get_or_create(&EventLabels {
+                event_type: event_type.into(),
+            })
+            .inc();
+    }
+
+    /// How many of `event_type` were received (`other` for the rest).
+    pub fn received(&self, event_type: &str) -> u64 {
+        self.0
+            .get(&EventLabels {
+                event_type: event_type.into(),
+            })
+            .map(|c| c.get())
+            .unwrap_or(0)
+    }
 }
 
 impl Subscription {
@@ -79,6 +124,7 @@ impl Subscription {
             transport_url,
             exchange,
             connection_name: format!("praas-monitor:{host}:{}", std::process::id()),
+            events: EventCounts::default(),
         }
     }
 }
@@ -101,6 +147,7 @@ pub async fn listen_all(
         transport_url,
         exchange,
         connection_name,
+        events,
     } = subscription;
     let url = match amqp_url(&transport_url) {
         Ok(u) => u,
@@ -121,6 +168,7 @@ pub async fn listen_all(
             &exchange,
             &wake,
             &listening,
+            &events,
             &mut consumed,
         )
         .await;
@@ -145,6 +193,7 @@ async fn consume(
     exchange: &str,
     wake: &Wakes,
     listening: &Notify,
+    events: &EventCounts,
     consumed: &mut bool,
 ) -> Result<(), lapin::Error> {
     let conn = Connection::connect(url, properties).await?;
@@ -166,7 +215,9 @@ async fn consume(
     listening.notify_one();
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
-        match event_type(&delivery.data) {
+        let event = event_type(&delivery.data);
+        events.count(event.as_deref());
+        match event {
             Some(event) if relevant(&event) => {
                 debug!(%event, "notification");
                 wake.notify_one();

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod clouds;
+pub mod metrics;
 mod namespaces;
 pub mod neutron;
 pub mod session;
@@ -19,6 +20,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 pub use cache::CachedDirectory;
+pub use metrics::CallMetrics;
 pub use namespaces::NamespaceDirectory;
 pub use neutron::NeutronDirectory;
 pub use session::{Session, TokenInfo};

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
@@ -32,6 +33,7 @@ pub const CHUNK: usize = 50;
 /// [`RouterDirectory`] backed by the Neutron API.
 pub struct NeutronDirectory {
     session: Arc<Session>,
+    requests: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -77,7 +79,20 @@ struct Subnet {
 
 impl NeutronDirectory {
     pub fn new(session: Arc<Session>) -> Self {
-        NeutronDirectory { session }
+        NeutronDirectory {
+            session,
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// The requests this directory has sent to Neutron (a page of a listing is one).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    async fn get(&self, url: &str) -> Result<Option<Value>, OpenStackError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.session.get_json("Neutron", url).await
     }
 
     /// `path` (e.g. `routers/ID`) under Neutron's v2.0 root, with query pairs.
@@ -106,7 +121,7 @@ impl NeutronDirectory {
         id: &str,
     ) -> Result<Option<T>, OpenStackError> {
         let url = self.url(&format!("{collection}/{id}"), &[]).await?;
-        let Some(mut body) = self.session.get_json("Neutron", url.as_str()).await? else {
+        let Some(mut body) = self.get(url.as_str()).await? else {
             return Ok(None);
         };
         decode(body.get_mut(key).map(Value::take))
@@ -125,8 +140,7 @@ impl NeutronDirectory {
         let mut all = vec![];
         while let Some(url) = next.take() {
             let mut body = self
-                .session
-                .get_json("Neutron", &url)
+                .get(&url)
                 .await?
                 .ok_or_else(|| OpenStackError::Malformed {
                     service: "Neutron",

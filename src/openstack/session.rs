@@ -12,6 +12,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use super::clouds::{CloudConfig, Credentials, Domain, Named};
+use super::metrics::{CallEnd, CallMetrics};
 use super::OpenStackError;
 
 /// A token is renewed when it has less than this left.
@@ -83,6 +84,7 @@ pub struct Session {
     http: reqwest::Client,
     cloud: CloudConfig,
     token: Mutex<Option<Token>>,
+    metrics: CallMetrics,
 }
 
 impl Session {
@@ -110,7 +112,31 @@ impl Session {
             http,
             cloud,
             token: Mutex::new(None),
+            metrics: CallMetrics::default(),
         })
+    }
+
+    /// The latency and failures of this session's requests.
+    pub fn metrics(&self) -> &CallMetrics {
+        &self.metrics
+    }
+
+    /// Sends `request`, recording its latency and how it ended under `service`, `operation`.
+    async fn send(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let started = std::time::Instant::now();
+        let result = request.send().await;
+        let end = match &result {
+            Ok(resp) => CallEnd::of_status(resp.status().as_u16()),
+            Err(_) => CallEnd::Unreachable,
+        };
+        self.metrics
+            .record(service, operation, started.elapsed(), end);
+        result
     }
 
     /// Keystone's v3 root.
@@ -170,10 +196,11 @@ impl Session {
     async fn login(&self) -> Result<Token, OpenStackError> {
         let url = format!("{}/auth/tokens", self.cloud.auth_url);
         let resp = self
-            .http
-            .post(&url)
-            .json(&self.auth_body())
-            .send()
+            .send(
+                "Keystone",
+                "login",
+                self.http.post(&url).json(&self.auth_body()),
+            )
             .await
             .map_err(|e| OpenStackError::unreachable("Keystone", &url, e))?;
         let status = resp.status();
@@ -268,11 +295,14 @@ impl Session {
             attempt += 1;
             let (token, _) = self.token(false).await?;
             let result = self
-                .http
-                .request(Method::GET, url)
-                .header("X-Auth-Token", token)
-                .header("Accept", "application/json")
-                .send()
+                .send(
+                    service,
+                    "read",
+                    self.http
+                        .request(Method::GET, url)
+                        .header("X-Auth-Token", token)
+                        .header("Accept", "application/json"),
+                )
                 .await;
             let retry_after = match result {
                 Ok(resp) => {
@@ -324,11 +354,14 @@ impl Session {
         loop {
             let (token, _) = self.token(false).await?;
             let resp = self
-                .http
-                .get(&url)
-                .header("X-Auth-Token", token)
-                .header("X-Subject-Token", subject)
-                .send()
+                .send(
+                    "Keystone",
+                    "validate",
+                    self.http
+                        .get(&url)
+                        .header("X-Auth-Token", token)
+                        .header("X-Subject-Token", subject),
+                )
                 .await
                 .map_err(|e| OpenStackError::unreachable("Keystone", &url, e))?;
             let status = resp.status();

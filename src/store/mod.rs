@@ -11,6 +11,7 @@ pub mod agents;
 pub mod allocate;
 mod cache;
 pub mod model;
+pub mod overview;
 mod row;
 
 use std::collections::BTreeSet;
@@ -27,6 +28,7 @@ use tokio::sync::Mutex;
 pub use agents::{AgentRecord, AgentReport, ServedRouters};
 pub use allocate::{Policy, Strategy};
 pub use model::{ExternalPorts, Hold, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
+pub use overview::{CycleRecord, Lease, ServiceRecord, Trouble};
 
 use crate::model::{PortRange, Protocol};
 use row::StoredRow;

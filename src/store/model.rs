@@ -36,6 +36,9 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order they are shown.
+    pub const ALL: [Status; 4] = [Status::Pending, Status::Active, Status::Error, Status::Down];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "PENDING",
