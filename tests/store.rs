@@ -138,6 +138,66 @@ on_both!(
     }
 );
 
+on_both!(
+    usage_adds_up_across_reports_and_goes_with_its_mapping,
+    |store: Arc<Store>| async move {
+        use praas::store::UsageDelta;
+        let p = Policy::default();
+        let a = store
+            .create(new(Some("4000"), "10.0.0.5", "22"), &p)
+            .await
+            .unwrap();
+        let b = store
+            .create(new(Some("4001"), "10.0.0.6", "22"), &p)
+            .await
+            .unwrap();
+        let delta = |id: &str, packets, bytes| UsageDelta {
+            mapping_id: id.into(),
+            packets,
+            bytes,
+        };
+        assert!(store.usage(&[&a.id, &b.id]).await.unwrap().is_empty());
+        let t1 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let t2 = chrono::DateTime::from_timestamp(1_800_000_030, 0).unwrap();
+        store
+            .add_usage(&[delta(&a.id, 3, 300), delta(&b.id, 1, 60)], t1)
+            .await
+            .unwrap();
+        // Two agents (an HA router's replicas), or the same one later: the totals add up.
+        store.add_usage(&[delta(&a.id, 2, 120)], t2).await.unwrap();
+        let usage = store.usage(&[&a.id, &b.id]).await.unwrap();
+        assert_eq!((usage[&a.id].packets, usage[&a.id].bytes), (5, 420));
+        assert_eq!(usage[&a.id].last_used_at, Some(t2));
+        assert_eq!(
+            usage[&a.id].last_used().as_deref(),
+            Some("2027-01-15T08:00:30Z")
+        );
+        assert_eq!((usage[&b.id].packets, usage[&b.id].bytes), (1, 60));
+        assert_eq!(usage[&b.id].last_used_at, Some(t1));
+        // Usage is not a change to program.
+        let generation = store.generation().await.unwrap();
+        store.add_usage(&[delta(&b.id, 1, 60)], t2).await.unwrap();
+        assert_eq!(store.generation().await.unwrap(), generation);
+
+        // The row goes with its mapping; one added after the deletion is pruned.
+        store.delete(&a.id).await.unwrap().unwrap();
+        assert!(!store.usage(&[&a.id]).await.unwrap().contains_key(&a.id));
+        store.add_usage(&[delta(&a.id, 1, 1)], t2).await.unwrap();
+        assert_eq!(store.prune_usage().await.unwrap(), 1);
+        assert!(store.usage(&[&a.id]).await.unwrap().is_empty());
+        assert_eq!(store.usage(&[&b.id]).await.unwrap()[&b.id].packets, 2);
+        // Many mappings at once, in chunks.
+        let many: Vec<UsageDelta> = (0..1000)
+            .map(|i| delta(&format!("gone-{i}"), 1, 1))
+            .collect();
+        store.add_usage(&many, t2).await.unwrap();
+        let ids: Vec<String> = (0..1000).map(|i| format!("gone-{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        assert_eq!(store.usage(&refs).await.unwrap().len(), 1000);
+        assert_eq!(store.prune_usage().await.unwrap(), 1000);
+    }
+);
+
 on_both!(overlapping_external_ranges_are_refused, |store: Arc<
     Store,
 >| async move {

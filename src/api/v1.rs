@@ -21,7 +21,7 @@ use super::{Caller, SharedState};
 use crate::model::{PortRange, Protocol};
 use crate::service::agents::AgentStatus;
 use crate::service::{CreateRequest, UpdateRequest};
-use crate::store::{ListFilter, Mapping, Status};
+use crate::store::{ListFilter, Mapping, MappingUsage, Status};
 
 /// Largest page of a listing.
 pub const MAX_LIMIT: u32 = 10_000;
@@ -72,10 +72,24 @@ pub struct MappingView {
     pub status_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Packets of the mapping's forwarded connections (both directions), as the kernel
+    /// counted them; `null` until traffic is first counted (always with the iptables driver).
+    pub packets: Option<u64>,
+    /// Bytes of those packets.
+    pub bytes: Option<u64>,
+    /// When the counters last moved (at the agents' reading interval).
+    pub last_used: Option<String>,
 }
 
 impl From<Mapping> for MappingView {
     fn from(m: Mapping) -> Self {
+        MappingView::with_usage(m, None)
+    }
+}
+
+impl MappingView {
+    /// The mapping with what the kernel counted for it.
+    pub fn with_usage(m: Mapping, usage: Option<&MappingUsage>) -> Self {
         let single = |r: PortRange| (r.len() == 1).then_some(r.first());
         let range = |r: PortRange| format!("{}:{}", r.first(), r.last());
         MappingView {
@@ -97,6 +111,9 @@ impl From<Mapping> for MappingView {
             status_reason: m.status_reason,
             created_at: m.created_at,
             updated_at: m.updated_at,
+            packets: usage.map(|u| u.packets),
+            bytes: usage.map(|u| u.bytes),
+            last_used: usage.and_then(MappingUsage::last_used),
         }
     }
 }
@@ -342,8 +359,15 @@ pub async fn list(
         marker: q.marker,
     };
     let mappings = state.service.list(&caller, filter).await?;
+    let usage = state.service.usage(&mappings).await?;
     Ok(Json(MappingList {
-        mappings: mappings.into_iter().map(MappingView::from).collect(),
+        mappings: mappings
+            .into_iter()
+            .map(|m| {
+                let u = usage.get(&m.id);
+                MappingView::with_usage(m, u)
+            })
+            .collect(),
     }))
 }
 
@@ -357,8 +381,10 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<MappingEnvelope<MappingView>>, ApiError> {
     let m = state.service.get(&caller, &id).await?;
+    let usage = state.service.usage(std::slice::from_ref(&m)).await?;
+    let u = usage.get(&m.id);
     Ok(Json(MappingEnvelope {
-        mapping: MappingView::from(m),
+        mapping: MappingView::with_usage(m, u),
     }))
 }
 

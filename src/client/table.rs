@@ -100,6 +100,9 @@ mod tests {
             status_reason: reason.map(str::to_string),
             created_at: String::new(),
             updated_at: String::new(),
+            packets: None,
+            bytes: None,
+            last_used: None,
         }
     }
 

@@ -28,7 +28,9 @@ pub use error::ServiceError;
 
 use crate::model::{PortRange, Protocol, MAX_RANGE_LEN};
 use crate::openstack::{FixedIp, PortInfo, RouterDirectory, RouterInfo};
-use crate::store::{ExternalPorts, ListFilter, Mapping, MappingUpdate, NewMapping, Policy, Store};
+use crate::store::{
+    ExternalPorts, ListFilter, Mapping, MappingUpdate, MappingUsage, NewMapping, Policy, Store,
+};
 
 /// Longest description accepted.
 pub const MAX_DESCRIPTION: usize = 255;
@@ -192,6 +194,16 @@ impl MappingService {
         let mut mappings = self.store.list(&filter).await?;
         self.explain_pending(&mut mappings).await?;
         Ok(mappings)
+    }
+
+    /// What the kernel counted for `mappings` (those the caller was allowed to see), by id;
+    /// a mapping without counted traffic has no entry.
+    pub async fn usage(
+        &self,
+        mappings: &[Mapping],
+    ) -> Result<std::collections::HashMap<String, MappingUsage>, ServiceError> {
+        let ids: Vec<&str> = mappings.iter().map(|m| m.id.as_str()).collect();
+        Ok(self.store.usage(&ids).await?)
     }
 
     /// The caller's mapping `id`; another project's is "not found", not "forbidden", so that

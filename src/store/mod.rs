@@ -13,6 +13,7 @@ mod cache;
 pub mod model;
 pub mod overview;
 mod row;
+pub mod usage;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -29,6 +30,7 @@ pub use agents::{AgentRecord, AgentReport, ServedRouters};
 pub use allocate::{Policy, Strategy};
 pub use model::{ExternalPorts, Hold, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 pub use overview::{CycleRecord, Lease, ServiceRecord, Trouble};
+pub use usage::{MappingUsage, UsageDelta};
 
 use crate::model::{PortRange, Protocol};
 use row::StoredRow;
@@ -880,7 +882,12 @@ impl Store {
             return Ok(None);
         };
         let written = async {
-            for table in ["external_ports", "internal_sockets", "mappings"] {
+            for table in [
+                "external_ports",
+                "internal_sockets",
+                "mapping_usage",
+                "mappings",
+            ] {
                 let column = if table == "mappings" {
                     "id"
                 } else {
