@@ -20,6 +20,8 @@ pub mod nft;
 pub mod rules;
 pub mod sync;
 
+use std::collections::BTreeMap;
+
 pub use crate::model::{Forward, NamespaceKind, PortRange, Protocol, RouterNamespace};
 pub use rules::{Changes, ExternalKey, MasqueradeKey, RuleSet, Target};
 
@@ -78,6 +80,13 @@ pub enum DataplaneError {
         source: iptables::NotThere,
     },
 
+    #[error("could not read the usage counters of namespace {namespace}")]
+    Usage {
+        namespace: String,
+        #[source]
+        source: nft::wire::UsageError,
+    },
+
     #[error("conntrack cleanup in namespace {namespace} failed")]
     Conntrack {
         namespace: String,
@@ -96,6 +105,18 @@ pub struct Fingerprint {
     pub namespace: u64,
     /// What the backend counts (nf_tables' generation, or the legacy nat table's size).
     pub state: u64,
+}
+
+/// Traffic the kernel counted for one mapping since its usage element was last added: both
+/// directions of every forwarded connection, each packet whole (IP header included).
+///
+/// Counts start at 0 whenever the element is added again (the mapping removed and created
+/// again, re-pointed to another VM socket, or our table rewritten after a repair), so a reader
+/// that sees a smaller value than before must take it for a restart, not for a decrease.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// A way of programming rule sets into router namespaces.
@@ -130,6 +151,18 @@ pub trait Backend: Send + Sync {
 
     /// Removes everything we own from `namespace`. Absent rules are not an error.
     fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError>;
+
+    /// What the kernel counted per mapping in `namespace`, keyed by gateway and internal socket
+    /// (see [`RuleSet::counted`] and [`Usage`]); `None` when this backend cannot count. A
+    /// mapping missing from the map has no counter in the kernel: not programmed (yet), or our
+    /// table is missing. Cheap enough to call for every namespace each scrape: one dump.
+    fn usage(
+        &self,
+        namespace: &RouterNamespace,
+    ) -> Result<Option<BTreeMap<MasqueradeKey, Usage>>, DataplaneError> {
+        let _ = namespace;
+        Ok(None)
+    }
 
     /// The namespace's [`Fingerprint`], or `None` when this backend cannot tell cheaply (then
     /// only the periodic resync finds changes made behind our back).

@@ -185,6 +185,13 @@ pub fn be32(payload: &[u8], what: &str) -> io::Result<u32> {
         .map_err(|_| invalid(format!("{what} is {} bytes, expected 4", payload.len())))
 }
 
+pub fn be64(payload: &[u8], what: &str) -> io::Result<u64> {
+    payload
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| invalid(format!("{what} is {} bytes, expected 8", payload.len())))
+}
+
 pub fn ipv4(payload: &[u8], what: &str) -> io::Result<Ipv4Addr> {
     be32(payload, what).map(Ipv4Addr::from)
 }

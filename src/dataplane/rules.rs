@@ -82,8 +82,9 @@ pub struct Target {
     pub port: u16,
 }
 
-/// Key of a masquerade element: the gateway the flow was sent to and the VM socket it was
-/// translated to (what a packet looks like in postrouting, after DNAT).
+/// Key of a masquerade or usage element: the gateway the flow was sent to and the VM socket it
+/// was translated to (what a packet looks like in postrouting, after DNAT). An internal socket
+/// belongs to one mapping per router, so within a namespace this key names one mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MasqueradeKey {
     pub external_ip: Ipv4Addr,
@@ -92,18 +93,43 @@ pub struct MasqueradeKey {
     pub internal_port: u16,
 }
 
+impl MasqueradeKey {
+    /// The key of the flows that `key` forwards to `target`.
+    pub fn of(key: &ExternalKey, target: &Target) -> Self {
+        MasqueradeKey {
+            external_ip: key.ip,
+            internal_ip: target.ip,
+            protocol: key.protocol,
+            internal_port: target.port,
+        }
+    }
+}
+
+impl fmt::Display for MasqueradeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} → {}:{}/{}",
+            self.external_ip, self.internal_ip, self.internal_port, self.protocol
+        )
+    }
+}
+
 /// The complete desired state of one router namespace, as keyed elements.
 ///
 /// - `forwards`: DNAT map, one element per external port.
 /// - `restricted`: external keys that only some sources may use; `allowed` lists those
 ///   sources. A key in `restricted` with no allowed source forwards nothing.
 /// - `masqueraded`: flows whose client address is rewritten to the router's address.
+/// - `counted`: the internal sockets whose traffic the kernel counts, one per distinct forward
+///   target (a range fanned in to one port counts once); derived from `forwards`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuleSet {
     pub forwards: BTreeMap<ExternalKey, Target>,
     pub restricted: BTreeSet<ExternalKey>,
     pub allowed: BTreeSet<(ExternalKey, Ipv4Net)>,
     pub masqueraded: BTreeSet<MasqueradeKey>,
+    pub counted: BTreeSet<MasqueradeKey>,
 }
 
 impl RuleSet {
@@ -131,13 +157,12 @@ impl RuleSet {
                         second: fwd.id.clone(),
                     });
                 }
-                set.forwards.insert(
-                    key,
-                    Target {
-                        ip: fwd.internal_ip,
-                        port: int,
-                    },
-                );
+                let target = Target {
+                    ip: fwd.internal_ip,
+                    port: int,
+                };
+                set.forwards.insert(key, target);
+                set.counted.insert(MasqueradeKey::of(&key, &target));
                 if !cidrs.is_empty() {
                     set.restricted.insert(key);
                     set.allowed.extend(cidrs.iter().map(|c| (key, *c)));
@@ -179,6 +204,7 @@ impl RuleSet {
         self.restricted.extend(single.restricted);
         self.allowed.extend(single.allowed);
         self.masqueraded.extend(single.masqueraded);
+        self.counted.extend(single.counted);
         Ok(())
     }
 
@@ -198,6 +224,17 @@ impl RuleSet {
         for key in &single.masqueraded {
             self.masqueraded.remove(key);
         }
+        for key in &single.counted {
+            self.counted.remove(key);
+        }
+    }
+
+    /// The usage elements `forwards` need: one per distinct target.
+    pub fn counted_of(forwards: &BTreeMap<ExternalKey, Target>) -> BTreeSet<MasqueradeKey> {
+        forwards
+            .iter()
+            .map(|(k, t)| MasqueradeKey::of(k, t))
+            .collect()
     }
 
     /// What turns `self` (the state the kernel holds) into `desired`.
@@ -261,6 +298,10 @@ impl RuleSet {
             .difference(&self.masqueraded)
             .copied()
             .collect();
+        // A set difference: a re-pointed forward moves its usage element only when no other
+        // forward of `desired` still sends traffic to the old socket.
+        changes.remove_counted = self.counted.difference(&desired.counted).copied().collect();
+        changes.add_counted = desired.counted.difference(&self.counted).copied().collect();
         changes
     }
 
@@ -284,6 +325,10 @@ impl RuleSet {
         }
         self.masqueraded
             .extend(changes.add_masqueraded.iter().copied());
+        for key in &changes.remove_counted {
+            self.counted.remove(key);
+        }
+        self.counted.extend(changes.add_counted.iter().copied());
     }
 }
 
@@ -300,6 +345,9 @@ pub struct Changes {
     pub add_allowed: Vec<(ExternalKey, Ipv4Net)>,
     pub remove_masqueraded: Vec<MasqueradeKey>,
     pub add_masqueraded: Vec<MasqueradeKey>,
+    /// Usage elements (counters) removed and added: a re-added element counts from 0 again.
+    pub remove_counted: Vec<MasqueradeKey>,
+    pub add_counted: Vec<MasqueradeKey>,
 }
 
 impl Changes {
@@ -312,6 +360,8 @@ impl Changes {
             && self.add_allowed.is_empty()
             && self.remove_masqueraded.is_empty()
             && self.add_masqueraded.is_empty()
+            && self.remove_counted.is_empty()
+            && self.add_counted.is_empty()
     }
 
     /// Flows that must not outlive this change: every forward removed or re-pointed, with the
@@ -412,6 +462,52 @@ mod tests {
         assert_eq!(set, before);
         set.remove_forward(&a);
         assert_eq!(set, RuleSet::from_forwards([&b]).unwrap());
+    }
+
+    #[test]
+    fn every_forward_target_is_counted_once() {
+        // A range mapped port by port counts per internal port; a range fanned in counts once.
+        let set = RuleSet::from_forwards([
+            &fwd("shift", "5000:5002", "6000:6002"),
+            &fwd("fan-in", "5100:5101", "22"),
+        ])
+        .unwrap();
+        let ports: Vec<u16> = set.counted.iter().map(|k| k.internal_port).collect();
+        assert_eq!(ports, [22, 6000, 6001, 6002]);
+        let gateway: Ipv4Addr = "203.0.113.10".parse().unwrap();
+        assert!(set
+            .counted
+            .iter()
+            .all(|k| k.external_ip == gateway && k.protocol == Protocol::Tcp));
+        assert_eq!(set.counted, RuleSet::counted_of(&set.forwards));
+    }
+
+    #[test]
+    fn a_repointed_forward_moves_its_usage_element_only_when_no_other_forward_uses_it() {
+        let socket = |port: u16| MasqueradeKey {
+            external_ip: "203.0.113.10".parse().unwrap(),
+            internal_ip: "10.0.0.5".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            internal_port: port,
+        };
+        let old = RuleSet::from_forwards([&fwd("a", "5000:5001", "22")]).unwrap();
+        // 5001 now goes to 2222; 5000 still sends traffic to port 22.
+        let half =
+            RuleSet::from_forwards([&fwd("a", "5000", "22"), &fwd("b", "5001", "2222")]).unwrap();
+        let changes = old.diff(&half);
+        assert_eq!(
+            (changes.remove_counted, changes.add_counted),
+            (vec![], vec![socket(2222)])
+        );
+        let moved = RuleSet::from_forwards([&fwd("a", "5000:5001", "2222")]).unwrap();
+        let changes = half.diff(&moved);
+        assert_eq!(
+            (changes.remove_counted.clone(), changes.add_counted.clone()),
+            (vec![socket(22)], vec![])
+        );
+        let mut state = half.clone();
+        state.apply(&changes);
+        assert_eq!(state, moved);
     }
 
     #[test]

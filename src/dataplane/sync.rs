@@ -6,13 +6,14 @@
 //! transaction failed, gets a full rewrite of our table, which is then read back and compared.
 //! Flows of removed or re-pointed forwards are deleted from conntrack once the rules are gone.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tracing::{debug, info, warn};
 
 use super::{
-    Backend, Changes, DataplaneError, ExternalKey, Fingerprint, RouterNamespace, RuleSet, Target,
+    Backend, Changes, DataplaneError, ExternalKey, Fingerprint, MasqueradeKey, RouterNamespace,
+    RuleSet, Target, Usage,
 };
 
 /// Deletes conntrack entries of forwards that no longer exist.
@@ -318,13 +319,29 @@ impl RouterSync {
             }),
             Some(actual) if actual != *expected => {
                 let d = actual.diff(expected);
+                let mut detail = format!(
+                    "{} forwards missing or wrong, {} unexpected",
+                    d.add_forwards.len(),
+                    d.remove_forwards.len()
+                );
+                if d.add_forwards.is_empty() && d.remove_forwards.is_empty() {
+                    let (missing, unexpected) = (
+                        d.add_restricted.len()
+                            + d.add_allowed.len()
+                            + d.add_masqueraded.len()
+                            + d.add_counted.len(),
+                        d.remove_restricted.len()
+                            + d.remove_allowed.len()
+                            + d.remove_masqueraded.len()
+                            + d.remove_counted.len(),
+                    );
+                    detail = format!(
+                        "forwards intact; {missing} restriction, masquerade or usage elements missing, {unexpected} unexpected"
+                    );
+                }
                 Err(DataplaneError::Drift {
                     namespace: namespace.to_string(),
-                    detail: format!(
-                        "{} forwards missing or wrong, {} unexpected",
-                        d.add_forwards.len(),
-                        d.remove_forwards.len()
-                    ),
+                    detail,
                 })
             }
             Some(_) => Ok(()),
@@ -344,6 +361,17 @@ impl RouterSync {
             *known = Known::default();
         }
         result
+    }
+
+    /// What the kernel counted per mapping in `namespace` (see [`Backend::usage`]): `None`
+    /// when the backend cannot count. Reads the kernel every time, without taking the
+    /// namespace's sync lock: counts do not depend on what was programmed, and a sync running
+    /// meanwhile only decides which elements the dump shows.
+    pub fn usage(
+        &self,
+        namespace: &RouterNamespace,
+    ) -> Result<Option<BTreeMap<MasqueradeKey, Usage>>, DataplaneError> {
+        self.backend.usage(namespace)
     }
 
     /// Removes everything we programmed in `namespace` and the flows it translated.
@@ -595,6 +623,47 @@ mod tests {
             sync.sync(&ns, &rules(&[(4002, 22)])).unwrap().mode,
             SyncMode::Full
         );
+    }
+
+    #[test]
+    fn usage_is_read_per_mapping_and_restarts_when_an_element_is_added_again() {
+        let (fake, _, sync) = setup();
+        let ns = RouterNamespace::named("qrouter-a");
+        let socket = |port: u16| MasqueradeKey {
+            external_ip: "203.0.113.10".parse().unwrap(),
+            internal_ip: "10.0.0.5".parse().unwrap(),
+            protocol: crate::dataplane::Protocol::Tcp,
+            internal_port: port,
+        };
+        let used = |packets, bytes| Usage { packets, bytes };
+        assert_eq!(sync.usage(&ns).unwrap(), Some(BTreeMap::new()));
+        sync.sync(&ns, &rules(&[(4000, 22), (4001, 80)])).unwrap();
+        assert!(fake.count_traffic(&ns, &socket(22), 3, 300));
+        assert!(
+            !fake.count_traffic(&ns, &socket(443), 1, 1),
+            "nothing counts for a socket without an element"
+        );
+        assert_eq!(
+            sync.usage(&ns).unwrap(),
+            Some(BTreeMap::from([
+                (socket(22), used(3, 300)),
+                (socket(80), used(0, 0))
+            ]))
+        );
+        // A resync keeps the counters of the elements that stay.
+        sync.invalidate_all();
+        assert_eq!(
+            sync.sync(&ns, &rules(&[(4000, 22), (4001, 80)]))
+                .unwrap()
+                .mode,
+            SyncMode::Full
+        );
+        assert_eq!(sync.usage(&ns).unwrap().unwrap()[&socket(22)], used(3, 300));
+        // Removed, then added again: counts from 0.
+        sync.sync(&ns, &rules(&[(4001, 80)])).unwrap();
+        assert!(!sync.usage(&ns).unwrap().unwrap().contains_key(&socket(22)));
+        sync.sync(&ns, &rules(&[(4000, 22), (4001, 80)])).unwrap();
+        assert_eq!(sync.usage(&ns).unwrap().unwrap()[&socket(22)], used(0, 0));
     }
 
     #[test]

@@ -49,6 +49,14 @@
 //!
 //! [`HAIRPIN_LABEL`]: super::nft::HAIRPIN_LABEL
 //!
+//! # No usage counters
+//!
+//! [`Backend::usage`] answers `None` here. The nat table only sees the first packet of a
+//! connection, so the DNAT rules' own counters count connections, not traffic; exact counts
+//! would need one counting rule per mapping in a filter chain, a linear walk for every
+//! forwarded packet, which is what this layout already pays on first packets and what the
+//! nftables backend's one set lookup avoids.
+//!
 //! # Transactions
 //!
 //! Every call is one `iptables-restore --noflush` with a `*nat ... COMMIT` input, which the
@@ -360,6 +368,15 @@ impl Backend for IptablesBackend {
         netns::run_in(namespace, || self.read_back_here(namespace))?
     }
 
+    /// Not counted with this layout (see the module's documentation).
+    fn usage(
+        &self,
+        _: &RouterNamespace,
+    ) -> Result<Option<std::collections::BTreeMap<MasqueradeKey, super::Usage>>, DataplaneError>
+    {
+        Ok(None)
+    }
+
     /// iptables-nft commits nf_tables transactions, so the nf_tables generation moves with
     /// every change of the nat table. Legacy iptables has no generation: the shape of the
     /// legacy nat table (entries, size, hook offsets) is read with one `getsockopt` instead,
@@ -444,6 +461,12 @@ mod tests {
     use super::*;
     use crate::dataplane::{Forward, Protocol};
 
+    #[test]
+    fn this_layout_has_no_usage_counters() {
+        let ns = RouterNamespace::named("qrouter-without-counters");
+        assert_eq!(IptablesBackend::new().usage(&ns).unwrap(), None);
+    }
+
     pub(super) fn forward(id: &str, protocol: Protocol, ext: &str, vm: &str, int: &str) -> Forward {
         Forward {
             id: id.into(),
@@ -515,6 +538,7 @@ mod tests {
         new.restricted.clear();
         new.allowed.clear();
         new.masqueraded.clear();
+        new.counted.clear();
         let changes = old.diff(&new);
         let mut state = old.clone();
         apply_checked(&mut state, &changes).unwrap();
@@ -622,6 +646,7 @@ mod netns_tests {
         );
         new.restricted.insert(rdp);
         new.allowed.insert((rdp, "192.0.2.7/32".parse().unwrap()));
+        new.counted = RuleSet::counted_of(&new.forwards);
         new
     }
 

@@ -438,6 +438,8 @@ pub(super) fn rule_set_of(chains: &[Vec<Rule>; 2]) -> RuleSet {
             }
         }
     }
+    // This layout has no counters: what would be counted follows from the forwards.
+    set.counted = RuleSet::counted_of(&set.forwards);
     set
 }
 

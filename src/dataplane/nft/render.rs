@@ -8,15 +8,20 @@
 //!   set restricted       gateway . proto . port                        (forwards with a source list)
 //!   set allowed_sources  gateway . proto . port . source-cidr          (interval set)
 //!   set masqueraded      gateway . vm_ip . proto . vm_port             (rewrite the client)
+//!   set usage            gateway . vm_ip . proto . vm_port, counter    (traffic per mapping)
 //!   chain prerouting     nat, dstnat: refuse unlisted sources, mark hairpin flows, DNAT by map
 //!   chain postrouting    nat, srcnat: masquerade hairpin flows and the masqueraded set
+//!   chain forward        filter + 10: count both directions of DNATed flows in the usage set
 //! ```
 //!
-//! Dispatch is one map lookup whatever the number of forwards.
+//! Dispatch is one map lookup whatever the number of forwards; counting is one more lookup per
+//! forwarded packet of a DNATed flow, and the forward chain accepts everything.
 
 use std::fmt::Write;
 
-use super::{ALLOWED_SET, FORWARDS_MAP, HAIRPIN_LABEL, MASQUERADE_SET, RESTRICTED_SET, TABLE};
+use super::{
+    ALLOWED_SET, FORWARDS_MAP, HAIRPIN_LABEL, MASQUERADE_SET, RESTRICTED_SET, TABLE, USAGE_SET,
+};
 use crate::dataplane::{Changes, ExternalKey, MasqueradeKey, RuleSet, Target};
 
 /// Start of the comment of every rule we write.
@@ -111,6 +116,16 @@ pub fn definition(rules: &RuleSet) -> String {
     elements(&mut out, "\t\t", rules.masqueraded.iter().map(masq));
     let _ = writeln!(out, "\t}}");
 
+    // Every element gets a counter of its own (the set's `counter` is copied to each).
+    let _ = writeln!(out, "\tset {USAGE_SET} {{");
+    let _ = writeln!(
+        out,
+        "\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service"
+    );
+    let _ = writeln!(out, "\t\tcounter");
+    elements(&mut out, "\t\t", rules.counted.iter().map(masq));
+    let _ = writeln!(out, "\t}}");
+
     let tuple = "ip daddr . meta l4proto . th dport";
     let _ = writeln!(out, "\tchain prerouting {{");
     let _ = writeln!(
@@ -147,6 +162,27 @@ pub fn definition(rules: &RuleSet) -> String {
     let _ = writeln!(
         out,
         "\t\tct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @{MASQUERADE_SET} masquerade comment \"{RULE_COMMENT_PREFIX} masquerade\""
+    );
+    let _ = writeln!(out, "\t}}");
+
+    // Counting only: a set lookup whose element's counter moves, no verdict, policy accept.
+    // Between DNAT (prerouting) and the reply's un-DNAT (postrouting), both directions of a
+    // forwarded flow show the VM socket: as destination going in, as source coming back. The
+    // gateway is the flow's original destination, so a floating IP's flows to the same VM
+    // socket are not counted. After the filter priority, so that packets the filter chains
+    // (Neutron's FORWARD, a firewall) drop are not counted.
+    let _ = writeln!(out, "\tchain forward {{");
+    let _ = writeln!(
+        out,
+        "\t\ttype filter hook forward priority filter + 10; policy accept;"
+    );
+    let _ = writeln!(
+        out,
+        "\t\tct direction original ct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @{USAGE_SET} comment \"{RULE_COMMENT_PREFIX} usage\""
+    );
+    let _ = writeln!(
+        out,
+        "\t\tct direction reply ct status dnat ct original ip daddr . ip saddr . meta l4proto . th sport @{USAGE_SET} comment \"{RULE_COMMENT_PREFIX} usage\""
     );
     let _ = writeln!(out, "\t}}");
     let _ = writeln!(out, "}}");
@@ -194,6 +230,11 @@ pub fn update(changes: &Changes) -> String {
         MASQUERADE_SET,
         changes.remove_masqueraded.iter().map(masq).collect(),
     );
+    cmd(
+        "delete",
+        USAGE_SET,
+        changes.remove_counted.iter().map(masq).collect(),
+    );
     // Restrictions go in before the forward they guard, in the same transaction anyway.
     cmd(
         "add",
@@ -213,6 +254,11 @@ pub fn update(changes: &Changes) -> String {
         "add",
         MASQUERADE_SET,
         changes.add_masqueraded.iter().map(masq).collect(),
+    );
+    cmd(
+        "add",
+        USAGE_SET,
+        changes.add_counted.iter().map(masq).collect(),
     );
     cmd(
         "add",
@@ -283,6 +329,11 @@ table ip praas {
 		type ipv4_addr . ipv4_addr . inet_proto . inet_service
 		elements = { 203.0.113.10 . 10.0.0.6 . udp . 53 }
 	}
+	set usage {
+		type ipv4_addr . ipv4_addr . inet_proto . inet_service
+		counter
+		elements = { 203.0.113.10 . 10.0.0.5 . tcp . 22, 203.0.113.10 . 10.0.0.6 . udp . 53 }
+	}
 	chain prerouting {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr . meta l4proto . th dport @restricted ip daddr . meta l4proto . th dport . ip saddr != @allowed_sources return comment "praas: source not allowed"
@@ -293,6 +344,11 @@ table ip praas {
 		type nat hook postrouting priority srcnat; policy accept;
 		ct status dnat ct label 127 masquerade comment "praas: hairpin"
 		ct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @masqueraded masquerade comment "praas: masquerade"
+	}
+	chain forward {
+		type filter hook forward priority filter + 10; policy accept;
+		ct direction original ct status dnat ct original ip daddr . ip daddr . meta l4proto . th dport @usage comment "praas: usage"
+		ct direction reply ct status dnat ct original ip daddr . ip saddr . meta l4proto . th sport @usage comment "praas: usage"
 	}
 }
 "#;
@@ -318,10 +374,13 @@ table ip praas {
                 port: 2222,
             },
         );
+        new.counted = RuleSet::counted_of(&new.forwards);
         let text = update(&old.diff(&new));
         assert_eq!(
             text,
             "delete element ip praas forwards { 203.0.113.10 . tcp . 4000 }\n\
+             delete element ip praas usage { 203.0.113.10 . 10.0.0.5 . tcp . 22 }\n\
+             add element ip praas usage { 203.0.113.10 . 10.0.0.7 . tcp . 2222 }\n\
              add element ip praas forwards { 203.0.113.10 . tcp . 4000 : 10.0.0.7 . 2222 }\n"
         );
         assert_eq!(update(&new.diff(&new)), "");

@@ -6,6 +6,9 @@
 //! and read back with dumps: nft's text parser costs ≈ 14 µs per element and its JSON printer
 //! ≈ 80 µs, where a batch costs a few µs per element in the kernel.
 //!
+//! The usage set's counters are read the same way: one dump, in which every element carries
+//! its counter expression.
+//!
 //! Element bytes follow the kernel's register layout for concatenations: every field starts on
 //! a 4-byte boundary (an IPv4 address is 4 bytes, a protocol 1 + 3 padding, a port 2 in network
 //! order + 2 padding).
@@ -16,9 +19,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{ALLOWED_SET, FORWARDS_MAP, MASQUERADE_SET, RESTRICTED_SET, TABLE};
+use super::{ALLOWED_SET, FORWARDS_MAP, MASQUERADE_SET, RESTRICTED_SET, TABLE, USAGE_SET};
 use crate::dataplane::netlink::{self, *};
-use crate::dataplane::{Changes, ExternalKey, MasqueradeKey, Protocol, RuleSet, Target};
+use crate::dataplane::{Changes, ExternalKey, MasqueradeKey, Protocol, RuleSet, Target, Usage};
 
 // linux/netfilter/nfnetlink.h
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -49,13 +52,21 @@ const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_DATA_LEN: u16 = 7;
+const NFTA_SET_EXPR: u16 = 17;
+const NFTA_SET_EXPRESSIONS: u16 = 18;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_EXPR: u16 = 7;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_SET_ELEM_EXPRESSIONS: u16 = 11;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFTA_DATA_VALUE: u16 = 1;
 pub const NFT_SET_INTERVAL: u32 = 0x4;
 pub const NFT_SET_MAP: u32 = 0x8;
@@ -85,6 +96,17 @@ pub struct RawElement {
     pub key: Vec<u8>,
     pub key_end: Option<Vec<u8>>,
     pub data: Option<Vec<u8>>,
+}
+
+/// An element as a dump shows it, with the counter the kernel keeps for it if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountedElement {
+    pub element: RawElement,
+    pub counter: Option<Usage>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn key_bytes(k: &ExternalKey) -> Vec<u8> {
@@ -174,6 +196,10 @@ pub fn elements_of(rules: &RuleSet) -> Vec<(&'static str, Vec<RawElement>)> {
                 .map(|m| plain(masq_bytes(m)))
                 .collect(),
         ),
+        (
+            USAGE_SET,
+            rules.counted.iter().map(|m| plain(masq_bytes(m))).collect(),
+        ),
     ]
 }
 
@@ -196,7 +222,6 @@ impl std::fmt::Display for SetOp {
             SetOp::Delete(set, e) => ("delete", set, e),
         };
         write!(f, "{verb} {set}")?;
-        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         for e in elements.iter().take(4) {
             write!(f, " [{}", hex(&e.key))?;
             if let Some(end) = &e.key_end {
@@ -214,14 +239,30 @@ impl std::fmt::Display for SetOp {
     }
 }
 
-/// Replaces the elements of every set with those of `rules`.
-pub fn replace_ops(rules: &RuleSet) -> Vec<SetOp> {
+/// Replaces the elements of every set with those of `rules`, `counted_now` being what the
+/// usage set holds. The usage set is not flushed: its elements that stay are added again, which
+/// the kernel takes as a no-op that keeps their counters, and only those that go are deleted.
+pub fn replace_ops(rules: &RuleSet, counted_now: &[RawElement]) -> Vec<SetOp> {
     let mut ops: Vec<SetOp> = [FORWARDS_MAP, RESTRICTED_SET, ALLOWED_SET, MASQUERADE_SET]
         .into_iter()
         .map(SetOp::Flush)
         .collect();
+    let elements = elements_of(rules);
+    let wanted: std::collections::HashSet<&[u8]> = elements
+        .iter()
+        .filter(|(set, _)| *set == USAGE_SET)
+        .flat_map(|(_, e)| e.iter().map(|e| e.key.as_slice()))
+        .collect();
+    let stale: Vec<RawElement> = counted_now
+        .iter()
+        .filter(|e| !wanted.contains(e.key.as_slice()))
+        .map(|e| plain(e.key.clone()))
+        .collect();
+    if !stale.is_empty() {
+        ops.push(SetOp::Delete(USAGE_SET, stale));
+    }
     ops.extend(
-        elements_of(rules)
+        elements
             .into_iter()
             .filter(|(_, e)| !e.is_empty())
             .map(|(set, e)| SetOp::Add(set, e)),
@@ -263,6 +304,14 @@ pub fn change_ops(changes: &Changes) -> Vec<SetOp> {
                 .map(|m| plain(masq_bytes(m)))
                 .collect(),
         ),
+        SetOp::Delete(
+            USAGE_SET,
+            changes
+                .remove_counted
+                .iter()
+                .map(|m| plain(masq_bytes(m)))
+                .collect(),
+        ),
         SetOp::Add(
             ALLOWED_SET,
             changes
@@ -283,6 +332,14 @@ pub fn change_ops(changes: &Changes) -> Vec<SetOp> {
             MASQUERADE_SET,
             changes
                 .add_masqueraded
+                .iter()
+                .map(|m| plain(masq_bytes(m)))
+                .collect(),
+        ),
+        SetOp::Add(
+            USAGE_SET,
+            changes
+                .add_counted
                 .iter()
                 .map(|m| plain(masq_bytes(m)))
                 .collect(),
@@ -381,11 +438,13 @@ pub fn encode_batch(first_seq: u32, ops: &[SetOp]) -> (Vec<u8>, usize) {
 }
 
 /// What one of our sets is declared as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SetInfo {
     pub flags: u32,
     pub key_len: u32,
     pub data_len: u32,
+    /// Whether the set gives each element a counter (`counter` in its declaration).
+    pub counter: bool,
 }
 
 /// The shape of our table as the kernel holds it.
@@ -514,14 +573,7 @@ impl<'a> NftSocket<'a> {
         }
         let (req, seq) = self.request(NFT_MSG_GETSET, NLM_F_DUMP, &[(NFTA_SET_TABLE, TABLE)]);
         netlink::dump(self.socket, &req, seq, |msg| {
-            let (mut name, mut info) = (
-                String::new(),
-                SetInfo {
-                    flags: 0,
-                    key_len: 0,
-                    data_len: 0,
-                },
-            );
+            let (mut name, mut info) = (String::new(), SetInfo::default());
             for attr in attrs(msg.payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
                 let (ty, payload) = attr?;
                 match ty {
@@ -529,6 +581,11 @@ impl<'a> NftSocket<'a> {
                     NFTA_SET_FLAGS => info.flags = be32(payload, "NFTA_SET_FLAGS")?,
                     NFTA_SET_KEY_LEN => info.key_len = be32(payload, "NFTA_SET_KEY_LEN")?,
                     NFTA_SET_DATA_LEN => info.data_len = be32(payload, "NFTA_SET_DATA_LEN")?,
+                    NFTA_SET_EXPR | NFTA_SET_EXPRESSIONS => {
+                        for expr in expressions(ty == NFTA_SET_EXPR, payload)? {
+                            info.counter |= expression_name(expr)? == "counter";
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -568,6 +625,28 @@ impl<'a> NftSocket<'a> {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// Every element of the usage set with its counter: one dump. A namespace without the set
+    /// (our table missing, or written before the set existed) has none.
+    pub fn counters(&mut self) -> io::Result<Vec<CountedElement>> {
+        let (req, seq) = self.request(
+            NFT_MSG_GETSETELEM,
+            NLM_F_DUMP,
+            &[
+                (NFTA_SET_ELEM_LIST_TABLE, TABLE),
+                (NFTA_SET_ELEM_LIST_SET, USAGE_SET),
+            ],
+        );
+        let mut out = Vec::new();
+        match netlink::dump(self.socket, &req, seq, |msg| {
+            out.extend(counted_element_list(msg.payload)?);
+            Ok(())
+        }) {
+            Ok(()) => Ok(out),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Asks the kernel for specific elements, one request each, and returns those it holds (with
@@ -633,6 +712,14 @@ impl<'a> NftSocket<'a> {
 
 /// The elements of an element-list message (NEWSETELEM as the kernel sends it).
 fn element_list(payload: &[u8]) -> io::Result<Vec<RawElement>> {
+    Ok(counted_element_list(payload)?
+        .into_iter()
+        .map(|e| e.element)
+        .collect())
+}
+
+/// The elements of an element-list message with their counters.
+fn counted_element_list(payload: &[u8]) -> io::Result<Vec<CountedElement>> {
     let mut out = Vec::new();
     for attr in attrs(payload.get(NFGENMSG_LEN..).unwrap_or_default()) {
         let (ty, payload) = attr?;
@@ -643,6 +730,36 @@ fn element_list(payload: &[u8]) -> io::Result<Vec<RawElement>> {
         }
     }
     Ok(out)
+}
+
+/// Why the usage counters could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("the dump of set {USAGE_SET} failed")]
+    Netlink(#[source] io::Error),
+    #[error("element {key} of set {USAGE_SET} is not ours")]
+    Element {
+        key: String,
+        #[source]
+        source: ElementError,
+    },
+}
+
+/// The counters of the usage set's elements, by the mapping's gateway and internal socket.
+pub fn decode_usage(
+    counted: &[CountedElement],
+) -> Result<BTreeMap<MasqueradeKey, Usage>, UsageError> {
+    counted
+        .iter()
+        .map(|e| {
+            let decoded = decode_masquerade(&e.element.key)
+                .and_then(|key| Ok((key, e.counter.ok_or(ElementError::NoCounter)?)));
+            decoded.map_err(|source| UsageError::Element {
+                key: hex(&e.element.key),
+                source,
+            })
+        })
+        .collect()
 }
 
 /// Decodes raw elements of `set` into `rules`.
@@ -672,22 +789,84 @@ fn data_value(payload: &[u8]) -> io::Result<Vec<u8>> {
     Err(invalid("nft data without a value"))
 }
 
-fn parse_element(payload: &[u8]) -> io::Result<RawElement> {
+/// The expressions of an `*_EXPR` attribute (`single`: one expression) or of an
+/// `*_EXPRESSIONS` attribute (a list of them), as the payloads of their `nft_expr_attributes`.
+/// The kernel sends the list form when there are several.
+fn expressions(single: bool, payload: &[u8]) -> io::Result<Vec<&[u8]>> {
+    if single {
+        return Ok(vec![payload]);
+    }
+    let mut out = Vec::new();
+    for attr in attrs(payload) {
+        let (ty, expr) = attr?;
+        if ty == NFTA_LIST_ELEM {
+            out.push(expr);
+        }
+    }
+    Ok(out)
+}
+
+fn expression_name(expr: &[u8]) -> io::Result<String> {
+    for attr in attrs(expr) {
+        let (ty, value) = attr?;
+        if ty == NFTA_EXPR_NAME {
+            return Ok(string(value));
+        }
+    }
+    Err(invalid("nft expression without a name"))
+}
+
+/// The packets and bytes of a `counter` expression; `None` for another expression.
+fn counter_of(expr: &[u8]) -> io::Result<Option<Usage>> {
+    if expression_name(expr)? != "counter" {
+        return Ok(None);
+    }
+    let (mut packets, mut bytes) = (None, None);
+    for attr in attrs(expr) {
+        let (ty, data) = attr?;
+        if ty != NFTA_EXPR_DATA {
+            continue;
+        }
+        for attr in attrs(data) {
+            let (ty, value) = attr?;
+            match ty {
+                NFTA_COUNTER_BYTES => bytes = Some(be64(value, "NFTA_COUNTER_BYTES")?),
+                NFTA_COUNTER_PACKETS => packets = Some(be64(value, "NFTA_COUNTER_PACKETS")?),
+                _ => {}
+            }
+        }
+    }
+    match (packets, bytes) {
+        (Some(packets), Some(bytes)) => Ok(Some(Usage { packets, bytes })),
+        _ => Err(invalid("counter expression without packets and bytes")),
+    }
+}
+
+fn parse_element(payload: &[u8]) -> io::Result<CountedElement> {
     let mut e = RawElement {
         key: vec![],
         key_end: None,
         data: None,
     };
+    let mut counter = None;
     for attr in attrs(payload) {
         let (ty, value) = attr?;
         match ty {
             NFTA_SET_ELEM_KEY => e.key = data_value(value)?,
             NFTA_SET_ELEM_KEY_END => e.key_end = Some(data_value(value)?),
             NFTA_SET_ELEM_DATA => e.data = Some(data_value(value)?),
+            NFTA_SET_ELEM_EXPR | NFTA_SET_ELEM_EXPRESSIONS => {
+                for expr in expressions(ty == NFTA_SET_ELEM_EXPR, value)? {
+                    counter = counter.or(counter_of(expr)?);
+                }
+            }
             _ => {}
         }
     }
-    Ok(e)
+    Ok(CountedElement {
+        element: e,
+        counter,
+    })
 }
 
 fn ip_at(b: &[u8], at: usize) -> Ipv4Addr {
@@ -711,6 +890,8 @@ pub enum ElementError {
     SpansForwards,
     #[error("{first} - {last} is not a prefix")]
     NotAPrefix { first: Ipv4Addr, last: Ipv4Addr },
+    #[error("element without a counter")]
+    NoCounter,
 }
 
 fn proto_at(b: &[u8], at: usize) -> Result<Protocol, ElementError> {
@@ -728,6 +909,22 @@ fn decode_key(b: &[u8]) -> Result<ExternalKey, ElementError> {
         ip: ip_at(b, 0),
         protocol: proto_at(b, 4)?,
         port: port_at(b, 8),
+    })
+}
+
+/// A key of the masquerade or usage set.
+fn decode_masquerade(b: &[u8]) -> Result<MasqueradeKey, ElementError> {
+    if b.len() != 16 {
+        return Err(ElementError::Length {
+            len: b.len(),
+            expected: 16,
+        });
+    }
+    Ok(MasqueradeKey {
+        external_ip: ip_at(b, 0),
+        internal_ip: ip_at(b, 4),
+        protocol: proto_at(b, 8)?,
+        internal_port: port_at(b, 12),
     })
 }
 
@@ -780,13 +977,10 @@ fn decode_into(rules: &mut RuleSet, set: &str, e: &RawElement) -> Result<(), Ele
             rules.allowed.insert((decode_key(&e.key)?, net));
         }
         MASQUERADE_SET => {
-            expect(16, &e.key)?;
-            rules.masqueraded.insert(MasqueradeKey {
-                external_ip: ip_at(&e.key, 0),
-                internal_ip: ip_at(&e.key, 4),
-                protocol: proto_at(&e.key, 8)?,
-                internal_port: port_at(&e.key, 12),
-            });
+            rules.masqueraded.insert(decode_masquerade(&e.key)?);
+        }
+        USAGE_SET => {
+            rules.counted.insert(decode_masquerade(&e.key)?);
         }
         _ => {}
     }
@@ -884,7 +1078,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let (batch, acked) = encode_batch(100, &replace_ops(&rules));
+        let (batch, acked) = encode_batch(100, &replace_ops(&rules, &[]));
         // 4 flushes + 3 chunks of forwards; the empty sets add nothing.
         assert_eq!(acked, 4 + 3);
         let msgs: Vec<_> = messages(&batch).collect::<io::Result<_>>().unwrap();
@@ -904,6 +1098,173 @@ mod tests {
             ops.iter().all(|op| matches!(op, SetOp::Delete(..))),
             "{ops:?}"
         );
-        assert_eq!(ops.len(), 4);
+        // forwards, restricted, allowed_sources, masqueraded, usage
+        assert_eq!(ops.len(), 5);
+    }
+
+    fn usage_key(port: u16) -> MasqueradeKey {
+        MasqueradeKey {
+            external_ip: "203.0.113.10".parse().unwrap(),
+            internal_ip: "10.0.0.5".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            internal_port: port,
+        }
+    }
+
+    #[test]
+    fn a_full_sync_keeps_the_usage_elements_that_stay_and_deletes_only_the_others() {
+        let rules = sample();
+        let staying = plain(masq_bytes(rules.counted.first().unwrap()));
+        let gone = plain(masq_bytes(&usage_key(2222)));
+        let ops = replace_ops(&rules, &[staying.clone(), gone.clone()]);
+        let described: Vec<String> = ops.iter().map(|op| op.to_string()).collect();
+        assert!(
+            !described.iter().any(|d| d == "flush usage"),
+            "the usage set must not be flushed: {described:?}"
+        );
+        let deleted: Vec<&RawElement> = ops
+            .iter()
+            .filter_map(|op| match op {
+                SetOp::Delete(USAGE_SET, e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(deleted, [&gone]);
+        let added: Vec<&RawElement> = ops
+            .iter()
+            .filter_map(|op| match op {
+                SetOp::Add(USAGE_SET, e) => Some(e),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        // Added again, which the kernel takes as a no-op that keeps the counter.
+        assert_eq!(added, [&staying]);
+        // Nothing there yet: nothing to delete.
+        assert!(!replace_ops(&rules, &[])
+            .iter()
+            .any(|op| matches!(op, SetOp::Delete(..))));
+    }
+
+    /// A `counter` expression as the kernel dumps it under `attr`.
+    fn put_counter(buf: &mut Vec<u8>, attr: u16, packets: u64, bytes: u64) {
+        let expr = begin_nest(buf, attr);
+        put_attr(buf, NFTA_EXPR_NAME, b"counter\0");
+        let data = begin_nest(buf, NFTA_EXPR_DATA);
+        put_attr(buf, 3, &[]); // NFTA_COUNTER_PAD, which aligns the 64-bit values
+        put_attr(buf, NFTA_COUNTER_BYTES, &bytes.to_be_bytes());
+        put_attr(buf, NFTA_COUNTER_PACKETS, &packets.to_be_bytes());
+        end_nest(buf, data);
+        end_nest(buf, expr);
+    }
+
+    /// A NEWSETELEM message payload of the usage set, as a dump answers, with `elements` (each
+    /// the attributes of one element).
+    fn dump_message(elements: &[Vec<u8>]) -> Vec<u8> {
+        let mut buf = vec![NFPROTO_IPV4, NFNETLINK_V0, 0, 0];
+        put_attr(&mut buf, NFTA_SET_ELEM_LIST_TABLE, &cstr(TABLE));
+        put_attr(&mut buf, NFTA_SET_ELEM_LIST_SET, &cstr(USAGE_SET));
+        let list = begin_nest(&mut buf, NFTA_SET_ELEM_LIST_ELEMENTS);
+        for e in elements {
+            let elem = begin_nest(&mut buf, NFTA_LIST_ELEM);
+            buf.extend_from_slice(e);
+            end_nest(&mut buf, elem);
+        }
+        end_nest(&mut buf, list);
+        buf
+    }
+
+    #[test]
+    fn counters_are_decoded_from_either_form_of_an_elements_expressions() {
+        // One expression: NFTA_SET_ELEM_EXPR.
+        let mut single = vec![];
+        put_data(&mut single, NFTA_SET_ELEM_KEY, &masq_bytes(&usage_key(22)));
+        put_counter(&mut single, NFTA_SET_ELEM_EXPR, 7, 1_234);
+        // Several: NFTA_SET_ELEM_EXPRESSIONS, a list in which the counter is not first.
+        let mut listed = vec![];
+        put_data(&mut listed, NFTA_SET_ELEM_KEY, &masq_bytes(&usage_key(80)));
+        let list = begin_nest(&mut listed, NFTA_SET_ELEM_EXPRESSIONS);
+        let other = begin_nest(&mut listed, NFTA_LIST_ELEM);
+        put_attr(&mut listed, NFTA_EXPR_NAME, b"limit\0");
+        end_nest(&mut listed, other);
+        put_counter(&mut listed, NFTA_LIST_ELEM, 1 << 40, u64::MAX);
+        end_nest(&mut listed, list);
+
+        let counted = counted_element_list(&dump_message(&[single, listed])).unwrap();
+        assert_eq!(counted[0].element, plain(masq_bytes(&usage_key(22))));
+        let usage = decode_usage(&counted).unwrap();
+        assert_eq!(
+            usage,
+            BTreeMap::from([
+                (
+                    usage_key(22),
+                    Usage {
+                        packets: 7,
+                        bytes: 1_234
+                    }
+                ),
+                (
+                    usage_key(80),
+                    Usage {
+                        packets: 1 << 40,
+                        bytes: u64::MAX
+                    }
+                ),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_usage_element_without_a_counter_or_with_a_foreign_key_is_an_error() {
+        let mut bare = vec![];
+        put_data(&mut bare, NFTA_SET_ELEM_KEY, &masq_bytes(&usage_key(22)));
+        let counted = counted_element_list(&dump_message(&[bare])).unwrap();
+        assert_eq!(counted[0].counter, None);
+        let err = decode_usage(&counted).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UsageError::Element {
+                    source: ElementError::NoCounter,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "element cb00710a0a0000050600000000160000 of set usage is not ours"
+        );
+
+        let mut short = vec![];
+        put_data(&mut short, NFTA_SET_ELEM_KEY, &[10, 0, 0, 5]);
+        put_counter(&mut short, NFTA_SET_ELEM_EXPR, 1, 1);
+        let counted = counted_element_list(&dump_message(&[short])).unwrap();
+        assert!(matches!(
+            decode_usage(&counted),
+            Err(UsageError::Element {
+                source: ElementError::Length {
+                    len: 4,
+                    expected: 16
+                },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_truncated_counter_is_an_error_not_a_zero() {
+        let mut e = vec![];
+        put_data(&mut e, NFTA_SET_ELEM_KEY, &masq_bytes(&usage_key(22)));
+        let expr = begin_nest(&mut e, NFTA_SET_ELEM_EXPR);
+        put_attr(&mut e, NFTA_EXPR_NAME, b"counter\0");
+        let data = begin_nest(&mut e, NFTA_EXPR_DATA);
+        put_attr(&mut e, NFTA_COUNTER_BYTES, &[0, 0, 0, 9]);
+        put_attr(&mut e, NFTA_COUNTER_PACKETS, &1u64.to_be_bytes());
+        end_nest(&mut e, data);
+        end_nest(&mut e, expr);
+        let err = counted_element_list(&dump_message(&[e])).unwrap_err();
+        assert_eq!(err.to_string(), "NFTA_COUNTER_BYTES is 4 bytes, expected 8");
     }
 }
