@@ -13,7 +13,9 @@ use std::sync::Arc;
 use common::{forward, kernel_tests_enabled};
 use praas::dataplane::conntrack::Conntrack;
 use praas::dataplane::sync::{RouterSync, SyncMode};
-use praas::dataplane::{DataplaneError, Driver, Forward, NamespaceKind, Protocol, RuleSet};
+use praas::dataplane::{
+    DataplaneError, Driver, Forward, MasqueradeKey, NamespaceKind, Protocol, RuleSet, Usage,
+};
 use praas::testbed::simnode::{
     self, SimNode, SimNodeOptions, CLIENT_SOURCES, GATEWAY_IP, INTERNAL_GATEWAY, UPSTREAM_IP,
 };
@@ -534,4 +536,397 @@ fn single_element_lookups_find_exactly_what_the_kernel_holds() {
         present.sort();
         assert_eq!(found, present, "set {set}");
     }
+}
+
+// Usage counters (nftables only: the iptables driver has none).
+
+/// The usage element of the simulated gateway's `protocol` forwards to `vm:port`.
+fn socket(vm: std::net::Ipv4Addr, protocol: Protocol, port: u16) -> MasqueradeKey {
+    MasqueradeKey {
+        external_ip: GATEWAY_IP,
+        internal_ip: vm,
+        protocol,
+        internal_port: port,
+    }
+}
+
+/// What the kernel counted for `key`; a missing element is a test failure.
+fn counted(sync: &RouterSync, node: &SimNode, key: &MasqueradeKey) -> Usage {
+    let usage = sync
+        .usage(&node.router_ns)
+        .unwrap()
+        .expect("nftables counts");
+    *usage
+        .get(key)
+        .unwrap_or_else(|| panic!("no usage element for {key}: {usage:?}"))
+}
+
+/// Bytes of one UDP datagram of `payload` bytes on the wire, IP header included.
+fn udp_bytes(payload: usize) -> u64 {
+    (20 + 8 + payload) as u64
+}
+
+#[test]
+fn usage_counts_both_directions_of_tcp_and_udp_and_nothing_else() {
+    if !kernel_tests_enabled("usage_both_directions") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let vm = node.vms[0].ip;
+    let zero = Usage::default();
+    // Nothing of ours in the namespace yet: nothing counted, not an error.
+    assert_eq!(
+        sync.usage(&node.router_ns).unwrap(),
+        Some(Default::default())
+    );
+    let _tcp = node.serve_tcp(0, 22).unwrap();
+    let _udp = node.serve_udp(0, 53).unwrap();
+    let fwds = [
+        forward("ssh", Protocol::Tcp, "4000", vm, "22"),
+        forward("dns", Protocol::Udp, "4001", vm, "53"),
+        forward("idle", Protocol::Tcp, "4002", node.vms[1].ip, "22"),
+    ];
+    let desired = rules(&fwds);
+    sync.sync(&node.router_ns, &desired).unwrap();
+    let all = sync.usage(&node.router_ns).unwrap().unwrap();
+    assert_eq!(
+        all.keys().copied().collect::<Vec<_>>(),
+        desired.counted.iter().copied().collect::<Vec<_>>()
+    );
+    assert!(all.values().all(|u| *u == zero), "{all:?}");
+    let (ssh, dns, idle) = (
+        socket(vm, Protocol::Tcp, 22),
+        socket(vm, Protocol::Udp, 53),
+        socket(node.vms[1].ip, Protocol::Tcp, 22),
+    );
+
+    // Traffic that is not a forward of ours: an unmapped port, the other protocol, and a
+    // floating IP that Neutron DNATs to the very same VM socket.
+    assert!(SimNode::tcp_exchange(&node.client_ns, None, gw(4999), "x").is_err());
+    assert!(SimNode::udp_exchange(&node.client_ns, None, gw(4000), "x").is_err());
+    let floating = std::net::Ipv4Addr::new(203, 0, 113, 20);
+    let r = node.router_ns.name();
+    simnode::run(
+        &[
+            "ip",
+            "-n",
+            r,
+            "addr",
+            "add",
+            "203.0.113.20/32",
+            "dev",
+            &node.gateway_device,
+        ],
+        None,
+    )
+    .unwrap();
+    simnode::run(
+        &[
+            "ip",
+            "netns",
+            "exec",
+            r,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "203.0.113.20/32",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &vm.to_string(),
+        ],
+        None,
+    )
+    .unwrap();
+    let answer = SimNode::tcp_exchange(
+        &node.client_ns,
+        None,
+        SocketAddrV4::new(floating, 22),
+        "through the floating IP",
+    )
+    .unwrap();
+    assert!(answer.ends_with("through the floating IP"), "{answer}");
+    let after = sync.usage(&node.router_ns).unwrap().unwrap();
+    assert!(after.values().all(|u| *u == zero), "{after:?}");
+
+    // UDP: one datagram each way, counted exactly.
+    let question = "q".repeat(500);
+    let answer = SimNode::udp_exchange(
+        &node.client_ns,
+        Some(CLIENT_SOURCES[0]),
+        gw(4001),
+        &question,
+    )
+    .unwrap();
+    assert_eq!(
+        counted(&sync, &node, &dns),
+        Usage {
+            packets: 2,
+            bytes: udp_bytes(question.len()) + udp_bytes(answer.len() + 1), // + its newline
+        }
+    );
+
+    // TCP: a large request and a larger answer; the answer only passes in the reply direction.
+    let request = "r".repeat(20_000);
+    let mut c = SimNode::connect(&node.client_ns, None, gw(4000)).unwrap();
+    let answer = c.exchange(&request).unwrap();
+    assert_eq!(
+        answer.len(),
+        request.len() + format!("from={UPSTREAM_IP} ").len()
+    );
+    let tcp = counted(&sync, &node, &ssh);
+    let payload = (request.len() + 1 + answer.len() + 1) as u64;
+    // Each packet carries at least a 20-byte IP and a 20-byte TCP header.
+    assert!(
+        tcp.bytes >= payload + 40 * tcp.packets,
+        "{tcp:?}: both directions must be counted ({payload} bytes of payload)"
+    );
+    // At least the handshake, the request and the answer. Packets are counted as the stack
+    // sees them: with GRO, one counted packet can carry several segments of the wire.
+    assert!(tcp.packets >= 5, "{tcp:?}");
+    assert_eq!(counted(&sync, &node, &idle), zero);
+    assert_eq!(
+        counted(&sync, &node, &dns).packets,
+        2,
+        "TCP counted into the UDP element"
+    );
+}
+
+#[test]
+fn usage_restarts_from_zero_when_an_element_is_added_again_and_survives_a_resync() {
+    if !kernel_tests_enabled("usage_restarts") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let vm = node.vms[0].ip;
+    let _udp = node.serve_udp(0, 53).unwrap();
+    let dns = forward("dns", Protocol::Udp, "4001", vm, "53");
+    let other = forward("other", Protocol::Tcp, "4002", vm, "22");
+    let both = rules(&[dns.clone(), other.clone()]);
+    let key = socket(vm, Protocol::Udp, 53);
+    let exchange = || SimNode::udp_exchange(&node.client_ns, None, gw(4001), "q").unwrap();
+    sync.sync(&node.router_ns, &both).unwrap();
+    exchange();
+    exchange();
+    let before = counted(&sync, &node, &key);
+    assert_eq!(before.packets, 4);
+
+    // A full sync of an intact table (a restarted agent, the periodic resync) keeps counts.
+    let fresh = sync_for(Driver::Nftables);
+    assert_eq!(
+        fresh.sync(&node.router_ns, &both).unwrap().mode,
+        SyncMode::Full
+    );
+    assert_eq!(counted(&sync, &node, &key), before);
+    // Nor are counts drift.
+    sync.verify(&node.router_ns).unwrap();
+
+    // Removed: gone from the counters. Added again: from 0.
+    sync.sync(&node.router_ns, &rules(std::slice::from_ref(&other)))
+        .unwrap();
+    assert!(!sync
+        .usage(&node.router_ns)
+        .unwrap()
+        .unwrap()
+        .contains_key(&key));
+    sync.sync(&node.router_ns, &both).unwrap();
+    assert_eq!(counted(&sync, &node, &key), Usage::default());
+    exchange();
+    assert_eq!(counted(&sync, &node, &key).packets, 2);
+
+    // Re-pointed to another VM socket: the new element counts from 0, the old one is gone.
+    let _moved = node.serve_udp(0, 5353).unwrap();
+    let repointed = forward("dns", Protocol::Udp, "4001", vm, "5353");
+    sync.sync(&node.router_ns, &rules(&[repointed.clone(), other.clone()]))
+        .unwrap();
+    let usage = sync.usage(&node.router_ns).unwrap().unwrap();
+    assert!(!usage.contains_key(&key), "{usage:?}");
+    assert_eq!(usage[&socket(vm, Protocol::Udp, 5353)], Usage::default());
+
+    // A table rewritten after someone changed it starts every counter from 0.
+    exchange();
+    let ns = node.router_ns.name();
+    simnode::run(
+        &[
+            "ip", "netns", "exec", ns, "nft", "add", "rule", "ip", "praas", "forward", "counter",
+        ],
+        None,
+    )
+    .unwrap();
+    let err = sync.verify(&node.router_ns).unwrap_err();
+    assert!(matches!(err, DataplaneError::Drift { .. }), "{err}");
+    sync.sync(&node.router_ns, &rules(&[repointed, other.clone()]))
+        .unwrap();
+    assert_eq!(
+        counted(&sync, &node, &socket(vm, Protocol::Udp, 5353)),
+        Usage::default()
+    );
+    exchange();
+    assert_eq!(
+        counted(&sync, &node, &socket(vm, Protocol::Udp, 5353)).packets,
+        2
+    );
+
+    // A full sync of an intact table deletes the usage elements no longer wanted.
+    let fresh = sync_for(Driver::Nftables);
+    assert_eq!(
+        fresh.sync(&node.router_ns, &rules(&[other])).unwrap().mode,
+        SyncMode::Full
+    );
+    fresh.verify(&node.router_ns).unwrap();
+    let usage = fresh.usage(&node.router_ns).unwrap().unwrap();
+    assert_eq!(
+        usage.keys().copied().collect::<Vec<_>>(),
+        [socket(vm, Protocol::Tcp, 22)]
+    );
+}
+
+#[test]
+fn usage_of_a_range_counts_per_internal_port_and_a_fan_in_once() {
+    if !kernel_tests_enabled("usage_ranges") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let vm = node.vms[0].ip;
+    let _servers: Vec<_> = [6000, 6001, 6002, 53]
+        .into_iter()
+        .map(|p| node.serve_udp(0, p).unwrap())
+        .collect();
+    sync.sync(
+        &node.router_ns,
+        &rules(&[
+            forward("shift", Protocol::Udp, "5000:5002", vm, "6000:6002"),
+            forward("fan-in", Protocol::Udp, "5100:5101", vm, "53"),
+        ]),
+    )
+    .unwrap();
+    SimNode::udp_exchange(&node.client_ns, None, gw(5001), "a").unwrap();
+    SimNode::udp_exchange(&node.client_ns, None, gw(5100), "b").unwrap();
+    SimNode::udp_exchange(&node.client_ns, None, gw(5101), "c").unwrap();
+    let usage = sync.usage(&node.router_ns).unwrap().unwrap();
+    let packets: Vec<(u16, u64)> = usage
+        .iter()
+        .map(|(k, u)| (k.internal_port, u.packets))
+        .collect();
+    assert_eq!(packets, [(53, 4), (6000, 0), (6001, 2), (6002, 0)]);
+}
+
+#[test]
+fn usage_counts_hairpin_flows() {
+    if !kernel_tests_enabled("usage_hairpin") {
+        return;
+    }
+    for neutron_rules in [false, true] {
+        let node = SimNode::new(SimNodeOptions {
+            neutron_rules,
+            ..Default::default()
+        })
+        .unwrap();
+        let sync = sync_for(Driver::Nftables);
+        let vm = node.vms[0].ip;
+        let _tcp = node.serve_tcp(0, 22).unwrap();
+        let _udp = node.serve_udp(0, 53).unwrap();
+        sync.sync(
+            &node.router_ns,
+            &rules(&[
+                forward("ssh", Protocol::Tcp, "4000", vm, "22"),
+                forward("dns", Protocol::Udp, "4001", vm, "53"),
+            ]),
+        )
+        .unwrap();
+        let from_vm1 = &node.vms[1].namespace;
+        let answer = SimNode::udp_exchange(from_vm1, None, gw(4001), "q").unwrap();
+        assert_eq!(
+            counted(&sync, &node, &socket(vm, Protocol::Udp, 53)),
+            Usage {
+                packets: 2,
+                bytes: udp_bytes(1) + udp_bytes(answer.len() + 1),
+            },
+            "neutron_rules={neutron_rules}"
+        );
+        let request = "h".repeat(10_000);
+        let mut c = SimNode::connect(from_vm1, None, gw(4000)).unwrap();
+        let answer = c.exchange(&request).unwrap();
+        let tcp = counted(&sync, &node, &socket(vm, Protocol::Tcp, 22));
+        let payload = (request.len() + answer.len() + 2) as u64;
+        assert!(
+            tcp.bytes >= payload + 40 * tcp.packets,
+            "neutron_rules={neutron_rules}: {tcp:?}"
+        );
+    }
+}
+
+#[test]
+fn a_table_from_before_the_usage_counters_is_rewritten_with_them() {
+    if !kernel_tests_enabled("usage_upgrade") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let vm = node.vms[0].ip;
+    let _udp = node.serve_udp(0, 53).unwrap();
+    let desired = rules(&[forward("dns", Protocol::Udp, "4001", vm, "53")]);
+    sync.sync(&node.router_ns, &desired).unwrap();
+    // What an earlier version wrote: the same table without the usage set and its chain.
+    let ns = node.router_ns.name();
+    let nft = |args: &[&str]| {
+        let mut all = vec!["ip", "netns", "exec", ns, "nft"];
+        all.extend_from_slice(args);
+        simnode::run(&all, None).unwrap()
+    };
+    nft(&["delete", "chain", "ip", "praas", "forward"]);
+    nft(&["delete", "set", "ip", "praas", "usage"]);
+    // Forwarding still works, and nothing is counted (nor is it an error).
+    SimNode::udp_exchange(&node.client_ns, None, gw(4001), "q").unwrap();
+    assert_eq!(
+        sync.usage(&node.router_ns).unwrap(),
+        Some(Default::default())
+    );
+    // A starting agent finds the table not ours and rewrites it.
+    let fresh = sync_for(Driver::Nftables);
+    assert_eq!(
+        fresh.sync(&node.router_ns, &desired).unwrap().mode,
+        SyncMode::Full
+    );
+    fresh.verify(&node.router_ns).unwrap();
+    let listing = nft(&["list", "table", "ip", "praas"]);
+    assert!(listing.contains("chain forward"), "{listing}");
+    SimNode::udp_exchange(&node.client_ns, None, gw(4001), "q").unwrap();
+    assert_eq!(
+        counted(&fresh, &node, &socket(vm, Protocol::Udp, 53)).packets,
+        2
+    );
+}
+
+#[test]
+fn usage_of_ten_thousand_mappings_is_read_in_one_dump() {
+    if !kernel_tests_enabled("usage_scale") {
+        return;
+    }
+    let node = node();
+    let sync = sync_for(Driver::Nftables);
+    let fwds: Vec<Forward> = (0..10_000u16)
+        .map(|i| {
+            let vm = std::net::Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 2);
+            forward(
+                &format!("m{i}"),
+                Protocol::Tcp,
+                &(10_000 + i).to_string(),
+                vm,
+                "22",
+            )
+        })
+        .collect();
+    let desired = rules(&fwds);
+    assert_eq!(desired.counted.len(), 10_000);
+    sync.sync(&node.router_ns, &desired).unwrap();
+    let usage = sync.usage(&node.router_ns).unwrap().unwrap();
+    assert!(usage.keys().eq(desired.counted.iter()));
+    assert!(usage.values().all(|u| *u == Usage::default()));
 }
