@@ -123,6 +123,8 @@ impl Config {
                 driver: Driver::default(),
                 resync_interval: 0,
                 enabled: false,
+                usage_interval: 0,
+                usage_series_limit: 0,
             },
             openstack: OpenStackSection {
                 clouds_file: None,
@@ -262,6 +264,12 @@ pub struct DataplaneSection {
     pub resync_interval: u64,
     /// `false` runs the API without touching namespaces, on a node that hosts no routers.
     pub enabled: bool,
+    /// Seconds between two readings of the kernel's per-mapping counters, added to the
+    /// mappings' `packets`, `bytes` and `last_used` (default 30; 0: not read).
+    pub usage_interval: u64,
+    /// Per-mapping metric series are served while this node programs at most this many
+    /// mappings (default 1000; 0: never); above it, only the node's totals.
+    pub usage_series_limit: u64,
 }
 
 impl Default for DataplaneSection {
@@ -275,6 +283,11 @@ impl DataplaneSection {
     /// The period of the full resync.
     pub fn resync_period(&self) -> Duration {
         Duration::from_secs(self.resync_interval)
+    }
+
+    /// The period of the usage readings; `None` when they are off.
+    pub fn usage_period(&self) -> Option<Duration> {
+        (self.usage_interval > 0).then(|| Duration::from_secs(self.usage_interval))
     }
 }
 
@@ -491,6 +504,8 @@ pub enum ValueError {
     NotARole,
     #[error("expected a number from 1 to 10000000")]
     NotACacheSize,
+    #[error("expected a number from 0 to 1000000")]
+    NotASeriesLimit,
     #[error(
         "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
          mysql://praas:password@controller/praas"
@@ -948,6 +963,37 @@ static DATAPLANE: &[Key] = &[
             (true/false, yes/no, on/off, 1/0)",
         set: |c, v| {
             c.dataplane.enabled = parse_bool(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "usage_interval",
+        default: Is("30"),
+        doc: "
+            Seconds between two readings of the kernel's per-mapping packet and byte counters
+            (nftables driver), which the API shows as packets, bytes and last_used. 0: not read.
+            Up to 86400.",
+        set: |c, v| {
+            c.dataplane.usage_interval = match v {
+                "0" => 0,
+                v => parse_seconds(v)?,
+            };
+            Ok(())
+        },
+    },
+    Key {
+        name: "usage_series_limit",
+        default: Is("1000"),
+        doc: "
+            /metrics shows praas_mapping_packets_total and praas_mapping_bytes_total per mapping
+            (labelled by mapping id) while this node programs at most this many mappings; above
+            it only the node's totals, so that a large node does not flood Prometheus. 0: never.",
+        set: |c, v| {
+            c.dataplane.usage_series_limit = v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= 1_000_000 && v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or(ValueError::NotASeriesLimit)?;
             Ok(())
         },
     },
@@ -1590,7 +1636,7 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "line 2: unknown key \"drivers\" in [dataplane] \
-             (known keys: driver, resync_interval, enabled)"
+             (known keys: driver, resync_interval, enabled, usage_interval, usage_series_limit)"
         );
         // A key of another section is unknown where it stands.
         assert!(matches!(

@@ -268,13 +268,20 @@ pub fn agent(cfg: &Config, store: Arc<Store>) -> Result<Agent, RuntimeError> {
         .backend()
         .map_err(RuntimeError::Dataplane)?;
     let sync = Arc::new(RouterSync::new(Arc::from(backend), Arc::new(Conntrack)));
-    Ok(Agent::new(
+    let agent = Agent::new(
         store,
         sync,
         Arc::new(LocalNamespaces::default()),
         cfg.dataplane.resync_period(),
     )
-    .reporting(cfg.praas.host_name(), cfg.praas.report_period()))
+    .reporting(cfg.praas.host_name(), cfg.praas.report_period());
+    Ok(match cfg.dataplane.usage_period() {
+        Some(every) => agent.counting_usage(
+            every,
+            usize::try_from(cfg.dataplane.usage_series_limit).unwrap_or(usize::MAX),
+        ),
+        None => agent,
+    })
 }
 
 /// The monitor, reading Neutron with `session`.
@@ -365,6 +372,9 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
         let mut agent = agent(cfg, store.clone())?;
         agent_counters = Some(agent.counters());
         agent.counters().register(metrics.registry());
+        if let Some(usage) = agent.usage_metrics() {
+            usage.register(metrics.registry());
+        }
         tracing::info!(driver = ?cfg.dataplane.driver, "agent started");
         let mut stop = stopping.subscribe();
         // An agent of its own process hears of the servers' commits over RabbitMQ (all-in-one

@@ -148,6 +148,7 @@ async fn metrics_and_status_follow_a_mapping_through_traffic_and_its_port_s_dele
             "[praas]\nport_app = {port}\nbind_address = 127.0.0.1\nport_allocation = sequential\n\
              host = {host}\nreport_interval = 1\nsecond_monitoring = 1\n\
              [database]\nconnection = sqlite:///{}/praas.db\n\
+             [dataplane]\nusage_interval = 1\n\
              [openstack]\nclouds_file = {}\n",
             dir.display(),
             cloud.dir.join("clouds.yaml").display()
@@ -230,8 +231,53 @@ async fn metrics_and_status_follow_a_mapping_through_traffic_and_its_port_s_dele
     .unwrap();
     assert!(answer.ends_with("hello"), "{answer}");
 
-    let text = scrape(&base).await;
+    // The kernel counted the connection: the agent adds it to the mapping within a second.
+    let shown = eventually("the mapping's usage", Duration::from_secs(10), async || {
+        let m: Value = http
+            .get(format!("{base}/v1/mappings/{id}"))
+            .header("x-auth-token", &token)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (m["mapping"]["packets"].as_u64() > Some(0)).then_some(m)
+    })
+    .await;
+    let mapping = &shown["mapping"];
+    // A TCP exchange: handshake, data and answer, and the close, both ways.
+    assert!(mapping["packets"].as_u64() >= Some(6), "{shown}");
+    assert!(mapping["bytes"].as_u64() > Some(6 * 40), "{shown}");
+    assert!(mapping["last_used"].is_string(), "{shown}");
+
+    let text = eventually(
+        "the usage in /metrics",
+        Duration::from_secs(5),
+        async || {
+            let text = scrape(&base).await;
+            (sample(&text, "praas_mapping_packets_total", &[("mapping_id", &id)]) > Some(0.0))
+                .then_some(text)
+        },
+    )
+    .await;
     promtool_accepts(&text);
+    assert!(
+        sample(
+            &text,
+            "praas_mapping_bytes_total",
+            &[("mapping_id", &id), ("router_id", &own.id)]
+        ) > Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "praas_forwarded_packets_total", &[]) >= Some(6.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "praas_forwarded_bytes_total", &[]) > Some(240.0),
+        "{text}"
+    );
     let requests = |method: &str, route: &str, status: &str| {
         sample(
             &text,

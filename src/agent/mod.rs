@@ -21,6 +21,7 @@
 //! a deleted table, a namespace built again) is rewritten within that second. Each repair is
 //! logged with what was found and counted.
 
+pub mod usage;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,6 +88,8 @@ pub struct Agent {
     failed_commits: u64,
     /// Woken when another process announces a commit (see [`crate::changes`]).
     announced: Option<Arc<tokio::sync::Notify>>,
+    /// Reads the kernel's per-mapping counters, when asked to (see [`Agent::counting_usage`]).
+    usage: Option<usage::UsageMeter>,
 }
 
 /// What the agent reports, and what it reported last.
@@ -387,6 +390,86 @@ impl Agent {
             last_error: None,
             failed_commits: 0,
             announced: None,
+            usage: None,
+        }
+    }
+
+    /// Makes the agent read the kernel's per-mapping counters every `every` and add them to
+    /// the store (the API's `packets`, `bytes`, `last_used`); per-mapping metric series are
+    /// kept while the node programs at most `series_limit` mappings.
+    pub fn counting_usage(mut self, every: Duration, series_limit: usize) -> Self {
+        self.usage = Some(usage::UsageMeter::new(every, series_limit));
+        self
+    }
+
+    /// The usage metrics, when the agent counts usage.
+    pub fn usage_metrics(&self) -> Option<usage::UsageMetrics> {
+        self.usage.as_ref().map(|u| u.metrics().clone())
+    }
+
+    /// Reads the kernel's counters of every served namespace when a reading is due, and adds
+    /// what each mapping forwarded since the last one to the store and the metrics.
+    pub async fn read_usage_if_due(&mut self) {
+        let due = self.usage.as_mut().is_some_and(|u| u.due());
+        let Some(served) = self.served.clone().filter(|_| due) else {
+            return;
+        };
+        let mut programmed = 0;
+        let mut jobs = vec![];
+        for (ns, state) in self.known.iter().filter(|(ns, _)| served.contains(*ns)) {
+            let Some((router_id, _)) = RouterNamespace::router_of(ns.name()) else {
+                continue;
+            };
+            let mut owners = std::collections::HashMap::new();
+            for m in state.mappings.iter() {
+                if m.held || state.invalid.contains_key(&m.forward.id) {
+                    continue;
+                }
+                programmed += 1;
+                for key in usage::keys(&m.forward) {
+                    owners.insert(key, m.forward.id.clone());
+                }
+            }
+            jobs.push((ns.clone(), router_id.to_string(), owners));
+        }
+        let sync = self.sync.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .filter_map(|(namespace, router_id, owners)| match sync.usage(&namespace) {
+                    Ok(counts) => Some(usage::Reading {
+                        namespace,
+                        router_id,
+                        counts,
+                        owners,
+                    }),
+                    Err(e) => {
+                        debug!(%namespace, error = %crate::util::Chain(&e), "cannot read the usage counters");
+                        None
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let readings = match read {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "reading the usage counters failed");
+                return;
+            }
+        };
+        let Some(meter) = self.usage.as_mut() else {
+            return;
+        };
+        meter.keep_only(&served);
+        let deltas = meter.account(readings, programmed);
+        if deltas.is_empty() {
+            return;
+        }
+        match self.store.add_usage(&deltas, chrono::Utc::now()).await {
+            Ok(()) => meter.written(),
+            Err(e) => {
+                warn!(error = %crate::util::Chain(&e), mappings = deltas.len(), "cannot record the mappings' usage; adding it to the next reading")
+            }
         }
     }
 
@@ -477,6 +560,7 @@ impl Agent {
                 }
             }
             self.report_if_due().await;
+            self.read_usage_if_due().await;
             let announced = self.announced.clone();
             let announced = async {
                 match announced {
@@ -576,6 +660,11 @@ impl Agent {
                 if work == Work::Everything {
                     if let Err(e) = self.remove_orphans().await {
                         warn!(error = %crate::util::Chain(&e), "removing rules no mapping needs failed");
+                    }
+                    if self.usage.is_some() {
+                        if let Err(e) = self.store.prune_usage().await {
+                            debug!(error = %crate::util::Chain(&e), "cannot prune the usage of deleted mappings");
+                        }
                     }
                 }
             }
