@@ -218,6 +218,41 @@ async fn two_nodes_two_servers_and_an_ha_router_that_fails_over() {
     );
     assert!(p50 <= Duration::from_millis(50), "p50 {p50:?}");
     assert!(p99 <= Duration::from_millis(500), "p99 {p99:?}");
+
+    // Every role serves /metrics: server 2 counted its POSTs, node B's agent its passes over
+    // its two namespaces (announcements that arrive together make one pass).
+    use common::metrics::{promtool_accepts, sample, scrape};
+    let text = scrape(&format!("http://127.0.0.1:{server2}")).await;
+    promtool_accepts(&text);
+    assert_eq!(
+        sample(&text, "praas_build_info", &[("role", "server")]),
+        Some(1.0)
+    );
+    let posted = [
+        ("method", "POST"),
+        ("route", "/v1/mappings"),
+        ("status", "201"),
+    ];
+    assert_eq!(
+        sample(&text, "praas_http_requests_total", &posted),
+        Some(51.0),
+        "{text}"
+    );
+    let text = scrape(&format!("http://127.0.0.1:{}", cloud.ready_port(3))).await;
+    promtool_accepts(&text);
+    assert_eq!(
+        sample(&text, "praas_build_info", &[("role", "agent")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "praas_agent_namespaces", &[]),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "praas_agent_passes_total", &[("kind", "changes")]) >= Some(1.0),
+        "{text}"
+    );
     drop(all);
     cloud.stop();
 }

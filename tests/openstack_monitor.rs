@@ -656,10 +656,12 @@ async fn praas_monitor_runs_as_a_process_and_gives_its_lease_up_on_sigterm() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("praas.conf");
     // Polling every 20 s (a lease of 60 s): the deletion below is seen by notification.
+    let status_port = praas::testbed::free_port();
     std::fs::write(
         &config,
         format!(
-            "[praas]\nsecond_monitoring = 20\n[database]\nconnection = {url}\n\
+            "[praas]\nsecond_monitoring = 20\nbind_address = 127.0.0.1\n\
+             monitor_status_port = {status_port}\n[database]\nconnection = {url}\n\
              [openstack]\nclouds_file = {}\n[notifications]\ntransport_url = {}\n",
             cloud.dir.join("clouds.yaml").display(),
             common::RABBIT_URL
@@ -718,6 +720,45 @@ async fn praas_monitor_runs_as_a_process_and_gives_its_lease_up_on_sigterm() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Its /metrics (on the status port) counted the notification and the deletion.
+    use common::metrics::{promtool_accepts, sample, scrape};
+    let base = format!("http://127.0.0.1:{status_port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(&base).await;
+        if sample(&text, "praas_monitor_deletions_total", &[]) == Some(1.0) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    promtool_accepts(&text);
+    assert_eq!(
+        sample(&text, "praas_build_info", &[("role", "monitor")]),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &text,
+            "praas_neutron_notifications_total",
+            &[("event_type", "port.delete.end")]
+        ) >= Some(1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "praas_monitor_lease_held", &[]), Some(1.0));
+    assert_eq!(
+        sample(&text, "praas_mappings", &[("status", "PENDING")]),
+        Some(0.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "praas_openstack_request_duration_seconds_count",
+            &[("service", "neutron"), ("operation", "read")]
+        ) >= Some(1.0),
+        "{text}"
+    );
     // Stopped as systemd stops it: it exits cleanly and the lease is free at once.
     let pid = child.id().unwrap().to_string();
     praas::testbed::simnode::run(&["kill", "-TERM", &pid], None).unwrap();

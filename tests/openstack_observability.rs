@@ -13,78 +13,17 @@ mod common;
 #[path = "openstack/support.rs"]
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddrV4;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::kernel_tests_enabled;
+use common::metrics::{promtool_accepts, sample, scrape};
 use praas::testbed::free_port;
 use praas::testbed::simnode::SimNode;
 use serde_json::{json, Value};
 use support::{Cloud, OwnRouter, KEYSTONE};
-
-/// The value of the sample `name{labels...}` (the labels given must all be there; others may
-/// be too), or `None` when there is no such sample.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = match series.split_once('{') {
-                Some((m, rest)) => (m, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            if metric != name {
-                return None;
-            }
-            let all = labels
-                .iter()
-                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-            all.then(|| value.parse().ok()).flatten()
-        })
-}
-
-/// `GET /metrics` of `base`, as Prometheus's text format.
-async fn scrape(base: &str) -> String {
-    let resp = reqwest::Client::new()
-        .get(format!("{base}/metrics"))
-        .header("accept", "text/plain")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/plain; version=0.0.4"));
-    resp.text().await.unwrap()
-}
-
-/// `promtool check metrics` accepts `text` (it also lints names, units and HELP texts).
-fn promtool_accepts(text: &str) {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; scripts/install-deps installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `praas status` with `args`, for the configuration `config`.
 fn status(config: &Path, args: &[&str]) -> String {

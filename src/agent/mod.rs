@@ -410,6 +410,11 @@ impl Agent {
     /// Reads the kernel's counters of every served namespace when a reading is due, and adds
     /// what each mapping forwarded since the last one to the store and the metrics.
     pub async fn read_usage_if_due(&mut self) {
+        // Not before a full pass has programmed the node: the first reading is the baseline
+        // of every namespace with mappings.
+        if self.counters.full_passes.get() == 0 {
+            return;
+        }
         let due = self.usage.as_mut().is_some_and(|u| u.due());
         let Some(served) = self.served.clone().filter(|_| due) else {
             return;

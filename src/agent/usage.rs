@@ -5,9 +5,11 @@
 //!
 //! The kernel counts from the moment an element is added, so the difference since the last
 //! reading is what counts:
-//! - a namespace this process reads for the first time gives only a baseline: its counters
-//!   may hold traffic an earlier agent process already wrote (losing at most one interval of
-//!   traffic beats counting it twice);
+//! - the process's first reading (made once a full pass has programmed the node) gives only a
+//!   baseline: the counters may hold traffic an earlier agent process already wrote (losing at
+//!   most one interval of traffic beats counting it twice);
+//! - a namespace read for the first time later got its elements since (its first mapping, or
+//!   the namespace built again): all they hold is new;
 //! - an element that was not there at the last reading was added since, so all it holds is
 //!   new;
 //! - an element whose count went down was added again (a rewritten table, a re-pointed
@@ -100,6 +102,8 @@ pub struct UsageMeter {
     metrics: UsageMetrics,
     /// The per-mapping series that exist.
     series: std::collections::HashSet<MappingLabels>,
+    /// The first reading, a baseline, was made.
+    baselined: bool,
 }
 
 impl UsageMeter {
@@ -112,6 +116,7 @@ impl UsageMeter {
             unwritten: BTreeMap::new(),
             metrics: UsageMetrics::default(),
             series: std::collections::HashSet::new(),
+            baselined: false,
         }
     }
 
@@ -134,6 +139,8 @@ impl UsageMeter {
     /// programs, for the per-mapping series' limit.
     pub fn account(&mut self, readings: Vec<Reading>, programmed: usize) -> Vec<UsageDelta> {
         let per_mapping = programmed <= self.series_limit;
+        let baseline = !std::mem::replace(&mut self.baselined, true);
+        let nothing = BTreeMap::new();
         let mut live: HashMap<String, String> = HashMap::new();
         for reading in readings {
             let Some(counts) = reading.counts else {
@@ -145,9 +152,9 @@ impl UsageMeter {
                 }
             }
             match self.seen.get(&reading.namespace) {
-                // A namespace read for the first time: a baseline only.
-                None => {}
-                Some(before) => {
+                _ if baseline => {}
+                before => {
+                    let before = before.unwrap_or(&nothing);
                     for (key, now) in &counts {
                         let Some(owner) = reading.owners.get(key) else {
                             continue;
@@ -298,6 +305,14 @@ mod tests {
         // Port 80's element appeared; port 22's was added again (its count went down).
         let deltas = meter.account(vec![reading(&[(22, 3, 300), (80, 2, 120)])], 2);
         assert_eq!(totals(&deltas), [("m22", 3, 300), ("m80", 2, 120)]);
+    }
+
+    #[test]
+    fn a_namespace_first_read_after_the_baseline_counts_whole() {
+        let mut meter = UsageMeter::new(Duration::from_secs(30), 10);
+        assert!(meter.account(vec![], 0).is_empty());
+        let deltas = meter.account(vec![reading(&[(22, 4, 400)])], 2);
+        assert_eq!(totals(&deltas), [("m22", 4, 400)]);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub mod metrics;
+
 use std::net::Ipv4Addr;
 
 use praas::dataplane::{Forward, Protocol};
