@@ -284,7 +284,8 @@ fn the_package_installs_upgrades_keeps_conffiles_and_purges() {
     }
     assert!(fields.contains("Recommends: iptables"), "{fields}");
 
-    // The control part: conffiles, and maintainer scripts that stop the units on removal.
+    // The control part: conffiles, and maintainer scripts that stop the units on removal and
+    // restart those that run on upgrade (what systemd, when it is PID 1, is asked to do).
     let control = dir.join("control");
     std::fs::create_dir_all(&control).unwrap();
     let mut tarfile = Command::new("dpkg-deb")
@@ -325,6 +326,20 @@ fn the_package_installs_upgrades_keeps_conffiles_and_purges() {
     }
     let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
     assert!(postinst.contains("systemctl --system daemon-reload"));
+    for unit in UNITS {
+        assert!(
+            postinst
+                .lines()
+                .any(|l| l.contains("deb-systemd-invoke try-restart") && l.contains(unit)),
+            "an upgrade does not restart {unit}:\n{postinst}"
+        );
+        assert!(
+            !postinst
+                .lines()
+                .any(|l| l.contains("deb-systemd-invoke start") && l.contains(unit)),
+            "postinst starts {unit}"
+        );
+    }
 
     // Over scripts/praas-install, dpkg -i refuses and installs nothing.
     ok(Command::new(repo("scripts/praas-install"))
