@@ -30,7 +30,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::dataplane::Driver;
-use crate::model::{ModelError, PortRange};
+use crate::model::{Limit, ModelError, PortRange, MAX_QUOTA_LIMIT};
 use crate::util::{redacted, TransportUrlError};
 
 /// Where the service looks for its configuration when no path is given.
@@ -72,6 +72,7 @@ pub struct Config {
     pub dataplane: DataplaneSection,
     pub openstack: OpenStackSection,
     pub notifications: NotificationsSection,
+    pub quota: QuotaSection,
 }
 
 impl Default for Config {
@@ -138,6 +139,10 @@ impl Config {
                 transport_url: None,
                 exchange: String::new(),
             },
+            quota: QuotaSection {
+                mappings_per_project: Limit::Unlimited,
+                external_ports_per_project: Limit::Unlimited,
+            },
         }
     }
 }
@@ -155,6 +160,24 @@ impl Default for NotificationsSection {
     /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
         Config::default().notifications
+    }
+}
+
+/// `[quota]`: what each project may hold unless an admin set its own quota
+/// (`PUT /v1/quotas/{project_id}`). `-1` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSection {
+    /// Mappings per project (default 100).
+    pub mappings_per_project: Limit,
+    /// External ports per project: a mapping of a range of N ports holds N (default 1010: the
+    /// whole default range, 101 ports, on each of Neutron's default 10 routers).
+    pub external_ports_per_project: Limit,
+}
+
+impl Default for QuotaSection {
+    /// The table's defaults, as for [`Config::default`].
+    fn default() -> Self {
+        Config::default().quota
     }
 }
 
@@ -522,6 +545,11 @@ pub enum ValueError {
     TransportUrl(TransportUrlError),
     #[error("expected an exchange name")]
     NoExchange,
+    #[error(
+        "expected -1 (unlimited) or a whole number from 0 to {}",
+        MAX_QUOTA_LIMIT
+    )]
+    NotALimit,
 }
 
 /// Reads and parses the configuration file at `path`.
@@ -717,6 +745,10 @@ static SECTIONS: &[Section] = &[
     Section {
         name: "notifications",
         keys: NOTIFICATIONS,
+    },
+    Section {
+        name: "quota",
+        keys: QUOTA,
     },
 ];
 
@@ -1114,6 +1146,32 @@ static NOTIFICATIONS: &[Key] = &[
     },
 ];
 
+static QUOTA: &[Key] = &[
+    Key {
+        name: "mappings_per_project",
+        default: Is("100"),
+        doc: "
+            How many mappings each project may have, and how many external ports (a mapping of a range
+            of N ports holds N), unless an admin set the project's own quota (PUT /v1/quotas/PROJECT).
+            -1 is unlimited, 0 allows none. A mapping counts against the quota of its router's project,
+            whoever creates it. The default for ports is the whole default router_port_range (101
+            ports) on each of Neutron's default 10 routers per project.",
+        set: |c, v| {
+            c.quota.mappings_per_project = parse_limit(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "external_ports_per_project",
+        default: Is("1010"),
+        doc: "",
+        set: |c, v| {
+            c.quota.external_ports_per_project = parse_limit(v)?;
+            Ok(())
+        },
+    },
+];
+
 /// The comment at the top of the sample, after its first line (which names [`DEFAULT_PATH`]),
 /// written as the docs of the table are.
 const SAMPLE_HEADER: &str = "
@@ -1251,6 +1309,11 @@ fn parse_role(value: &str) -> Result<String, ValueError> {
     Ok(name.to_string())
 }
 
+/// A quota limit: `-1` (unlimited) or a whole number up to [`MAX_QUOTA_LIMIT`].
+fn parse_limit(value: &str) -> Result<Limit, ValueError> {
+    value.parse().map_err(|_| ValueError::NotALimit)
+}
+
 /// A name that must not be empty; `missing` says which.
 fn parse_name(value: &str, missing: ValueError) -> Result<String, ValueError> {
     if value.is_empty() {
@@ -1316,6 +1379,8 @@ mod tests {
         assert_eq!(c.openstack.router_cache_seconds, 10);
         assert_eq!(c.notifications.transport_url, None);
         assert_eq!(c.notifications.exchange, "neutron");
+        assert_eq!(c.quota.mappings_per_project, Limit::AtMost(100));
+        assert_eq!(c.quota.external_ports_per_project, Limit::AtMost(1010));
         assert_eq!(c.praas.listen_addr().to_string(), "0.0.0.0:3000");
         assert_eq!(c.praas.monitoring_interval(), Duration::from_secs(30));
         assert_eq!(c.dataplane.resync_period(), Duration::from_secs(300));
@@ -1433,9 +1498,14 @@ mod tests {
              enabled = no\n\
              [openstack]\n\
              clouds_file = /etc/openstack/clouds.yaml\n\
-             cloud = admin\n",
+             cloud = admin\n\
+             [quota]\n\
+             mappings_per_project = -1\n\
+             external_ports_per_project = 0\n",
         )
         .unwrap();
+        assert_eq!(c.quota.mappings_per_project, Limit::Unlimited);
+        assert_eq!(c.quota.external_ports_per_project, Limit::AtMost(0));
         assert_eq!(c.praas.listen_addr().to_string(), "[::1]:8080");
         assert_eq!(c.praas.router_port_range, PortRange::single(10000).unwrap());
         assert_eq!(c.praas.second_monitoring, 5);
@@ -1535,6 +1605,19 @@ mod tests {
             ("[dataplane]\nenabled = 2", "enabled"),
             ("[openstack]\nclouds_file = clouds.yaml", "clouds_file"),
             ("[openstack]\ncloud =", "cloud"),
+            ("[quota]\nmappings_per_project = -2", "mappings_per_project"),
+            (
+                "[quota]\nmappings_per_project = 2147483648",
+                "mappings_per_project",
+            ),
+            (
+                "[quota]\nexternal_ports_per_project = many",
+                "external_ports_per_project",
+            ),
+            (
+                "[quota]\nexternal_ports_per_project =",
+                "external_ports_per_project",
+            ),
         ] {
             assert_eq!(invalid_key(text), key, "{text}");
             let message = parse(text).unwrap_err().to_string();
@@ -1609,6 +1692,10 @@ mod tests {
                 "\"kafka://h/\" is not a rabbit:// transport URL",
             ),
             ("[notifications]\nexchange =", "expected an exchange name"),
+            (
+                "[quota]\nmappings_per_project = -5",
+                "expected -1 (unlimited) or a whole number from 0 to 2147483647",
+            ),
         ] {
             match parse(text) {
                 Err(ConfigError::Invalid { reason: r, .. }) => {
@@ -1666,7 +1753,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "line 1: unknown section [DEFAULT] (known sections: [praas], [database], \
-             [dataplane], [openstack], [notifications])"
+             [dataplane], [openstack], [notifications], [quota])"
         );
         assert!(matches!(
             parse("[Praas]\nport_app = 1\n"),

@@ -1,6 +1,6 @@
 //! The vocabulary every part of PRaaS shares: protocols, port ranges, a mapping as the
 //! dataplane programs it ([`Forward`]), the router namespaces that carry a router's gateway,
-//! and the monitor's choice for deleted ports. The store, the mapping service, the placement and
+//! the monitor's choice for deleted ports, and quota limits. The store, the mapping service, the placement and
 //! the dataplane all import these from here, so that none of them imports another for its types.
 
 use std::fmt;
@@ -29,6 +29,8 @@ pub enum ModelError {
         value: String,
         expected: &'static str,
     },
+    #[error("{0} is not a quota limit (expected -1 for unlimited, or a whole number from 0 to {MAX_QUOTA_LIMIT})")]
+    NotALimit(String),
 }
 
 /// Transport protocol of a forward.
@@ -279,6 +281,111 @@ impl FromStr for PortGone {
     }
 }
 
+/// Largest finite quota limit: more than any cloud's mappings or ports, small enough for every
+/// database column and JSON reader.
+pub const MAX_QUOTA_LIMIT: u32 = i32::MAX as u32;
+
+/// How much of a resource a project may hold. The file and the API write it as Neutron's
+/// quotas do: a whole number, `-1` for unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    Unlimited,
+    AtMost(u32),
+}
+
+impl Limit {
+    /// `-1`: unlimited; 0 up to [`MAX_QUOTA_LIMIT`]: at most that many.
+    pub fn from_i64(value: i64) -> Result<Limit, ModelError> {
+        match value {
+            -1 => Ok(Limit::Unlimited),
+            n if (0..=i64::from(MAX_QUOTA_LIMIT)).contains(&n) => Ok(Limit::AtMost(n as u32)),
+            n => Err(ModelError::NotALimit(n.to_string())),
+        }
+    }
+
+    /// `-1` for unlimited, as the file and the API write it.
+    pub fn as_i64(self) -> i64 {
+        match self {
+            Limit::Unlimited => -1,
+            Limit::AtMost(n) => i64::from(n),
+        }
+    }
+
+    /// Whether `total` of the resource stays within the limit.
+    pub fn allows(self, total: u64) -> bool {
+        match self {
+            Limit::Unlimited => true,
+            Limit::AtMost(n) => total <= u64::from(n),
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.as_i64())
+    }
+}
+
+impl FromStr for Limit {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix('-').unwrap_or(s);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ModelError::NotALimit(format!("{s:?}")));
+        }
+        s.parse::<i64>()
+            .map_err(|_| ModelError::NotALimit(format!("{s:?}")))
+            .and_then(Limit::from_i64)
+            .map_err(|_| ModelError::NotALimit(format!("{s:?}")))
+    }
+}
+
+/// What a project's quota counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// Mappings, whatever their size.
+    Mappings,
+    /// External ports: a mapping of a range of N ports holds N.
+    ExternalPorts,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 2] = [Resource::Mappings, Resource::ExternalPorts];
+
+    /// The name in the API and the database (`mappings`, `external_ports`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Mappings => "mappings",
+            Resource::ExternalPorts => "external_ports",
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    /// In words, for messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Resource::Mappings => "mappings",
+            Resource::ExternalPorts => "external ports",
+        })
+    }
+}
+
+impl FromStr for Resource {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Resource::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| ModelError::UnknownValue {
+                value: s.to_string(),
+                expected: "mappings or external_ports",
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +416,27 @@ mod tests {
         );
         assert_eq!(RouterNamespace::router_of("snat-"), None);
         assert_eq!(RouterNamespace::router_of("fip-x"), None);
+    }
+
+    #[test]
+    fn quota_limits_are_minus_one_or_a_bounded_whole_number() {
+        assert_eq!("-1".parse::<Limit>(), Ok(Limit::Unlimited));
+        assert_eq!("0".parse::<Limit>(), Ok(Limit::AtMost(0)));
+        assert_eq!(
+            "2147483647".parse::<Limit>(),
+            Ok(Limit::AtMost(MAX_QUOTA_LIMIT))
+        );
+        for bad in ["-2", "2147483648", "", "-", "1.5", "ten", "+3", " 3"] {
+            let e = bad.parse::<Limit>().unwrap_err().to_string();
+            assert!(e.contains("expected -1 for unlimited"), "{bad}: {e}");
+        }
+        assert_eq!(Limit::from_i64(-5), Err(ModelError::NotALimit("-5".into())));
+        assert!(Limit::AtMost(10).allows(10) && !Limit::AtMost(10).allows(11));
+        assert!(Limit::Unlimited.allows(u64::MAX));
+        assert_eq!(Limit::Unlimited.to_string(), "-1");
+        assert_eq!(
+            "external_ports".parse::<Resource>(),
+            Ok(Resource::ExternalPorts)
+        );
     }
 }
