@@ -33,7 +33,7 @@ use crate::openstack::{
 };
 use crate::placement::LocalNamespaces;
 use crate::service::MappingService;
-use crate::store::{Migration, Policy, Store, StoreError, Strategy};
+use crate::store::{Migration, Policy, Quotas, Store, StoreError, Strategy};
 use crate::util::{redacted, Chain};
 
 /// What a process runs.
@@ -119,9 +119,19 @@ pub enum RuntimeError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The store of `[database] connection`, its schema brought up to date.
+/// The store of `[database] connection`, its schema brought up to date, with the `[quota]`
+/// defaults.
 pub async fn open_store(cfg: &Config) -> Result<Arc<Store>, RuntimeError> {
-    Ok(Arc::new(db_sync(cfg).await?.0))
+    let (store, _) = db_sync(cfg).await?;
+    Ok(Arc::new(store.with_quota_defaults(quotas(cfg))))
+}
+
+/// The quota of projects without their own, from `[quota]`.
+pub fn quotas(cfg: &Config) -> Quotas {
+    Quotas {
+        mappings: cfg.quota.mappings_per_project,
+        external_ports: cfg.quota.external_ports_per_project,
+    }
 }
 
 /// Opens the store and brings its schema up to date (`praas db-sync`), saying what it did.

@@ -5,6 +5,7 @@
 //! `scripts/services` creates on the loopback server). Without it the MariaDB
 //! half prints why it is skipped; under CI it fails instead.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeSet;
@@ -43,28 +44,6 @@ fn policy(first: u16, last: u16, strategy: Strategy) -> Policy {
         range: PortRange::new(first, last).unwrap(),
         strategy,
     }
-}
-
-/// Runs `body` on SQLite and on MariaDB.
-macro_rules! on_both {
-    ($name:ident, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let store = Arc::new(common::sqlite_store().await);
-                ($body)(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn mariadb() {
-                if let Some(store) = common::mariadb_store(stringify!($name)).await {
-                    ($body)(Arc::new(store)).await;
-                }
-            }
-        }
-    };
 }
 
 on_both!(life_cycle_create_read_list_update_delete, |store: Arc<
@@ -156,7 +135,11 @@ on_both!(
             packets,
             bytes,
         };
-        assert!(store.usage(&[&a.id, &b.id]).await.unwrap().is_empty());
+        assert!(store
+            .mapping_usage(&[&a.id, &b.id])
+            .await
+            .unwrap()
+            .is_empty());
         let t1 = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let t2 = chrono::DateTime::from_timestamp(1_800_000_030, 0).unwrap();
         store
@@ -165,7 +148,7 @@ on_both!(
             .unwrap();
         // Two agents (an HA router's replicas), or the same one later: the totals add up.
         store.add_usage(&[delta(&a.id, 2, 120)], t2).await.unwrap();
-        let usage = store.usage(&[&a.id, &b.id]).await.unwrap();
+        let usage = store.mapping_usage(&[&a.id, &b.id]).await.unwrap();
         assert_eq!((usage[&a.id].packets, usage[&a.id].bytes), (5, 420));
         assert_eq!(usage[&a.id].last_used_at, Some(t2));
         assert_eq!(
@@ -181,11 +164,18 @@ on_both!(
 
         // The row goes with its mapping; one added after the deletion is pruned.
         store.delete(&a.id).await.unwrap().unwrap();
-        assert!(!store.usage(&[&a.id]).await.unwrap().contains_key(&a.id));
+        assert!(!store
+            .mapping_usage(&[&a.id])
+            .await
+            .unwrap()
+            .contains_key(&a.id));
         store.add_usage(&[delta(&a.id, 1, 1)], t2).await.unwrap();
         assert_eq!(store.prune_usage().await.unwrap(), 1);
-        assert!(store.usage(&[&a.id]).await.unwrap().is_empty());
-        assert_eq!(store.usage(&[&b.id]).await.unwrap()[&b.id].packets, 2);
+        assert!(store.mapping_usage(&[&a.id]).await.unwrap().is_empty());
+        assert_eq!(
+            store.mapping_usage(&[&b.id]).await.unwrap()[&b.id].packets,
+            2
+        );
         // Many mappings at once, in chunks.
         let many: Vec<UsageDelta> = (0..1000)
             .map(|i| delta(&format!("gone-{i}"), 1, 1))
@@ -193,7 +183,7 @@ on_both!(
         store.add_usage(&many, t2).await.unwrap();
         let ids: Vec<String> = (0..1000).map(|i| format!("gone-{i}")).collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        assert_eq!(store.usage(&refs).await.unwrap().len(), 1000);
+        assert_eq!(store.mapping_usage(&refs).await.unwrap().len(), 1000);
         assert_eq!(store.prune_usage().await.unwrap(), 1000);
     }
 );

@@ -203,7 +203,7 @@ impl MappingService {
         mappings: &[Mapping],
     ) -> Result<std::collections::HashMap<String, MappingUsage>, ServiceError> {
         let ids: Vec<&str> = mappings.iter().map(|m| m.id.as_str()).collect();
-        Ok(self.store.usage(&ids).await?)
+        Ok(self.store.mapping_usage(&ids).await?)
     }
 
     /// The caller's mapping `id`; another project's is "not found", not "forbidden", so that

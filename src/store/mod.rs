@@ -12,6 +12,7 @@ pub mod allocate;
 mod cache;
 pub mod model;
 pub mod overview;
+pub mod quota;
 mod row;
 pub mod usage;
 
@@ -30,9 +31,10 @@ pub use agents::{AgentRecord, AgentReport, ServedRouters};
 pub use allocate::{Policy, Strategy};
 pub use model::{ExternalPorts, Hold, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 pub use overview::{CycleRecord, Lease, ServiceRecord, Trouble};
+pub use quota::{QuotaChange, Quotas, Usage};
 pub use usage::{MappingUsage, UsageDelta};
 
-use crate::model::{PortRange, Protocol};
+use crate::model::{PortRange, Protocol, Resource};
 use row::StoredRow;
 
 /// Blind random tries before the used ports are read: with a range a sixth full, eight tries
@@ -108,6 +110,20 @@ pub enum StoreError {
         protocol: Protocol,
         range: PortRange,
         len: u32,
+    },
+
+    /// The write would take `project_id` past its limit of `resource`: it holds `used` and
+    /// the write needed `requested` more.
+    #[error(
+        "quota exceeded for {resource} of project {project_id}: {used} of {limit} in use, \
+         {requested} more requested"
+    )]
+    QuotaExceeded {
+        project_id: String,
+        resource: Resource,
+        used: u64,
+        limit: u64,
+        requested: u64,
     },
 
     #[error("mapping {id} does not exist")]
@@ -194,6 +210,8 @@ pub struct Store {
     changes_kept: i64,
     /// Most mappings the listing cache holds ([`CACHED_ROWS`] unless a test asks for fewer).
     cached_rows: i64,
+    /// The limits of projects without their own ([`quota`]).
+    quota_defaults: Quotas,
 }
 
 /// The changes this process makes, for an agent in the same process: (generation, mapping id)
@@ -294,6 +312,7 @@ impl Store {
             listing: cache::ListingCache::default(),
             changes_kept: CHANGES_KEPT,
             cached_rows: CACHED_ROWS,
+            quota_defaults: Quotas::UNLIMITED,
         })
     }
 
@@ -465,11 +484,16 @@ impl Store {
     }
 
     /// Creates a mapping, allocating its external ports from `policy` unless they are given.
+    /// The project's quota is enforced in the same transaction (see [`quota`]).
     pub async fn create(&self, new: NewMapping, policy: &Policy) -> Result<Mapping, StoreError> {
         let _writer = self.writer().await;
         let id = uuid::Uuid::new_v4().to_string();
+        let quotas = self.quotas_to_enforce(&new.project_id).await?;
+        let quotas = quotas.as_ref();
         match new.external_ports {
-            ExternalPorts::Explicit(ports) => retrying(|| self.insert(&id, &new, ports)).await,
+            ExternalPorts::Explicit(ports) => {
+                retrying(|| self.insert(&id, &new, ports, quotas)).await
+            }
             ExternalPorts::Allocate { len } => {
                 let mut last_conflict = None;
                 // Random allocation first tries a block blindly: in a sparsely used range it is
@@ -482,7 +506,7 @@ impl Store {
                         else {
                             break;
                         };
-                        match self.insert(&id, &new, ports).await {
+                        match self.insert(&id, &new, ports, quotas).await {
                             Err(e @ StoreError::ExternalPortInUse { .. }) => {
                                 last_conflict = Some(e)
                             }
@@ -502,7 +526,7 @@ impl Store {
                             .first()
                             .copied();
                     let Some(ports) = candidate else { break };
-                    match self.insert(&id, &new, ports).await {
+                    match self.insert(&id, &new, ports, quotas).await {
                         // Another request took a port in between, or the two transactions
                         // deadlocked on each other's port rows (InnoDB): try again.
                         Err(e @ StoreError::ExternalPortInUse { .. }) => last_conflict = Some(e),
@@ -546,6 +570,7 @@ impl Store {
         id: &str,
         new: &NewMapping,
         external: PortRange,
+        quotas: Option<&Quotas>,
     ) -> Result<Mapping, StoreError> {
         let at = now();
         let mapping = Mapping {
@@ -570,6 +595,14 @@ impl Store {
         };
         let mut tx = self.pool.begin().await?;
         let written = async {
+            // First: the quota's lock row must be held before anything is read.
+            if let Some(quotas) = quotas {
+                let adding = [
+                    (Resource::Mappings, 1),
+                    (Resource::ExternalPorts, u64::from(external.len())),
+                ];
+                quota::enforce(&mut tx, self.dialect, &mapping.project_id, quotas, &adding).await?;
+            }
             claim_external(&mut tx, &mapping).await?;
             claim_internal(&mut tx, &mapping).await?;
             insert_row(&mut tx, &mapping).await?;
@@ -759,11 +792,26 @@ impl Store {
 
     /// Changes a mapping. Port changes re-claim ports under the same guarantees as a create;
     /// the mapping goes back to `PENDING` until the dataplane confirms it.
+    /// A change that makes the external range longer is held to the project's quota of
+    /// external ports.
     pub async fn update(&self, id: &str, update: &MappingUpdate) -> Result<Mapping, StoreError> {
-        retrying(|| self.update_once(id, update)).await
+        // The project never changes, so its quota can be looked up before the transaction.
+        let quotas = match update.external_ports {
+            Some(_) => match self.get(id).await? {
+                Some(m) => self.quotas_to_enforce(&m.project_id).await?,
+                None => return Err(StoreError::NotFound { id: id.into() }),
+            },
+            None => None,
+        };
+        retrying(|| self.update_once(id, update, quotas.as_ref())).await
     }
 
-    async fn update_once(&self, id: &str, update: &MappingUpdate) -> Result<Mapping, StoreError> {
+    async fn update_once(
+        &self,
+        id: &str,
+        update: &MappingUpdate,
+        quotas: Option<&Quotas>,
+    ) -> Result<Mapping, StoreError> {
         let _writer = self.writer().await;
         let mut tx = self.pool.begin().await?;
         let Some(mut mapping) = self.get_for_update(&mut tx, id).await? else {
@@ -773,6 +821,9 @@ impl Store {
         let external_changed = update
             .external_ports
             .is_some_and(|p| p != mapping.external_ports);
+        let more_ports = update.external_ports.map_or(0, |p| {
+            u64::from(p.len()).saturating_sub(u64::from(mapping.external_ports.len()))
+        });
         let internal_changed = update
             .internal_ports
             .is_some_and(|p| p != mapping.internal_ports)
@@ -825,6 +876,12 @@ impl Store {
         }
         mapping.updated_at = now();
         let written = async {
+            // Before anything of the project is read (the mapping's own row is locked).
+            if let Some(quotas) = quotas.filter(|_| more_ports > 0) {
+                let adding = [(Resource::ExternalPorts, more_ports)];
+                quota::enforce(&mut tx, self.dialect, &mapping.project_id, quotas, &adding)
+                    .await?;
+            }
             if external_changed {
                 sqlx::query("DELETE FROM external_ports WHERE mapping_id = ?")
                     .bind(id)

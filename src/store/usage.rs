@@ -17,7 +17,7 @@ use super::{Dialect, Store, StoreError};
 
 /// Rows per statement.
 const CHUNK: usize = 300;
-/// Past this many ids, [`Store::usage`] reads the whole table once.
+/// Past this many ids, [`Store::mapping_usage`] reads the whole table once.
 const WHOLE_TABLE_FROM: usize = 3 * CHUNK;
 
 /// A mapping's counted traffic.
@@ -100,7 +100,10 @@ impl Store {
 
     /// The usage of each of `ids` that has any. Many ids are read as the whole table in one
     /// query rather than in many.
-    pub async fn usage(&self, ids: &[&str]) -> Result<HashMap<String, MappingUsage>, StoreError> {
+    pub async fn mapping_usage(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, MappingUsage>, StoreError> {
         let mut found: HashMap<String, MappingUsage> = HashMap::with_capacity(ids.len());
         let whole = ids.len() > WHOLE_TABLE_FROM;
         let chunks: Vec<&[&str]> = if whole {

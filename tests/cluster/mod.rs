@@ -353,6 +353,8 @@ impl Drop for Echo {
 
 pub use praas::testbed::free_port;
 
+/// A role's configuration. No quota: the chaos test's clients hold more mappings of one project
+/// than the default allows.
 pub fn config(dir: &Path, name: &str, database: &str, port: u16, status_port: u16) -> PathBuf {
     let path = dir.join(format!("{name}.conf"));
     std::fs::write(
@@ -362,7 +364,8 @@ pub fn config(dir: &Path, name: &str, database: &str, port: u16, status_port: u1
              port_allocation = sequential\nhost = {name}\nagent_status_port = {status_port}\n\
              report_interval = 1\nagent_down_time = 5\n\
              [database]\nconnection = {database}\n[dataplane]\ndriver = nftables\n\
-             [notifications]\ntransport_url = {}\n",
+             [notifications]\ntransport_url = {}\n\
+             [quota]\nmappings_per_project = -1\nexternal_ports_per_project = -1\n",
             crate::common::RABBIT_URL
         ),
     )
