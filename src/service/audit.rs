@@ -5,11 +5,13 @@
 //! route it apart (`PRAAS_LOG=praas=info,praas::audit=info`, or a journald match on the
 //! target). It says who (the caller's user and project, or `monitor`), what (`create`,
 //! `update`, `delete`), which mapping and its own project, and for an update every changed
-//! field as `old → new`.
+//! field as `old → new`. A change of a project's quota is an event too (`quota set`,
+//! `quota reset`), with every limit it moved.
 
 use std::fmt;
 
-use crate::store::Mapping;
+use crate::model::Resource;
+use crate::store::{Mapping, Quotas};
 
 /// The log target of audit events.
 pub const TARGET: &str = "praas::audit";
@@ -157,6 +159,38 @@ pub fn deleted(actor: &Actor, m: &Mapping, why: Option<&str>) {
         why = why.unwrap_or("requested"), "mapping deleted");
 }
 
+/// The limits of `before` that `after` changed, as `mappings: 100 → 10`.
+pub fn quota_changes(before: &Quotas, after: &Quotas) -> Vec<String> {
+    Resource::ALL
+        .into_iter()
+        .filter(|r| before.get(*r) != after.get(*r))
+        .map(|r| format!("{}: {} → {}", r.as_str(), before.get(r), after.get(r)))
+        .collect()
+}
+
+/// An admin set `project_id`'s own limits (`reset: false`) or reset them to the defaults.
+pub fn quota_changed(
+    actor: &Actor,
+    project_id: &str,
+    before: &Quotas,
+    after: &Quotas,
+    reset: bool,
+) {
+    let changes = quota_changes(before, after);
+    let changes = if changes.is_empty() {
+        "none".to_string()
+    } else {
+        changes.join("; ")
+    };
+    if reset {
+        tracing::info!(target: TARGET, actor = %actor, action = "quota reset", project = %project_id,
+            changes = %changes, "quota reset to the defaults");
+    } else {
+        tracing::info!(target: TARGET, actor = %actor, action = "quota set", project = %project_id,
+            changes = %changes, "quota set");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +246,20 @@ mod tests {
         };
         assert_eq!(user.to_string(), "user u1 of project p1");
         assert_eq!(Actor::Monitor.to_string(), "monitor");
+    }
+
+    #[test]
+    fn a_quota_change_lists_the_limits_it_moved() {
+        use crate::model::Limit;
+        let before = Quotas {
+            mappings: Limit::AtMost(100),
+            external_ports: Limit::AtMost(1010),
+        };
+        let after = Quotas {
+            mappings: Limit::Unlimited,
+            ..before
+        };
+        assert_eq!(quota_changes(&before, &after), ["mappings: 100 → -1"]);
+        assert!(quota_changes(&before, &before).is_empty());
     }
 }

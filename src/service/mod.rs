@@ -7,7 +7,8 @@
 //! description), then Neutron (through the [`RouterDirectory`]): the router exists and is the
 //! caller's, it has a gateway, the port exists, is the caller's and an instance's, the address
 //! is one of its fixed IPs, on a subnet attached to the router by id. Then the store claims the
-//! ports, and one audit event is logged ([`audit`]).
+//! ports, within the quota of the router's project ([`quotas`]), and one audit event is logged
+//! ([`audit`]).
 //!
 //! The lookups of one request are made concurrently, so a create costs about one Neutron round
 //! trip of latency (router facts are usually cached, see `openstack::cache`).
@@ -16,6 +17,7 @@ pub mod agents;
 pub mod audit;
 mod caller;
 mod error;
+pub mod quotas;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use ipnet::Ipv4Net;
 pub use audit::Actor;
 pub use caller::{Caller, RoleNames};
 pub use error::ServiceError;
+pub use quotas::{QuotaDetail, QuotaDetails};
 
 use crate::model::{PortRange, Protocol, MAX_RANGE_LEN};
 use crate::openstack::{FixedIp, PortInfo, RouterDirectory, RouterInfo};
