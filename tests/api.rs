@@ -11,9 +11,10 @@ use http_body_util::BodyExt;
 use praas::api::health::Readiness;
 use praas::api::{self};
 use praas::dataplane::{PortRange, Protocol};
+use praas::model::Limit;
 use praas::openstack::{FixedIp, PortInfo, RouterInfo};
 use praas::runtime;
-use praas::store::{Policy, Store, Strategy};
+use praas::store::{Policy, Quotas, Store, Strategy};
 use praas::testbed::StaticDirectory;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -85,13 +86,18 @@ fn directory(ports: bool) -> StaticDirectory {
 }
 
 async fn app_with(range: (u16, u16), ports: bool) -> Router {
+    app_with_quotas(range, ports, Quotas::UNLIMITED).await
+}
+
+/// The API over a fresh store whose projects without their own quota have `defaults`.
+async fn app_with_quotas(range: (u16, u16), ports: bool, defaults: Quotas) -> Router {
     let dir = std::env::temp_dir().join(format!("praas-api-test-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let store = Store::open(&format!("sqlite:///{}/praas.db", dir.display()))
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let store = Arc::new(store);
+    let store = Arc::new(store.with_quota_defaults(defaults));
     runtime::api(
         store.clone(),
         Arc::new(directory(ports)),
@@ -695,19 +701,27 @@ async fn the_openapi_document_matches_the_routes() {
         documented,
         [
             "DELETE /v1/mappings/{id}",
+            "DELETE /v1/quotas/{project_id}",
             "GET /",
             "GET /v1",
             "GET /v1/agents",
             "GET /v1/mappings",
             "GET /v1/mappings/{id}",
+            "GET /v1/quotas",
+            "GET /v1/quotas/{project_id}",
+            "GET /v1/quotas/{project_id}/default",
+            "GET /v1/quotas/{project_id}/details",
             "POST /v1/mappings",
-            "PUT /v1/mappings/{id}"
+            "PUT /v1/mappings/{id}",
+            "PUT /v1/quotas/{project_id}"
         ]
     );
     // Every documented operation is routed: nothing answers with the router's own 404/405.
     for op in &documented {
         let (method, path) = op.split_once(' ').unwrap();
-        let uri = path.replace("{id}", "00000000-0000-4000-8000-000000000000");
+        let uri = path
+            .replace("{id}", "00000000-0000-4000-8000-000000000000")
+            .replace("{project_id}", "p1");
         let (status, body) = call(
             &app,
             MEMBER_P1,
@@ -1459,5 +1473,308 @@ async fn agents_are_shown_to_admins_and_a_router_no_live_agent_serves_is_named()
     assert_eq!(
         body["agents"][0]["alive"], false,
         "silent for longer than the down time"
+    );
+}
+
+/// Quotas as Neutron's quota API has them: admins set and reset any project's, a project's
+/// members and readers see their own limits and usage, another project's are refused; a
+/// mapping counts against its router's project whoever creates it, and a refusal is 409
+/// `quota_exceeded` with what was counted.
+#[tokio::test]
+async fn quotas_are_set_by_admins_seen_by_their_project_and_enforced_on_creates_and_updates() {
+    let defaults = Quotas {
+        mappings: Limit::AtMost(3),
+        external_ports: Limit::AtMost(1010),
+    };
+    let app = app_with_quotas((4000, 4100), false, defaults).await;
+    let get = async |who: (&str, &str), uri: &str| call(&app, who, Method::GET, uri, None).await;
+    let limits = |m: i64, p: i64| json!({"quota": {"mappings": m, "external_ports": p}});
+    for who in [MEMBER_P1, READER_P1, ADMIN] {
+        assert_eq!(
+            get(who, "/v1/quotas/p1").await,
+            (StatusCode::OK, limits(3, 1010))
+        );
+        assert_eq!(
+            get(who, "/v1/quotas/p1/default").await,
+            (StatusCode::OK, limits(3, 1010))
+        );
+    }
+    // Another project's quota, the listing and every change are not a member's to see or make.
+    for uri in [
+        "/v1/quotas/p2",
+        "/v1/quotas/p2/details",
+        "/v1/quotas/p2/default",
+        "/v1/quotas",
+    ] {
+        let (status, body) = get(MEMBER_P1, uri).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{uri}"
+        );
+    }
+    for who in [MEMBER_P1, READER_P1] {
+        let (status, _) = call(
+            &app,
+            who,
+            Method::PUT,
+            "/v1/quotas/p1",
+            Some(limits(50, 50)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = call(&app, who, Method::DELETE, "/v1/quotas/p1", None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    let (status, _) = get(("p1", "observer"), "/v1/quotas/p1/details").await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a role the policy does not know"
+    );
+    assert_eq!(get(ADMIN, "/v1/quotas").await.1, json!({"quotas": []}));
+
+    // An admin lowers p1's mappings to 2; its ports keep the default.
+    let only = json!({"quota": {"mappings": 2}});
+    assert_eq!(
+        call(&app, ADMIN, Method::PUT, "/v1/quotas/p1", Some(only)).await,
+        (StatusCode::OK, limits(2, 1010))
+    );
+    assert_eq!(
+        get(ADMIN, "/v1/quotas").await.1,
+        json!({"quotas": [{"project_id": "p1", "mappings": 2, "external_ports": 1010}]})
+    );
+    for ip in ["10.0.0.5", "10.0.0.6"] {
+        let (status, body) = post(
+            &app,
+            MEMBER_P1,
+            json!({"router_id": R1, "internal_ip_address": ip, "internal_port": 22}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    // The third is refused, for the member as for an admin of another project: the mapping
+    // would be the router's project's.
+    for who in [MEMBER_P1, ADMIN] {
+        let (status, body) = post(
+            &app,
+            who,
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.7", "internal_port": 22}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(
+            body,
+            json!({"error": {"status": 409, "code": "quota_exceeded",
+                "message": "quota exceeded for mappings of project p1: 2 of 2 in use, 1 more requested",
+                "quota": {"project_id": "p1", "resource": "mappings", "used": 2, "limit": 2, "requested": 1}}})
+        );
+    }
+    let details = |m: (u64, i64), p: (u64, i64)| {
+        json!({"quota": {"mappings": {"used": m.0, "limit": m.1, "reserved": 0},
+            "external_ports": {"used": p.0, "limit": p.1, "reserved": 0}}})
+    };
+    assert_eq!(
+        get(READER_P1, "/v1/quotas/p1/details").await,
+        (StatusCode::OK, details((2, 2), (2, 1010)))
+    );
+    assert_eq!(
+        get(ADMIN, "/v1/quotas/p2/details").await,
+        (StatusCode::OK, details((0, 3), (0, 1010)))
+    );
+    // p2 has its own quota: p1's being full changes nothing for it.
+    let (status, body) = post(
+        &app,
+        MEMBER_P2,
+        json!({"router_id": R2, "internal_ip_address": "10.2.0.5", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Reset: the defaults apply again, and the third fits.
+    let (status, _) = call(&app, ADMIN, Method::DELETE, "/v1/quotas/p1", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(get(ADMIN, "/v1/quotas").await.1, json!({"quotas": []}));
+    assert_eq!(get(MEMBER_P1, "/v1/quotas/p1").await.1, limits(3, 1010));
+    let (status, third) = post(
+        &app,
+        MEMBER_P1,
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.7", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{third}");
+
+    // External ports: a range holds as many as it covers, on create and when it grows.
+    let unlimited_mappings = json!({"quota": {"mappings": -1, "external_ports": 5}});
+    let (status, _) = call(
+        &app,
+        ADMIN,
+        Method::PUT,
+        "/v1/quotas/p1",
+        Some(unlimited_mappings),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = post(&app, MEMBER_P1, json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 80, "external_port_range": "4050:4059"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["error"]["quota"],
+        json!({"project_id": "p1", "resource": "external_ports", "used": 3, "limit": 5, "requested": 10})
+    );
+    let id = third["mapping"]["id"].as_str().unwrap();
+    let first = third["mapping"]["external_port"].as_u64().unwrap();
+    let grow = |last: u64| mapping(json!({"external_port_range": format!("{first}:{last}")}));
+    let uri = format!("/v1/mappings/{id}");
+    let (status, body) = call(&app, MEMBER_P1, Method::PUT, &uri, Some(grow(first + 2))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&app, MEMBER_P1, Method::PUT, &uri, Some(grow(first + 3))).await;
+    assert_eq!(
+        (status, &body["error"]["quota"]),
+        (
+            StatusCode::CONFLICT,
+            &json!({"project_id": "p1", "resource": "external_ports", "used": 5, "limit": 5, "requested": 1})
+        )
+    );
+    assert_eq!(
+        get(MEMBER_P1, "/v1/quotas/p1/details").await.1,
+        details((3, -1), (5, 5))
+    );
+    // Deleting a mapping frees its ports.
+    let (status, _) = call(&app, MEMBER_P1, Method::DELETE, &uri, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(MEMBER_P1, "/v1/quotas/p1/details").await.1,
+        details((2, -1), (2, 5))
+    );
+}
+
+/// A PUT of a quota names what is wrong with it: a value that is not -1 or a whole number in
+/// bounds, an unknown resource, a wrong type, nothing to set, a body of another shape.
+#[tokio::test]
+async fn bad_quota_bodies_are_refused_naming_the_field_and_the_rule() {
+    let app = app().await;
+    let rule = "-1 (unlimited) or a whole number from 0 to 2147483647";
+    let long = "p".repeat(65);
+    for (body, message, uri) in [
+        (
+            json!({"quota": {"mappings": -2}}),
+            format!("quota.mappings must be {rule}, not -2"),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"external_ports": 2147483648_i64}}),
+            format!("quota.external_ports must be {rule}, not 2147483648"),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"mappings": "10"}}),
+            format!("quota.mappings must be {rule}"),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"mappings": 1.5}}),
+            format!("quota.mappings must be {rule}"),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"mappings": true}}),
+            format!("quota.mappings must be {rule}"),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"mappings": 1e30}}),
+            format!("quota.mappings must be {rule}"),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"floatingip": 5}}),
+            "unknown field \"floatingip\" in quota; the fields are mappings or external_ports"
+                .into(),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {}}),
+            "the quota to set names no resource; give mappings, external_ports or both".into(),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"mappings": null}}),
+            "the quota to set names no resource; give mappings, external_ports or both".into(),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"mappings": 5}),
+            "the body must be {\"quota\": {...}}".into(),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!([]),
+            "the body must be {\"quota\": {...}}".into(),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": 5}),
+            "quota must be an object".into(),
+            "/v1/quotas/p1",
+        ),
+        (
+            json!({"quota": {"mappings": 5}}),
+            "project_id must be 1 to 64 characters long".into(),
+            &format!("/v1/quotas/{long}"),
+        ),
+    ] {
+        let (status, answer) = call(&app, ADMIN, Method::PUT, uri, Some(body.clone())).await;
+        assert_eq!(
+            (
+                status,
+                error_code(&answer),
+                answer["error"]["message"].as_str().unwrap()
+            ),
+            (StatusCode::BAD_REQUEST, "invalid_request", message.as_str()),
+            "{body}"
+        );
+    }
+    // A member learns nothing from its values: the role is refused first.
+    let (status, _) = call(
+        &app,
+        MEMBER_P1,
+        Method::PUT,
+        "/v1/quotas/p1",
+        Some(json!({"quota": {"mappings": -2}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, listed) = call(&app, ADMIN, Method::GET, "/v1/quotas", None).await;
+    assert_eq!(
+        listed,
+        json!({"quotas": []}),
+        "nothing was set by refused requests"
+    );
+}
+
+#[tokio::test]
+async fn the_original_protocol_says_when_a_quota_is_exceeded() {
+    let app = app().await;
+    let (status, _) = call(
+        &app,
+        ADMIN,
+        Method::PUT,
+        "/v1/quotas/p1",
+        Some(json!({"quota": {"mappings": 1}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let create = |port: u16| {
+        format!("/pat/create?server_ip=10.0.0.5&create_server_port={port}&router_id=qrouter-{R1}&gateway=203.0.113.10")
+    };
+    let (_, body) = call(&app, MEMBER_P1, Method::POST, &create(22), None).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    let (status, body) = call(&app, MEMBER_P1, Method::POST, &create(80), None).await;
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            json!({"status": "ERROR", "message": "quota exceeded for mappings of project p1: 1 of 1 in use, 1 more requested"})
+        )
     );
 }

@@ -1,13 +1,15 @@
 //! The one error shape of the API: `{"error": {"status": 409, "code": "...", "message": "..."}}`,
-//! never HTML, and never a 500 for a client's mistake.
+//! never HTML, and never a 500 for a client's mistake. A refusal for a quota also says what
+//! was counted (`"quota": {"resource": ..., "used": ..., "limit": ..., "requested": ...}`).
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::model::Resource;
 use crate::openstack::DirectoryError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
@@ -20,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// For a 401: where to authenticate.
     pub www_authenticate: Option<HeaderValue>,
+    /// For `quota_exceeded`: what was counted (boxed: every other error goes without).
+    pub quota: Option<Box<QuotaExceeded>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -35,6 +39,42 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// With `quota_exceeded` only: the project's usage and limit of the resource it would pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaExceeded>,
+}
+
+/// What a request over quota would have taken, and what the project holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaExceeded {
+    /// The project whose quota applies: the router's.
+    pub project_id: String,
+    pub resource: QuotaResource,
+    /// What the project holds now.
+    pub used: u64,
+    /// Its limit (never -1 here: an unlimited resource is never exceeded).
+    pub limit: u64,
+    /// How much more the request needed.
+    pub requested: u64,
+}
+
+/// A resource a quota counts, by its name in the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaResource {
+    /// Mappings, whatever their size.
+    Mappings,
+    /// External ports: a mapping of a range of N ports holds N.
+    ExternalPorts,
+}
+
+impl From<Resource> for QuotaResource {
+    fn from(r: Resource) -> Self {
+        match r {
+            Resource::Mappings => QuotaResource::Mappings,
+            Resource::ExternalPorts => QuotaResource::ExternalPorts,
+        }
+    }
 }
 
 impl ApiError {
@@ -44,6 +84,7 @@ impl ApiError {
             code,
             message: message.into(),
             www_authenticate: None,
+            quota: None,
         }
     }
 
@@ -67,6 +108,7 @@ impl IntoResponse for ApiError {
                 status: self.status.as_u16(),
                 code: self.code.into(),
                 message: self.message,
+                quota: self.quota.map(|q| *q),
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -89,6 +131,22 @@ impl From<StoreError> for ApiError {
             StoreError::RangeExhausted { .. } => {
                 Self::conflict("port_range_exhausted", e.to_string())
             }
+            StoreError::QuotaExceeded {
+                project_id,
+                resource,
+                used,
+                limit,
+                requested,
+            } => ApiError {
+                quota: Some(Box::new(QuotaExceeded {
+                    project_id: project_id.clone(),
+                    resource: (*resource).into(),
+                    used: *used,
+                    limit: *limit,
+                    requested: *requested,
+                })),
+                ..Self::conflict("quota_exceeded", e.to_string())
+            },
             StoreError::NotFound { .. } => Self::not_found(e.to_string()),
             _ => {
                 tracing::error!(error = ?e, "store failure");
@@ -208,6 +266,7 @@ fn field_problem(path: &str, e: &serde_json::Error) -> String {
                 let name = rest.replace('`', "");
                 return match (name.as_str(), inside) {
                     ("mapping", _) => "the body must be {\"mapping\": {...}}".into(),
+                    ("quota", _) => "the body must be {\"quota\": {...}}".into(),
                     (name, Some(parent)) => format!("{parent}.{field}.{name} is required"),
                     (name, None) if !field.is_empty() => format!("{field}.{name} is required"),
                     (name, None) => format!("{name} is required"),
@@ -221,11 +280,17 @@ fn field_problem(path: &str, e: &serde_json::Error) -> String {
             };
             let rule = match expected {
                 "u16" => "a port number from 1 to 65535".to_string(),
+                "i64" if path.starts_with("quota.") => format!(
+                    "-1 (unlimited) or a whole number from 0 to {}",
+                    crate::model::MAX_QUOTA_LIMIT
+                ),
                 "u32" => "a whole number".to_string(),
                 "a boolean" => "true or false".to_string(),
                 "a sequence" => "a list".to_string(),
                 "IPv4 address" | "an IPv4 address" => "an IPv4 address".to_string(),
-                "struct MappingEnvelope" => "{\"mapping\": {...}}".to_string(),
+                // A list where the object was expected reads "struct X with 1 element".
+                e if e.starts_with("struct MappingEnvelope") => "{\"mapping\": {...}}".to_string(),
+                e if e.starts_with("struct QuotaEnvelope") => "{\"quota\": {...}}".to_string(),
                 e if e.starts_with("struct ") => "an object".to_string(),
                 e => e.to_string(),
             };

@@ -1,4 +1,5 @@
-//! The HTTP API (axum): REST API v1 (`/v1/mappings`, documented by `/v1/openapi.json`), the
+//! The HTTP API (axum): REST API v1 (`/v1/mappings`, `/v1/quotas`, `/v1/agents`, documented by
+//! `/v1/openapi.json`), the
 //! original Proxy CLI protocol (`/router_pat`, `/pat/...`), and `/healthz` / `/readyz`.
 
 pub mod auth;
@@ -6,6 +7,7 @@ pub mod error;
 pub mod health;
 pub mod legacy;
 pub mod openapi;
+pub mod quotas;
 pub mod v1;
 pub mod versions;
 
@@ -58,6 +60,7 @@ pub fn router(state: SharedState) -> Router {
     let health = health::routes(state.readiness.clone());
     Router::new()
         .merge(v1::routes())
+        .merge(quotas::routes())
         .merge(versions::routes())
         .merge(legacy::routes())
         .route("/v1/openapi.json", get(openapi::serve))

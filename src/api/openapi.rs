@@ -4,19 +4,22 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::error::{ErrorBody, ErrorDetail};
-use super::{v1, versions};
+use super::error::{ErrorBody, ErrorDetail, QuotaExceeded, QuotaResource};
+use super::{quotas, v1, versions};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "PRaaS", description = "Port forwarding through OpenStack routers' gateway addresses"),
-    paths(versions::versions, versions::version, v1::create, v1::list, v1::show, v1::update, v1::remove, v1::agents),
-    components(schemas(ErrorBody, ErrorDetail, v1::MappingView, v1::CreateMapping, v1::UpdateMapping, v1::MappingList,
+    paths(versions::versions, versions::version, v1::create, v1::list, v1::show, v1::update, v1::remove, v1::agents,
+        quotas::list, quotas::show, quotas::update, quotas::reset, quotas::details, quotas::defaults),
+    components(schemas(ErrorBody, ErrorDetail, QuotaExceeded, QuotaResource, v1::MappingView, v1::CreateMapping, v1::UpdateMapping, v1::MappingList,
         v1::AgentView, v1::AgentList, versions::VersionList, versions::VersionEnvelope, versions::Version,
-        versions::Link)),
+        versions::Link, quotas::QuotaView, quotas::ProjectQuotaView, quotas::QuotaList, quotas::QuotaDetailView,
+        quotas::QuotaDetailsView, quotas::UpdateQuota)),
     tags((name = "versions", description = "API version discovery, without a token"),
         (name = "mappings", description = "PAT mappings on routers' gateways"),
-        (name = "agents", description = "The agents of the network nodes (admin only)"))
+        (name = "agents", description = "The agents of the network nodes (admin only)"),
+        (name = "quotas", description = "How many mappings and external ports each project may hold; -1 is unlimited"))
 )]
 pub struct ApiDoc;
 

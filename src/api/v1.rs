@@ -1,4 +1,5 @@
-//! REST API v1: `/v1/mappings`, and `/v1/agents` for operators.
+//! REST API v1: `/v1/mappings`, and `/v1/agents` for operators (`/v1/quotas` is in
+//! [`super::quotas`]).
 //!
 //! Field names follow Neutron's port forwarding API where the concepts are the same
 //! (`internal_port_id`, `internal_ip_address`, `internal_port`/`internal_port_range`,
@@ -294,7 +295,7 @@ impl UpdateMapping {
         (status = 400, description = "Invalid request", body = ErrorBody),
         (status = 404, description = "Router not found", body = ErrorBody),
         (status = 403, description = "The caller's role may not create", body = ErrorBody),
-        (status = 409, description = "Port in use, socket already mapped, range exhausted, or no gateway", body = ErrorBody),
+        (status = 409, description = "Port in use, socket already mapped, range exhausted, no gateway, or the project's quota exceeded (`quota_exceeded`, with `quota`: used, limit, requested)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
     ))]
