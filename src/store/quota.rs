@@ -215,23 +215,28 @@ impl Store {
         if quotas.is_unlimited() {
             return Ok(None);
         }
-        let exists = sqlx::query("SELECT 1 FROM quota_locks WHERE project_id = ?")
-            .bind(project_id)
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some();
-        if !exists {
+        // Two Galera nodes creating the row at once conflict like any other write: again.
+        super::retrying(|| async {
+            let exists = sqlx::query("SELECT 1 FROM quota_locks WHERE project_id = ?")
+                .bind(project_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some();
+            if exists {
+                return Ok(());
+            }
             let created =
                 sqlx::query("INSERT INTO quota_locks (project_id, revision) VALUES (?, 0)")
                     .bind(project_id)
                     .execute(&self.pool)
                     .await;
             match created {
-                Err(e) if !super::is_unique_violation(&e) => return Err(e.into()),
                 // Another writer created it first: as good.
-                _ => {}
+                Err(e) if super::is_unique_violation(&e) => Ok(()),
+                other => other.map(|_| ()).map_err(StoreError::from),
             }
-        }
+        })
+        .await?;
         Ok(Some(quotas))
     }
 }
