@@ -1,7 +1,7 @@
 //! Keystone-authenticated requests against the real Keystone and Neutron of
 //! `scripts/dev-cloud`: requests without a valid token refused on both protocols, and the
 //! authorization matrix of every endpoint (admin, member and reader of the owning project,
-//! member and reader of another one).
+//! member and reader of another one), quotas included.
 //!
 //! They need the dev cloud (`scripts/dev-cloud up`), found at `PRAAS_CLOUD_DIR` (default
 //! `/var/tmp/praas-dev-cloud`). Without it the tests print one line and skip; under CI they
@@ -322,4 +322,82 @@ async fn the_authorization_matrix_holds_for_every_endpoint() {
             }
         }
     }
+}
+
+/// Quotas with real tokens: an admin sets project A's; A's member and reader see A's limits and
+/// usage, B's are refused; a mapping an admin creates on A's router counts against A's quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_follow_neutrons_policy_with_real_tokens() {
+    let _shared = KEYSTONE.read().await;
+    let Some(cloud) = Cloud::find("quotas_follow_neutrons_policy_with_real_tokens") else {
+        return;
+    };
+    let app = cloud.app().await;
+    let a = cloud.project("a");
+    let project = a["project_id"].as_str().unwrap();
+    let router = a["router_id"].as_str().unwrap();
+    let vm_port = a["vms"][0]["port_id"].as_str().unwrap();
+    let users = ["admin", "a-member", "a-reader", "b-member", "b-reader"];
+    let mut tokens = std::collections::BTreeMap::new();
+    for u in users {
+        tokens.insert(u, cloud.token(u).await);
+    }
+    let quota = format!("/v1/quotas/{project}");
+    let limit_one = json!({"quota": {"mappings": 1}});
+    for user in users {
+        let token = Some(tokens[user].as_str());
+        let (status, body) = call(&app, token, Method::PUT, &quota, Some(limit_one.clone())).await;
+        let want = if user == "admin" {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(status, want, "{user} sets A's quota: {body}");
+        let (status, body) =
+            call(&app, token, Method::GET, &format!("{quota}/details"), None).await;
+        let want = match user {
+            "admin" | "a-member" | "a-reader" => StatusCode::OK,
+            _ => StatusCode::FORBIDDEN,
+        };
+        assert_eq!(status, want, "{user} reads A's usage: {body}");
+        let (status, _) = call(&app, token, Method::GET, "/v1/quotas", None).await;
+        let want = if user == "admin" {
+            StatusCode::OK
+        } else {
+            StatusCode::FORBIDDEN
+        };
+        assert_eq!(status, want, "{user} lists quotas");
+    }
+    // The admin's mapping on A's router is A's, and takes A's only place.
+    let create = |port: u16| json!({"mapping": {"router_id": router, "internal_port_id": vm_port, "internal_port": port}});
+    let admin = Some(tokens["admin"].as_str());
+    let (status, body) = call(
+        &app,
+        admin,
+        Method::POST,
+        "/v1/mappings",
+        Some(create(2200)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let member = Some(tokens["a-member"].as_str());
+    let (status, body) = call(
+        &app,
+        member,
+        Method::POST,
+        "/v1/mappings",
+        Some(create(2201)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(
+        body["error"]["quota"],
+        json!({"project_id": project, "resource": "mappings", "used": 1, "limit": 1, "requested": 1})
+    );
+    let reader = Some(tokens["a-reader"].as_str());
+    let (_, details) = call(&app, reader, Method::GET, &format!("{quota}/details"), None).await;
+    assert_eq!(
+        details["quota"]["mappings"],
+        json!({"used": 1, "limit": 1, "reserved": 0})
+    );
 }
