@@ -41,7 +41,7 @@ pub enum ServiceError {
     AddressUnreachable { ip: Ipv4Addr, router_id: String },
 
     /// The store refused or failed the change (a port in use, a socket mapped, a range
-    /// exhausted, or the database unavailable).
+    /// exhausted, the project's quota exceeded, or the database unavailable).
     #[error("the mapping store refused the change")]
     Store(#[from] StoreError),
 
