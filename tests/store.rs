@@ -922,3 +922,34 @@ async fn writes_through_two_galera_nodes_at_once_all_succeed() {
         assert!(all.iter().all(|m| m.description.starts_with("writer ")));
     }
 }
+
+#[tokio::test]
+async fn a_schema_migrated_by_a_newer_praas_is_refused_with_what_to_do() {
+    let url = common::sqlite_url();
+    let store = common::open(&url).await;
+    let known = match store.migrate().await.unwrap() {
+        Migration::Current { version } => version,
+        other => panic!("{other:?}"),
+    };
+    // What a newer praas's db-sync leaves behind: a migration this one does not have.
+    let path = url.trim_start_matches("sqlite:///");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, \
+         execution_time) VALUES (99, 'future', CURRENT_TIMESTAMP, 1, x'00', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let err = store.migrate().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaNewer { database: 99, known: k } if k == known),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("upgrade praas on this node"),
+        "{err}"
+    );
+}

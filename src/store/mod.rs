@@ -147,6 +147,13 @@ pub enum StoreError {
 
     #[error("database schema migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// The database was migrated by a newer PRaaS: this binary must be upgraded first.
+    #[error(
+        "the database schema is at version {database}, newer than this praas knows ({known}): \
+         upgrade praas on this node"
+    )]
+    SchemaNewer { database: i64, known: i64 },
 }
 
 /// Which SQL server is behind the pool.
@@ -341,8 +348,16 @@ impl Store {
             Dialect::Sqlite => sqlx::migrate!("migrations/sqlite"),
             Dialect::MySql => sqlx::migrate!("migrations/mysql"),
         };
-        migrator.run(&self.pool).await?;
         let version = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+        match migrator.run(&self.pool).await {
+            Err(sqlx::migrate::MigrateError::VersionMissing(database)) => {
+                return Err(StoreError::SchemaNewer {
+                    database,
+                    known: version,
+                })
+            }
+            other => other?,
+        }
         Ok(match before {
             None | Some(0) => Migration::Created { version },
             Some(applied) if (applied as usize) < migrator.iter().count() => Migration::Upgraded {
