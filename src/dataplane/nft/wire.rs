@@ -13,7 +13,7 @@
 //! a 4-byte boundary (an IPv4 address is 4 bytes, a protocol 1 + 3 padding, a port 2 in network
 //! order + 2 padding).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
 
@@ -240,24 +240,29 @@ impl std::fmt::Display for SetOp {
 }
 
 /// Replaces the elements of every set with those of `rules`, `counted_now` being what the
-/// usage set holds. The usage set is not flushed: its elements that stay are added again, which
-/// the kernel takes as a no-op that keeps their counters, and only those that go are deleted.
+/// usage set holds. The usage set is not flushed, so that the elements that stay keep their
+/// counters: only those that go are deleted and only those missing are added. (Adding an
+/// element that exists would keep it too, but the kernel allocates and frees a counter for
+/// each: ≈ 0.5 µs an element here.) Should the set change between the listing and the batch,
+/// the read-back that follows a full sync finds it.
 pub fn replace_ops(rules: &RuleSet, counted_now: &[RawElement]) -> Vec<SetOp> {
     let mut ops: Vec<SetOp> = [FORWARDS_MAP, RESTRICTED_SET, ALLOWED_SET, MASQUERADE_SET]
         .into_iter()
         .map(SetOp::Flush)
         .collect();
-    let elements = elements_of(rules);
-    let wanted: std::collections::HashSet<&[u8]> = elements
-        .iter()
-        .filter(|(set, _)| *set == USAGE_SET)
-        .flat_map(|(_, e)| e.iter().map(|e| e.key.as_slice()))
-        .collect();
+    let wanted: HashSet<Vec<u8>> = rules.counted.iter().map(masq_bytes).collect();
     let stale: Vec<RawElement> = counted_now
         .iter()
-        .filter(|e| !wanted.contains(e.key.as_slice()))
+        .filter(|e| !wanted.contains(&e.key))
         .map(|e| plain(e.key.clone()))
         .collect();
+    let now: HashSet<&[u8]> = counted_now.iter().map(|e| e.key.as_slice()).collect();
+    let mut elements = elements_of(rules);
+    for (set, e) in elements.iter_mut() {
+        if *set == USAGE_SET {
+            e.retain(|e| !now.contains(e.key.as_slice()));
+        }
+    }
     if !stale.is_empty() {
         ops.push(SetOp::Delete(USAGE_SET, stale));
     }
@@ -583,7 +588,7 @@ impl<'a> NftSocket<'a> {
                     NFTA_SET_DATA_LEN => info.data_len = be32(payload, "NFTA_SET_DATA_LEN")?,
                     NFTA_SET_EXPR | NFTA_SET_EXPRESSIONS => {
                         for expr in expressions(ty == NFTA_SET_EXPR, payload)? {
-                            info.counter |= expression_name(expr)? == "counter";
+                            info.counter |= expression_name(expr)? == b"counter";
                         }
                     }
                     _ => {}
@@ -806,11 +811,12 @@ fn expressions(single: bool, payload: &[u8]) -> io::Result<Vec<&[u8]>> {
     Ok(out)
 }
 
-fn expression_name(expr: &[u8]) -> io::Result<String> {
+/// The name of an expression, without its terminating NUL.
+fn expression_name(expr: &[u8]) -> io::Result<&[u8]> {
     for attr in attrs(expr) {
         let (ty, value) = attr?;
         if ty == NFTA_EXPR_NAME {
-            return Ok(string(value));
+            return Ok(value.split(|b| *b == 0).next().unwrap_or_default());
         }
     }
     Err(invalid("nft expression without a name"))
@@ -818,7 +824,7 @@ fn expression_name(expr: &[u8]) -> io::Result<String> {
 
 /// The packets and bytes of a `counter` expression; `None` for another expression.
 fn counter_of(expr: &[u8]) -> io::Result<Option<Usage>> {
-    if expression_name(expr)? != "counter" {
+    if expression_name(expr)? != b"counter" {
         return Ok(None);
     }
     let (mut packets, mut bytes) = (None, None);
@@ -1112,9 +1118,11 @@ mod tests {
     }
 
     #[test]
-    fn a_full_sync_keeps_the_usage_elements_that_stay_and_deletes_only_the_others() {
-        let rules = sample();
+    fn a_full_sync_keeps_the_usage_elements_that_stay_and_changes_only_the_others() {
+        let mut rules = sample();
         let staying = plain(masq_bytes(rules.counted.first().unwrap()));
+        rules.counted.insert(usage_key(80));
+        let missing = plain(masq_bytes(&usage_key(80)));
         let gone = plain(masq_bytes(&usage_key(2222)));
         let ops = replace_ops(&rules, &[staying.clone(), gone.clone()]);
         let described: Vec<String> = ops.iter().map(|op| op.to_string()).collect();
@@ -1139,8 +1147,7 @@ mod tests {
             })
             .flatten()
             .collect();
-        // Added again, which the kernel takes as a no-op that keeps the counter.
-        assert_eq!(added, [&staying]);
+        assert_eq!(added, [&missing], "only what is missing is added");
         // Nothing there yet: nothing to delete.
         assert!(!replace_ops(&rules, &[])
             .iter()
