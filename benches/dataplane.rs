@@ -1,6 +1,7 @@
 //! Dataplane benchmark: PRaaS's nftables backend against the two ways this is done today.
 //!
-//! Run as root: `cargo bench --bench dataplane` (add `-- --quick` for fewer repetitions).
+//! Run as root: `cargo bench --bench dataplane` (add `-- --quick` for fewer repetitions, or a
+//! stage's name to run only that stage).
 //! Prints a Markdown table; `docs/benchmarks.md` holds the figures of the last run.
 //!
 //! Baselines, built here in throwaway namespaces:
@@ -719,6 +720,67 @@ fn many_routers(b: &mut Bench) {
     );
 }
 
+/// Reading the per-mapping usage counters (one dump of the usage set per namespace), and what
+/// keeping them costs a full sync of an intact table (the usage set is listed, not flushed).
+fn usage(b: &mut Bench) {
+    let backend = NftBackend::new().unwrap();
+    let ns = Namespaces::new("usage", 1);
+    let router = ns.router(0);
+    let rules = RuleSet::from_forwards(&forwards(10_000, GATEWAY_IP)).unwrap();
+    assert_eq!(rules.counted.len(), 10_000);
+    sync().sync(&router, &rules).unwrap();
+    let mut reads = vec![];
+    for _ in 0..b.reps(100) {
+        let (t, usage) = time(|| backend.usage(&router).unwrap().expect("nftables counts"));
+        assert_eq!(usage.len(), 10_000);
+        reads.push(t);
+    }
+    b.row(
+        "PRaaS nftables: read the usage counters of 10,000 mappings (one dump)",
+        ms(median(reads.clone())),
+        &format!("median; p99 {}", ms(percentile(reads, 0.99))),
+    );
+    let mut resyncs = vec![];
+    for _ in 0..b.reps(20) {
+        let fresh = sync();
+        resyncs.push(time(|| fresh.sync(&router, &rules).unwrap()).0);
+    }
+    b.row(
+        "PRaaS nftables: full sync of an intact table at 10,000, read back and verified",
+        ms(median(resyncs)),
+        "median; a restarted agent or the periodic resync; counters kept",
+    );
+    drop(ns);
+
+    let routers = 1_000;
+    let many = Namespaces::new("usage-many", routers);
+    let s = sync();
+    for i in 0..routers {
+        let gw = Ipv4Addr::new(203, 0, 113, (i % 250) as u8 + 2);
+        s.sync(
+            &many.router(i),
+            &RuleSet::from_forwards(&forwards(10, gw)).unwrap(),
+        )
+        .unwrap();
+    }
+    let mut passes = vec![];
+    for _ in 0..b.reps(10) {
+        passes.push(
+            time(|| {
+                for i in 0..routers {
+                    assert_eq!(s.usage(&many.router(i)).unwrap().unwrap().len(), 10);
+                }
+            })
+            .0,
+        );
+    }
+    b.row(
+        "PRaaS nftables: read the usage counters of 1,000 routers × 10 mappings",
+        ms(median(passes)),
+        "median; one dump per namespace on its kept socket, one thread",
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if !args.iter().any(|a| a == "--bench") {
@@ -735,7 +797,7 @@ fn main() {
     };
     let only = args.iter().skip(1).find(|a| !a.starts_with('-')).cloned();
     type Stage = (&'static str, fn(&mut Bench));
-    let stages: [Stage; 7] = [
+    let stages: [Stage; 8] = [
         ("program", ours_program),
         ("methods", apply_methods),
         ("add-one", ours_add_one),
@@ -743,6 +805,7 @@ fn main() {
         ("original", original_program),
         ("connect", connect_time),
         ("routers", many_routers),
+        ("usage", usage),
     ];
     for (name, stage) in stages {
         if only.as_deref().is_none_or(|o| o == name) {
