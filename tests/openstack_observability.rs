@@ -47,6 +47,18 @@ impl Drop for Process {
     }
 }
 
+/// `GET url` with `token`: the answer's JSON, or `None` when there is none.
+async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> Option<Value> {
+    http.get(url)
+        .header("x-auth-token", token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 async fn eventually<T>(
     what: &str,
     limit: Duration,
@@ -146,15 +158,7 @@ async fn metrics_and_status_follow_a_mapping_through_traffic_and_its_port_s_dele
     let external = created["mapping"]["external_port"].as_u64().unwrap() as u16;
     assert_eq!(created["mapping"]["internal_ip_address"], vm_ip.to_string());
     eventually("ACTIVE", Duration::from_secs(10), async || {
-        let m: Value = http
-            .get(format!("{base}/v1/mappings/{id}"))
-            .header("x-auth-token", &token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let m = get_json(&http, &format!("{base}/v1/mappings/{id}"), &token).await?;
         (m["mapping"]["status"] == "ACTIVE").then_some(())
     })
     .await;
@@ -172,15 +176,7 @@ async fn metrics_and_status_follow_a_mapping_through_traffic_and_its_port_s_dele
 
     // The kernel counted the connection: the agent adds it to the mapping within a second.
     let shown = eventually("the mapping's usage", Duration::from_secs(10), async || {
-        let m: Value = http
-            .get(format!("{base}/v1/mappings/{id}"))
-            .header("x-auth-token", &token)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let m = get_json(&http, &format!("{base}/v1/mappings/{id}"), &token).await?;
         (m["mapping"]["packets"].as_u64() > Some(0)).then_some(m)
     })
     .await;
