@@ -80,6 +80,7 @@ async fn setup(connection: &str) -> Setup {
     let directory = StaticDirectory {
         routers: vec![RouterInfo {
             id: router_id.clone(),
+            name: "bench".into(),
             project_id: Some("bench".into()),
             gateway_ip: Some(GATEWAY.parse().unwrap()),
             distributed: false,

@@ -30,6 +30,7 @@ fn directory(ports: bool) -> StaticDirectory {
     // network.
     let router = |id: &str, project: &str, gw: Option<&str>, subnets: &[&str]| RouterInfo {
         id: id.into(),
+        name: format!("router-{}", &id[..2]),
         project_id: Some(project.into()),
         gateway_ip: gw.map(|g| g.parse().unwrap()),
         distributed: false,

@@ -930,3 +930,44 @@ fn usage_of_ten_thousand_mappings_is_read_in_one_dump() {
     assert!(usage.keys().eq(desired.counted.iter()));
     assert!(usage.values().all(|u| *u == Usage::default()));
 }
+
+/// Without OpenStack, the routers a project sees are those whose namespaces the node holds:
+/// the gateway on `qg-`, DVR where the `snat-` namespace is, no name and no owner; a router
+/// whose namespace is deleted is no longer listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_namespace_directory_lists_the_routers_whose_namespaces_the_node_holds() {
+    use praas::openstack::{NamespaceDirectory, RouterDirectory, RouterSummary};
+    let test = "the_namespace_directory_lists_the_routers_whose_namespaces_the_node_holds";
+    if !kernel_tests_enabled(test) {
+        return;
+    }
+    let legacy = node();
+    let dvr = SimNode::new(SimNodeOptions {
+        kind: NamespaceKind::Snat,
+        ..Default::default()
+    })
+    .expect("simulated network node");
+    // Other tests' namespaces may be listed too; ours must be, as they are.
+    let listed = NamespaceDirectory.routers_of(Some("any")).await.unwrap();
+    for (node, distributed) in [(&legacy, false), (&dvr, true)] {
+        let router = listed
+            .iter()
+            .find(|r| r.id == node.router_id)
+            .unwrap_or_else(|| panic!("{} is not listed: {listed:?}", node.router_id));
+        assert_eq!(
+            router,
+            &RouterSummary {
+                id: node.router_id.clone(),
+                name: String::new(),
+                project_id: None,
+                gateway_ip: Some(GATEWAY_IP),
+                distributed,
+            }
+        );
+    }
+    let gone = legacy.router_id.clone();
+    drop(legacy);
+    let listed = NamespaceDirectory.routers_of(None).await.unwrap();
+    assert!(listed.iter().all(|r| r.id != gone), "{listed:?}");
+    assert!(listed.iter().any(|r| r.id == dvr.router_id), "{listed:?}");
+}

@@ -9,6 +9,7 @@ const ROUTER: &str = "r1";
 fn router(gateway: Option<&str>) -> RouterInfo {
     RouterInfo {
         id: ROUTER.into(),
+        name: String::new(),
         project_id: Some("p1".into()),
         gateway_ip: gateway.map(|g| g.parse().unwrap()),
         distributed: false,

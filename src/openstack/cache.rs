@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{DirectoryError, PortInfo, RouterDirectory, RouterInfo};
+use super::{DirectoryError, PortInfo, RouterDirectory, RouterInfo, RouterSummary};
 
 /// A [`RouterDirectory`] that keeps the routers another one answered.
 pub struct CachedDirectory {
@@ -66,6 +66,14 @@ impl RouterDirectory for CachedDirectory {
             self.keep(r);
         }
         Ok(router)
+    }
+
+    /// Always read fresh: a listing is what the router's owner sees of Neutron right now.
+    async fn routers_of(
+        &self,
+        project_id: Option<&str>,
+    ) -> Result<Vec<RouterSummary>, DirectoryError> {
+        self.inner.routers_of(project_id).await
     }
 
     async fn routers_serving(
@@ -122,12 +130,16 @@ mod tests {
             self.routers.fetch_add(1, Ordering::SeqCst);
             Ok((id == "r1").then(|| RouterInfo {
                 id: id.into(),
+                name: String::new(),
                 project_id: Some("p1".into()),
                 gateway_ip: *self.gateway.lock().unwrap(),
                 distributed: false,
                 subnets: vec![],
                 subnet_ids: vec![],
             }))
+        }
+        async fn routers_of(&self, _: Option<&str>) -> Result<Vec<RouterSummary>, DirectoryError> {
+            Ok(vec![])
         }
         async fn routers_serving(
             &self,

@@ -2,7 +2,8 @@
 //! Neutron reads) and the facts about routers and ports that mappings are checked against.
 //!
 //! The API asks a [`RouterDirectory`]: does the router exist, whose is it, what is its gateway
-//! address, which subnets does it serve, whose is a port and what are its addresses.
+//! address, which subnets does it serve, which routers does a project have, whose is a port and
+//! what are its addresses.
 //! [`NeutronDirectory`] answers from Neutron; [`NamespaceDirectory`] reads the router facts
 //! from the router namespaces on this node, for a node that runs without OpenStack credentials
 //! (it knows no ports); tests use `testbed::StaticDirectory`.
@@ -135,6 +136,8 @@ impl PortInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouterInfo {
     pub id: String,
+    /// Neutron's name of the router; empty where the source does not know it.
+    pub name: String,
     /// Owner, when the source knows it.
     pub project_id: Option<String>,
     /// The IPv4 address of the external gateway, if the router has one.
@@ -166,6 +169,31 @@ impl RouterInfo {
     }
 }
 
+/// A router as a listing shows it: whose it is and its gateway, without its interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterSummary {
+    pub id: String,
+    /// Empty where the source does not know it.
+    pub name: String,
+    /// Owner, when the source knows it.
+    pub project_id: Option<String>,
+    /// The IPv4 address of the external gateway; without one the router carries no mappings.
+    pub gateway_ip: Option<Ipv4Addr>,
+    pub distributed: bool,
+}
+
+impl From<RouterInfo> for RouterSummary {
+    fn from(r: RouterInfo) -> Self {
+        RouterSummary {
+            id: r.id,
+            name: r.name,
+            project_id: r.project_id,
+            gateway_ip: r.gateway_ip,
+            distributed: r.distributed,
+        }
+    }
+}
+
 /// Why the directory could not answer. Neutron's own failures stay as they were (refused
 /// credentials, an error status, a timeout, no answer), so that logs and `/readyz` can tell
 /// them apart.
@@ -190,6 +218,14 @@ pub enum DirectoryError {
 pub trait RouterDirectory: Send + Sync {
     /// The router, or `None` if it does not exist.
     async fn router(&self, id: &str) -> Result<Option<RouterInfo>, DirectoryError>;
+
+    /// The routers of `project_id`, or of every project with `None`, in id order. A router
+    /// whose owner the source does not know (a router namespace) is listed for every project,
+    /// as [`RouterDirectory::router`] shows it to anyone.
+    async fn routers_of(
+        &self,
+        project_id: Option<&str>,
+    ) -> Result<Vec<RouterSummary>, DirectoryError>;
 
     /// Routers with a gateway serving `ip`. With ports known, only the subnets of ports holding
     /// `ip` count, of `project_id`'s ports when given.

@@ -3,11 +3,12 @@
 //! namespaces, `sg-`) devices. No owner is known this way, so it suits a single node run without
 //! OpenStack credentials (and the demo); with OpenStack, Neutron is the source.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use super::{DirectoryError, PortInfo, RouterDirectory, RouterInfo};
+use super::{DirectoryError, PortInfo, RouterDirectory, RouterInfo, RouterSummary};
 use crate::dataplane::netlink::{self, InterfaceAddress};
 use crate::dataplane::netns;
 use crate::model::{NamespaceKind, RouterNamespace};
@@ -48,8 +49,16 @@ fn addresses_in(namespace: &RouterNamespace) -> Result<Vec<InterfaceAddress>, Di
 }
 
 fn read_router(id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
-    // A DVR router's gateway is in its snat- namespace when this node hosts it.
     let served = LocalNamespaces::default().served()?;
+    read_served(id, &served)
+}
+
+/// The router `id` among the `served` namespaces. A DVR router's gateway is in its snat-
+/// namespace when this node hosts it.
+fn read_served(
+    id: &str,
+    served: &BTreeSet<RouterNamespace>,
+) -> Result<Option<RouterInfo>, DirectoryError> {
     let Some((namespace, distributed)) =
         [(NamespaceKind::Snat, true), (NamespaceKind::Qrouter, false)]
             .into_iter()
@@ -61,6 +70,8 @@ fn read_router(id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
     let (gateway_ip, subnets) = router_facts(&addresses_in(&namespace)?);
     Ok(Some(RouterInfo {
         id: id.to_string(),
+        // Namespaces carry neither Neutron's names nor its owners.
+        name: String::new(),
         project_id: None,
         gateway_ip,
         distributed,
@@ -70,16 +81,24 @@ fn read_router(id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
     }))
 }
 
-/// The routers with a namespace on this node.
-fn router_ids() -> Result<Vec<String>, DirectoryError> {
-    let mut ids: Vec<String> = LocalNamespaces::default()
-        .served()?
+/// Every router with a namespace on this node, in id order. A namespace deleted between the
+/// listing and the reading of its addresses is left out: it is gone, not unreadable.
+fn read_all() -> Result<Vec<RouterInfo>, DirectoryError> {
+    let served = LocalNamespaces::default().served()?;
+    let ids: BTreeSet<&str> = served
         .iter()
-        .filter_map(|ns| RouterNamespace::router_of(ns.name()).map(|(id, _)| id.to_string()))
+        .filter_map(|ns| RouterNamespace::router_of(ns.name()).map(|(id, _)| id))
         .collect();
-    ids.sort();
-    ids.dedup();
-    Ok(ids)
+    let mut routers = vec![];
+    for id in ids {
+        match read_served(id, &served) {
+            Ok(router) => routers.extend(router),
+            Err(DirectoryError::Namespace { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(routers)
 }
 
 #[async_trait::async_trait]
@@ -89,21 +108,25 @@ impl RouterDirectory for NamespaceDirectory {
         tokio::task::spawn_blocking(move || read_router(&id)).await?
     }
 
+    /// Every router whose namespace this node holds: their owners are not known here.
+    async fn routers_of(
+        &self,
+        _project_id: Option<&str>,
+    ) -> Result<Vec<RouterSummary>, DirectoryError> {
+        let routers = tokio::task::spawn_blocking(read_all).await??;
+        Ok(routers.into_iter().map(RouterSummary::from).collect())
+    }
+
     async fn routers_serving(
         &self,
         ip: Ipv4Addr,
         _project_id: Option<&str>,
     ) -> Result<Vec<RouterInfo>, DirectoryError> {
         tokio::task::spawn_blocking(move || {
-            let mut found = vec![];
-            for id in router_ids()? {
-                if let Some(r) = read_router(&id)? {
-                    if r.gateway_ip.is_some() && r.serves(ip) {
-                        found.push(r);
-                    }
-                }
-            }
-            Ok(found)
+            Ok(read_all()?
+                .into_iter()
+                .filter(|r| r.gateway_ip.is_some() && r.serves(ip))
+                .collect())
         })
         .await?
     }

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::session::Session;
 use super::{
     DirectoryError, FixedIp as PortFixedIp, OpenStackError, PortInfo, RouterDirectory, RouterInfo,
+    RouterSummary,
 };
 
 /// Router interface kinds whose subnets a router serves (legacy, DVR, HA).
@@ -39,11 +40,33 @@ pub struct NeutronDirectory {
 #[derive(Deserialize)]
 struct Router {
     id: String,
+    #[serde(default)]
+    name: Option<String>,
     project_id: Option<String>,
     tenant_id: Option<String>,
     #[serde(default)]
     distributed: Option<bool>,
     external_gateway_info: Option<GatewayInfo>,
+}
+
+impl Router {
+    /// The first IPv4 address of its external gateway.
+    fn gateway_ip(&self) -> Option<Ipv4Addr> {
+        self.external_gateway_info
+            .iter()
+            .flat_map(|g| &g.external_fixed_ips)
+            .find_map(|f| f.ip_address.parse::<Ipv4Addr>().ok())
+    }
+
+    fn summary(self) -> RouterSummary {
+        RouterSummary {
+            gateway_ip: self.gateway_ip(),
+            name: self.name.unwrap_or_default(),
+            project_id: self.project_id.or(self.tenant_id),
+            distributed: self.distributed.unwrap_or(false),
+            id: self.id,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -182,11 +205,7 @@ impl NeutronDirectory {
     }
 
     async fn router_info(&self, r: Router) -> Result<RouterInfo, OpenStackError> {
-        let gateway_ip = r
-            .external_gateway_info
-            .iter()
-            .flat_map(|g| &g.external_fixed_ips)
-            .find_map(|f| f.ip_address.parse::<Ipv4Addr>().ok());
+        let gateway_ip = r.gateway_ip();
         let mut query = vec![("device_id", r.id.as_str())];
         query.extend(INTERFACE_OWNERS.iter().map(|o| ("device_owner", *o)));
         let interfaces: Vec<Port> = self.list("ports", &query).await?;
@@ -210,6 +229,7 @@ impl NeutronDirectory {
             }
         }
         Ok(RouterInfo {
+            name: r.name.unwrap_or_default(),
             project_id: r.project_id.or(r.tenant_id),
             gateway_ip,
             distributed: r.distributed.unwrap_or(false),
@@ -334,12 +354,9 @@ impl NeutronDirectory {
                     .filter_map(|id| Some((id.clone(), *cidrs.get(id)?)))
                     .unzip();
                 let info = RouterInfo {
+                    gateway_ip: r.gateway_ip(),
+                    name: r.name.unwrap_or_default(),
                     project_id: r.project_id.or(r.tenant_id),
-                    gateway_ip: r
-                        .external_gateway_info
-                        .iter()
-                        .flat_map(|g| &g.external_fixed_ips)
-                        .find_map(|f| f.ip_address.parse::<Ipv4Addr>().ok()),
                     distributed: r.distributed.unwrap_or(false),
                     subnets,
                     subnet_ids,
@@ -358,6 +375,22 @@ impl RouterDirectory for NeutronDirectory {
             return Ok(None);
         };
         Ok(Some(self.router_info(router).await?))
+    }
+
+    /// `GET /v2.0/routers?project_id=…` (every page); the routers' interfaces are not read.
+    async fn routers_of(
+        &self,
+        project_id: Option<&str>,
+    ) -> Result<Vec<RouterSummary>, DirectoryError> {
+        let query: Vec<(&str, &str)> = project_id.map(|p| ("project_id", p)).into_iter().collect();
+        let mut routers: Vec<RouterSummary> = self
+            .list::<Router>("routers", &query)
+            .await?
+            .into_iter()
+            .map(Router::summary)
+            .collect();
+        routers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(routers)
     }
 
     async fn routers_on_subnets(
@@ -475,6 +508,14 @@ mod tests {
             matches!(routers, Err(OpenStackError::Malformed { .. })),
             "{:?}",
             routers.map(|r| r.len())
+        );
+        let listed = neutron.routers_of(Some("p1")).await;
+        assert!(
+            matches!(
+                listed,
+                Err(DirectoryError::Neutron(OpenStackError::Malformed { .. }))
+            ),
+            "{listed:?}"
         );
     }
 }

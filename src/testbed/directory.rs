@@ -2,7 +2,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::openstack::{DirectoryError, PortInfo, RouterDirectory, RouterInfo};
+use crate::openstack::{DirectoryError, PortInfo, RouterDirectory, RouterInfo, RouterSummary};
 
 /// Fixed facts, for tests and demos.
 #[derive(Debug, Clone, Default)]
@@ -16,6 +16,24 @@ pub struct StaticDirectory {
 impl RouterDirectory for StaticDirectory {
     async fn router(&self, id: &str) -> Result<Option<RouterInfo>, DirectoryError> {
         Ok(self.routers.iter().find(|r| r.id == id).cloned())
+    }
+
+    /// As Neutron, in id order; a router without an owner is everyone's (as a namespace's).
+    async fn routers_of(
+        &self,
+        project_id: Option<&str>,
+    ) -> Result<Vec<RouterSummary>, DirectoryError> {
+        let mut routers: Vec<RouterSummary> = self
+            .routers
+            .iter()
+            .filter(|r| {
+                project_id.is_none_or(|want| r.project_id.as_deref().is_none_or(|p| p == want))
+            })
+            .cloned()
+            .map(RouterSummary::from)
+            .collect();
+        routers.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        Ok(routers)
     }
 
     async fn routers_serving(
