@@ -230,6 +230,54 @@ on_both!(an_exhausted_range_is_an_answer_not_a_loop, |store: Arc<
 });
 
 on_both!(
+    port_counts_are_per_router_and_protocol_and_count_only_the_range,
+    |store: Arc<Store>| async move {
+        let p = Policy::default();
+        let on = |router: &str, protocol: Protocol, ports: &str, vm: &str| {
+            let mut m = new(Some(ports), vm, "22");
+            m.router_id = router.into();
+            m.protocol = protocol;
+            if ports.contains(':') {
+                m.internal_ports = ports.parse().unwrap();
+            }
+            m
+        };
+        for m in [
+            on("r1", Protocol::Tcp, "4000", "10.0.0.5"),
+            // Three ports of the range edge, and two outside it (an admin's choice).
+            on("r1", Protocol::Tcp, "4098:4102", "10.0.0.6"),
+            on("r1", Protocol::Udp, "4000", "10.0.0.5"),
+            on("r2", Protocol::Tcp, "3000", "10.0.0.5"),
+            on("r3", Protocol::Tcp, "4050", "10.0.0.5"),
+        ] {
+            store.create(m, &p).await.unwrap();
+        }
+        let counts = store
+            .port_counts(&["r1".into(), "r2".into(), "r9".into()], p.range)
+            .await
+            .unwrap();
+        let count = |mappings, ports_in_range| praas::store::PortCount {
+            mappings,
+            ports_in_range,
+        };
+        let expected: std::collections::HashMap<(String, Protocol), praas::store::PortCount> = [
+            (("r1".to_string(), Protocol::Tcp), count(2, 4)),
+            (("r1".to_string(), Protocol::Udp), count(1, 1)),
+            (("r2".to_string(), Protocol::Tcp), count(1, 0)),
+        ]
+        .into();
+        assert_eq!(counts, expected);
+        assert_eq!(
+            store
+                .used_ports("r1", Protocol::Tcp, p.range)
+                .await
+                .unwrap(),
+            BTreeSet::from([4000, 4098, 4099, 4100])
+        );
+    }
+);
+
+on_both!(
     sequential_allocation_takes_the_lowest_free_port,
     |store: Arc<Store>| async move {
         let p = policy(4000, 4100, Strategy::Sequential);

@@ -12,6 +12,7 @@ pub mod allocate;
 mod cache;
 pub mod model;
 pub mod overview;
+mod ports;
 pub mod quota;
 mod row;
 pub mod usage;
@@ -31,6 +32,7 @@ pub use agents::{AgentRecord, AgentReport, ServedRouters};
 pub use allocate::{Policy, Strategy};
 pub use model::{ExternalPorts, Hold, ListFilter, Mapping, MappingUpdate, NewMapping, Status};
 pub use overview::{CycleRecord, Lease, ServiceRecord, Trouble};
+pub use ports::PortCount;
 pub use quota::{QuotaChange, Quotas, Usage};
 pub use usage::{MappingUsage, UsageDelta};
 
@@ -562,7 +564,9 @@ impl Store {
         }
     }
 
-    async fn used_ports(
+    /// The external ports in `range` that mappings of `protocol` claim on `router_id` (one
+    /// range scan of the port claims' primary key).
+    pub async fn used_ports(
         &self,
         router_id: &str,
         protocol: Protocol,
