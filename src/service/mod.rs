@@ -8,7 +8,7 @@
 //! caller's, it has a gateway, the port exists, is the caller's and an instance's, the address
 //! is one of its fixed IPs, on a subnet attached to the router by id. Then the store claims the
 //! ports, within the quota of the router's project ([`quotas`]), and one audit event is logged
-//! ([`audit`]).
+//! ([`audit`]). Callers also see their routers with the ports still free on them ([`routers`]).
 //!
 //! The lookups of one request are made concurrently, so a create costs about one Neutron round
 //! trip of latency (router facts are usually cached, see `openstack::cache`).
@@ -18,6 +18,7 @@ pub mod audit;
 mod caller;
 mod error;
 pub mod quotas;
+pub mod routers;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use audit::Actor;
 pub use caller::{Caller, RoleNames};
 pub use error::ServiceError;
 pub use quotas::{QuotaDetail, QuotaDetails};
+pub use routers::{ProtocolPorts, RouterPorts};
 
 use crate::model::{PortRange, Protocol, MAX_RANGE_LEN};
 use crate::openstack::{FixedIp, PortInfo, RouterDirectory, RouterInfo};
