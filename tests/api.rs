@@ -12,7 +12,7 @@ use praas::api::health::Readiness;
 use praas::api::{self};
 use praas::dataplane::{PortRange, Protocol};
 use praas::model::Limit;
-use praas::openstack::{FixedIp, PortInfo, RouterInfo};
+use praas::openstack::{DirectoryError, FixedIp, PortInfo, RouterInfo};
 use praas::runtime;
 use praas::store::{Policy, Quotas, Store, Strategy};
 use praas::testbed::StaticDirectory;
@@ -712,6 +712,8 @@ async fn the_openapi_document_matches_the_routes() {
             "GET /v1/quotas/{project_id}",
             "GET /v1/quotas/{project_id}/default",
             "GET /v1/quotas/{project_id}/details",
+            "GET /v1/routers",
+            "GET /v1/routers/{id}",
             "POST /v1/mappings",
             "PUT /v1/mappings/{id}",
             "PUT /v1/quotas/{project_id}"
@@ -733,11 +735,9 @@ async fn the_openapi_document_matches_the_routes() {
         .await;
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{op}");
         if status == StatusCode::NOT_FOUND {
+            let message = body["error"]["message"].as_str().unwrap();
             assert!(
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("mapping"),
+                message.contains("mapping 00000000") || message.contains("router 00000000"),
                 "{op} is not routed: {body}"
             );
         }
@@ -1778,4 +1778,279 @@ async fn the_original_protocol_says_when_a_quota_is_exceeded() {
             json!({"status": "ERROR", "message": "quota exceeded for mappings of project p1: 1 of 1 in use, 1 more requested"})
         )
     );
+}
+
+/// The router views of a listing, by id.
+fn routers_by_id(list: &Value) -> std::collections::BTreeMap<String, Value> {
+    list["routers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not a router listing: {list}"))
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap().to_string(), r.clone()))
+        .collect()
+}
+
+/// What a router's mappings of one protocol hold, as the API shows it.
+fn held(mappings: u64, used: u64, free: u64) -> Value {
+    json!({"mappings": mappings, "ports_used": used, "ports_free": free})
+}
+
+#[tokio::test]
+async fn routers_are_the_projects_own_with_their_gateways_and_the_ports_their_mappings_hold() {
+    let app = app_with((4000, 4010), false).await;
+    let get = async |who: (&str, &str), uri: &str| call(&app, who, Method::GET, uri, None).await;
+
+    // p1's routers, in id order, none of p2's; nothing used yet.
+    let (status, list) = get(MEMBER_P1, "/v1/routers").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["routers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [R1, R_NO_GW, R_NO_IF]);
+    assert_eq!(
+        list["routers"][0],
+        json!({"id": R1, "name": "router-11", "project_id": "p1",
+            "external_gateway_ip": "203.0.113.10", "distributed": false,
+            "port_range": "4000:4010", "mappings": 0,
+            "tcp": held(0, 0, 11), "udp": held(0, 0, 11)})
+    );
+    assert_eq!(list["routers"][1]["external_gateway_ip"], Value::Null);
+    for who in [READER_P1, ("p1", "member")] {
+        assert_eq!(
+            get(who, "/v1/routers").await,
+            (StatusCode::OK, list.clone())
+        );
+    }
+    assert_eq!(get(MEMBER_P1, "/v1/routers?project_id=p1").await.1, list);
+
+    // TCP on both ends of the range and a range inside it, UDP on its last port; an admin's
+    // mapping outside the range counts as a mapping, not as a port of the range; p2's
+    // mapping is on p2's router.
+    for (who, fields) in [
+        (
+            MEMBER_P1,
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 22, "external_port": 4000}),
+        ),
+        (
+            MEMBER_P1,
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 80, "external_port_range": "4003:4004"}),
+        ),
+        (
+            MEMBER_P1,
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.6", "internal_port": 22, "external_port": 4010}),
+        ),
+        (
+            MEMBER_P1,
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.5", "internal_port": 53, "external_port": 4010, "protocol": "udp"}),
+        ),
+        (
+            ADMIN,
+            json!({"router_id": R1, "internal_ip_address": "10.0.0.7", "internal_port": 22, "external_port": 5000}),
+        ),
+        (
+            MEMBER_P2,
+            json!({"router_id": R2, "internal_ip_address": "10.2.0.5", "internal_port": 22}),
+        ),
+    ] {
+        let (status, body) = post(&app, who, fields).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let routers = routers_by_id(&get(READER_P1, "/v1/routers").await.1);
+    let r1 = &routers[R1];
+    assert_eq!(
+        (&r1["mappings"], &r1["tcp"], &r1["udp"]),
+        (&json!(5), &held(4, 4, 7), &held(1, 1, 10))
+    );
+    assert_eq!(routers[R_NO_IF]["mappings"], 0);
+    assert!(!routers.contains_key(R2));
+
+    // One router: its free ports as ranges, to the edges of the range.
+    let (status, shown) = get(READER_P1, &format!("/v1/routers/{R1}")).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    let mut expected = r1.clone();
+    expected["tcp"]["free_ports"] = json!(["4001:4002", "4005:4009"]);
+    expected["udp"]["free_ports"] = json!(["4000:4009"]);
+    assert_eq!(shown, json!({ "router": expected }));
+    // Only the protocol asked for.
+    let (status, udp) = get(MEMBER_P1, &format!("/v1/routers/{R1}?protocol=udp")).await;
+    assert_eq!(status, StatusCode::OK, "{udp}");
+    assert_eq!(udp["router"]["udp"]["free_ports"], json!(["4000:4009"]));
+    assert!(udp["router"]["tcp"].get("free_ports").is_none(), "{udp}");
+    assert_eq!(udp["router"]["tcp"], held(4, 4, 7));
+
+    // A deleted mapping's ports are free again.
+    let (_, mappings) = get(MEMBER_P1, "/v1/mappings?external_port=4003").await;
+    let id = mappings["mappings"][0]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &app,
+        MEMBER_P1,
+        Method::DELETE,
+        &format!("/v1/mappings/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, shown) = get(MEMBER_P1, &format!("/v1/routers/{R1}?protocol=tcp")).await;
+    assert_eq!(shown["router"]["tcp"]["free_ports"], json!(["4001:4009"]));
+    assert_eq!(shown["router"]["tcp"]["ports_free"], 9);
+
+    // Another project's router is not found, as an unknown one; an admin sees it.
+    for uri in [
+        format!("/v1/routers/{R2}"),
+        "/v1/routers/00000000-0000-4000-8000-000000000000".to_string(),
+    ] {
+        let (status, body) = get(MEMBER_P1, &uri).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{uri}"
+        );
+    }
+    let (status, r2) = get(ADMIN, &format!("/v1/routers/{R2}?protocol=tcp")).await;
+    assert_eq!(status, StatusCode::OK, "{r2}");
+    assert_eq!(r2["router"]["project_id"], "p2");
+    assert_eq!(r2["router"]["tcp"]["free_ports"], json!(["4001:4010"]));
+    // Another project's listing is empty for its non-members; admins list any project's, or
+    // every project's.
+    assert_eq!(
+        get(MEMBER_P1, "/v1/routers?project_id=p2").await,
+        (StatusCode::OK, json!({"routers": []}))
+    );
+    let p2 = get(ADMIN, "/v1/routers?project_id=p2").await.1;
+    assert_eq!(routers_by_id(&p2).keys().collect::<Vec<_>>(), [R2]);
+    assert_eq!(p2["routers"][0]["tcp"], held(1, 1, 10));
+    let all = routers_by_id(&get(ADMIN, "/v1/routers").await.1);
+    assert_eq!(all.keys().collect::<Vec<_>>(), [R1, R2, R_NO_GW, R_NO_IF]);
+
+    // A role the policy does not know reads nothing; bad queries are named.
+    for uri in ["/v1/routers".to_string(), format!("/v1/routers/{R1}")] {
+        let (status, _) = get(("p1", "observer"), &uri).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{uri}");
+    }
+    let (status, body) = get(MEMBER_P1, &format!("/v1/routers/{R1}?protocol=sctp")).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (
+            StatusCode::BAD_REQUEST,
+            Some("protocol must be tcp or udp, not \"sctp\"")
+        )
+    );
+    let (status, body) = get(MEMBER_P1, "/v1/routers?colour=blue").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+#[tokio::test]
+async fn a_full_range_has_no_free_ports_and_a_router_without_gateway_still_counts() {
+    let app = app_with((4000, 4002), false).await;
+    for ip in ["10.0.0.5", "10.0.0.6", "10.0.0.7"] {
+        let (status, body) = post(
+            &app,
+            MEMBER_P1,
+            json!({"router_id": R1, "internal_ip_address": ip, "internal_port": 22}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = post(
+        &app,
+        MEMBER_P1,
+        json!({"router_id": R1, "internal_ip_address": "10.0.0.8", "internal_port": 22}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "port_range_exhausted")
+    );
+    let (_, shown) = call(
+        &app,
+        READER_P1,
+        Method::GET,
+        &format!("/v1/routers/{R1}"),
+        None,
+    )
+    .await;
+    let mut tcp = held(3, 3, 0);
+    tcp["free_ports"] = json!([]);
+    assert_eq!(shown["router"]["tcp"], tcp);
+    assert_eq!(shown["router"]["udp"]["free_ports"], json!(["4000:4002"]));
+    let (status, no_gw) = call(
+        &app,
+        READER_P1,
+        Method::GET,
+        &format!("/v1/routers/{R_NO_GW}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{no_gw}");
+    assert_eq!(no_gw["router"]["external_gateway_ip"], Value::Null);
+    assert_eq!(no_gw["router"]["tcp"]["free_ports"], json!(["4000:4002"]));
+}
+
+/// A Neutron that does not answer.
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl praas::openstack::RouterDirectory for Unreachable {
+    async fn router(&self, _: &str) -> Result<Option<RouterInfo>, DirectoryError> {
+        Err(timeout())
+    }
+    async fn routers_of(
+        &self,
+        _: Option<&str>,
+    ) -> Result<Vec<praas::openstack::RouterSummary>, DirectoryError> {
+        Err(timeout())
+    }
+    async fn routers_serving(
+        &self,
+        _: std::net::Ipv4Addr,
+        _: Option<&str>,
+    ) -> Result<Vec<RouterInfo>, DirectoryError> {
+        Err(timeout())
+    }
+    fn knows_ports(&self) -> bool {
+        true
+    }
+    async fn port(&self, _: &str) -> Result<Option<PortInfo>, DirectoryError> {
+        Err(timeout())
+    }
+    async fn ports_with_address(
+        &self,
+        _: std::net::Ipv4Addr,
+        _: Option<&str>,
+    ) -> Result<Vec<PortInfo>, DirectoryError> {
+        Err(timeout())
+    }
+}
+
+fn timeout() -> DirectoryError {
+    DirectoryError::Neutron(praas::openstack::OpenStackError::Timeout {
+        service: "Neutron",
+        url: "http://192.0.2.1:9696/v2.0/routers".into(),
+    })
+}
+
+#[tokio::test]
+async fn routers_are_503_when_neutron_does_not_answer() {
+    let store = Arc::new(common::sqlite_store().await);
+    let app = runtime::api(
+        store.clone(),
+        Arc::new(Unreachable),
+        api::Authenticator::noauth(),
+        Policy::default(),
+        Readiness::store(store),
+    );
+    for uri in ["/v1/routers".to_string(), format!("/v1/routers/{R1}")] {
+        let (status, body) = call(&app, MEMBER_P1, Method::GET, &uri, None).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "router_directory_unavailable"
+            ),
+            "{uri}"
+        );
+    }
 }

@@ -327,6 +327,14 @@ fn query_problem(text: &str) -> String {
             known.trim()
         );
     }
+    if let (Some(p), Some(rest)) = (parameter, problem.strip_prefix("unknown variant ")) {
+        let (value, known) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        return format!(
+            "{p} must be {}, not {}",
+            known.trim_start_matches("one of ").replace('`', ""),
+            value.replace('`', "\"")
+        );
+    }
     match parameter {
         Some("external_port") => "external_port must be a port number from 1 to 65535".into(),
         Some("limit") => "limit must be a whole number from 1 to 10000".into(),
@@ -365,6 +373,12 @@ mod tests {
                 "Failed to deserialize query string: limit: invalid digit found in string"
             ),
             "limit must be a whole number from 1 to 10000"
+        );
+        assert_eq!(
+            query_problem(
+                "Failed to deserialize query string: protocol: unknown variant `sctp`, expected `tcp` or `udp`"
+            ),
+            "protocol must be tcp or udp, not \"sctp\""
         );
     }
 

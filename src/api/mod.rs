@@ -1,5 +1,5 @@
-//! The HTTP API (axum): REST API v1 (`/v1/mappings`, `/v1/quotas`, `/v1/agents`, documented by
-//! `/v1/openapi.json`), the
+//! The HTTP API (axum): REST API v1 (`/v1/mappings`, `/v1/routers`, `/v1/quotas`, `/v1/agents`,
+//! documented by `/v1/openapi.json`), the
 //! original Proxy CLI protocol (`/router_pat`, `/pat/...`), and `/healthz` / `/readyz`.
 
 pub mod auth;
@@ -8,6 +8,7 @@ pub mod health;
 pub mod legacy;
 pub mod openapi;
 pub mod quotas;
+pub mod routers;
 pub mod v1;
 pub mod versions;
 
@@ -61,6 +62,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(v1::routes())
         .merge(quotas::routes())
+        .merge(routers::routes())
         .merge(versions::routes())
         .merge(legacy::routes())
         .route("/v1/openapi.json", get(openapi::serve))

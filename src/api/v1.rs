@@ -1,5 +1,5 @@
 //! REST API v1: `/v1/mappings`, and `/v1/agents` for operators (`/v1/quotas` is in
-//! [`super::quotas`]).
+//! [`super::quotas`], `/v1/routers` in [`super::routers`]).
 //!
 //! Field names follow Neutron's port forwarding API where the concepts are the same
 //! (`internal_port_id`, `internal_ip_address`, `internal_port`/`internal_port_range`,
