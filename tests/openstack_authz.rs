@@ -1,7 +1,7 @@
 //! Keystone-authenticated requests against the real Keystone and Neutron of
 //! `scripts/dev-cloud`: requests without a valid token refused on both protocols, and the
 //! authorization matrix of every endpoint (admin, member and reader of the owning project,
-//! member and reader of another one), quotas included.
+//! member and reader of another one), routers and quotas included.
 //!
 //! They need the dev cloud (`scripts/dev-cloud up`), found at `PRAAS_CLOUD_DIR` (default
 //! `/var/tmp/praas-dev-cloud`). Without it the tests print one line and skip; under CI they
@@ -145,6 +145,25 @@ async fn the_authorization_matrix_holds_for_every_endpoint() {
             StatusCode::NOT_FOUND
         };
         assert_eq!(status, want, "{user} shows: {shown}");
+
+        // Routers: A's router is listed and shown to A's users and admins, to no one else.
+        let (status, routers) = call(&app, token, Method::GET, "/v1/routers", None).await;
+        assert_eq!(status, StatusCode::OK, "{user} lists routers: {routers}");
+        let listed = routers["routers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == router);
+        assert_eq!(listed, sees(user), "{user} lists routers: {routers}");
+        let (status, shown) = call(
+            &app,
+            token,
+            Method::GET,
+            &format!("/v1/routers/{router}"),
+            None,
+        )
+        .await;
+        assert_eq!(status, want, "{user} shows router {router}: {shown}");
 
         // Original protocol: list and create.
         let (status, pat) = call(
