@@ -2,14 +2,13 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
 mod demo;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use praas::config::{self, Config};
 use praas::dataplane::Driver;
 use praas::runtime::{self, Role};
@@ -58,14 +57,18 @@ enum Command {
         #[arg(long)]
         config_file: Option<PathBuf>,
     },
-    /// The Proxy CLI: manage your project's port forwardings (PAT) through PRaaS, as the user
-    /// of a clouds.yaml cloud.
-    Pat {
-        #[command(flatten)]
-        connection: PatConnection,
-        #[command(subcommand)]
-        command: PatCommand,
+    /// The Proxy CLI: your project's port forwardings (PAT) through its routers' gateways.
+    Pat(praas::client::cli::Pat),
+    /// Your project's routers: gateway addresses, port ranges, ports used and free.
+    Router(praas::client::cli::Router),
+    /// Prints a shell completion script: `source <(praas completion bash)`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
+    /// Prints the manual page (roff), generated from the same definitions as --help.
+    #[command(hide = true)]
+    Man,
     /// For operators: the agents with their heartbeats and last sync, the monitor's lease
     /// holder, mappings by status and the mappings that are not working, read from the
     /// database of the configuration.
@@ -96,211 +99,6 @@ enum Command {
         #[arg(long)]
         cloud_dir: Option<PathBuf>,
     },
-}
-
-#[derive(clap::Args)]
-struct PatConnection {
-    /// The cloud of clouds.yaml to log in as.
-    #[arg(long, env = "OS_CLOUD", default_value = "openstack", global = true)]
-    os_cloud: String,
-    /// The clouds.yaml (else OS_CLIENT_CONFIG_FILE, ./clouds.yaml,
-    /// ~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml).
-    #[arg(long, global = true)]
-    clouds_file: Option<PathBuf>,
-    /// PRaaS's URL (else the catalog's `port-forwarding` endpoint).
-    #[arg(long, env = "PRAAS_URL", global = true)]
-    url: Option<String>,
-    /// Print JSON instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum PatCommand {
-    /// Lists mappings (admins: every project's, unless --project).
-    List {
-        #[arg(long)]
-        router: Option<String>,
-        /// The VM's address.
-        #[arg(long)]
-        server_ip: Option<String>,
-        /// The VM's Neutron port.
-        #[arg(long)]
-        port: Option<String>,
-        #[arg(long)]
-        project: Option<String>,
-    },
-    /// Shows one mapping.
-    Show { id: String },
-    /// Forwards a port of a router's gateway to a VM: give the VM's port or its address.
-    Create {
-        /// The VM's Neutron port.
-        #[arg(long, required_unless_present = "server_ip")]
-        port: Option<String>,
-        /// The VM's address (one of its port's fixed IPs).
-        #[arg(long)]
-        server_ip: Option<String>,
-        /// The port on the VM, or a range `N:M`.
-        #[arg(long)]
-        server_port: String,
-        /// The router (needed when several serve the VM).
-        #[arg(long)]
-        router: Option<String>,
-        /// The port on the gateway, or a range `N:M` (default: one from the router's range).
-        #[arg(long)]
-        router_port: Option<String>,
-        /// tcp (default) or udp.
-        #[arg(long)]
-        protocol: Option<String>,
-        /// Sources allowed to connect (repeat; default: everyone).
-        #[arg(long = "allow")]
-        allow: Vec<String>,
-        #[arg(long)]
-        description: Option<String>,
-        /// The VM sees the router's address instead of the client's.
-        #[arg(long)]
-        masquerade: bool,
-    },
-    /// Changes a mapping.
-    Modify {
-        id: String,
-        #[arg(long)]
-        server_port: Option<u16>,
-        #[arg(long)]
-        router_port: Option<u16>,
-        #[arg(long)]
-        description: Option<String>,
-        /// Sources allowed to connect (repeat); `--allow-all` lets everyone in again.
-        #[arg(long = "allow", conflicts_with = "allow_all")]
-        allow: Vec<String>,
-        #[arg(long)]
-        allow_all: bool,
-        #[arg(long, value_parser = clap::value_parser!(bool))]
-        masquerade: Option<bool>,
-    },
-    /// Removes a mapping; its connections are cut.
-    Remove { id: String },
-}
-
-/// `N` or `N:M`: (the single port, the range).
-fn port_or_range(value: &str) -> Result<(Option<u16>, Option<String>)> {
-    if value.contains(':') {
-        return Ok((None, Some(value.to_string())));
-    }
-    let port = value
-        .parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .with_context(|| format!("{value:?} is not a port (1-65535) or a range N:M"))?;
-    Ok((Some(port), None))
-}
-
-async fn pat(connection: PatConnection, command: PatCommand) -> Result<()> {
-    use praas::client::{self, Client, Create, Filters, Modify};
-    let file = client::clouds_file(connection.clouds_file.as_deref())?;
-    let client = Client::connect(
-        &file,
-        &connection.os_cloud,
-        connection.url.as_deref(),
-        Duration::from_secs(30),
-    )
-    .await?;
-    let mappings = match command {
-        PatCommand::List {
-            router,
-            server_ip,
-            port,
-            project,
-        } => {
-            client
-                .list(&Filters {
-                    router_id: router,
-                    internal_ip_address: server_ip,
-                    internal_port_id: port,
-                    project_id: project,
-                })
-                .await?
-        }
-        PatCommand::Show { id } => vec![client.show(&id).await?],
-        PatCommand::Create {
-            port,
-            server_ip,
-            server_port,
-            router,
-            router_port,
-            protocol,
-            allow,
-            description,
-            masquerade,
-        } => {
-            let (internal_port, internal_port_range) = port_or_range(&server_port)?;
-            let (external_port, external_port_range) = match router_port.as_deref() {
-                Some(v) => port_or_range(v)?,
-                None => (None, None),
-            };
-            vec![
-                client
-                    .create(&Create {
-                        router_id: router,
-                        internal_port_id: port,
-                        internal_ip_address: server_ip,
-                        internal_port,
-                        internal_port_range,
-                        external_port,
-                        external_port_range,
-                        protocol,
-                        description,
-                        allowed_cidrs: allow,
-                        masquerade,
-                    })
-                    .await?,
-            ]
-        }
-        PatCommand::Modify {
-            id,
-            server_port,
-            router_port,
-            description,
-            allow,
-            allow_all,
-            masquerade,
-        } => {
-            let allowed_cidrs = match (allow_all, allow.is_empty()) {
-                (true, _) => Some(vec![]),
-                (false, false) => Some(allow),
-                (false, true) => None,
-            };
-            vec![
-                client
-                    .modify(
-                        &id,
-                        &Modify {
-                            internal_port: server_port,
-                            external_port: router_port,
-                            description,
-                            allowed_cidrs,
-                            masquerade,
-                        },
-                    )
-                    .await?,
-            ]
-        }
-        PatCommand::Remove { id } => {
-            client.remove(&id).await?;
-            if connection.json {
-                println!("{}", serde_json::json!({"removed": id}));
-            } else {
-                println!("removed {id}");
-            }
-            return Ok(());
-        }
-    };
-    if connection.json {
-        println!("{}", serde_json::to_string_pretty(&mappings)?);
-    } else {
-        print!("{}", client::table::render(&mappings));
-    }
-    Ok(())
 }
 
 /// Sends the log to standard error, or to `[praas] log_file` in `[praas] log_format` for the
@@ -356,10 +154,20 @@ fn main() -> ExitCode {
         Command::Server { config_file } => serve(config_file, Role::Server),
         Command::Agent { config_file } => serve(config_file, Role::Agent),
         Command::Monitor { config_file } => serve(config_file, Role::Monitor),
-        Command::Pat {
-            connection,
-            command,
-        } => async_runtime().and_then(|rt| rt.block_on(pat(connection, command))),
+        Command::Pat(pat) => {
+            return client(|| praas::client::commands::pat(pat));
+        }
+        Command::Router(router) => {
+            return client(|| praas::client::commands::router(router));
+        }
+        Command::Completion { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "praas", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the manual page"),
         Command::Status { config_file, json } => {
             async_runtime().and_then(|rt| rt.block_on(status(config_file, json)))
         }
@@ -372,6 +180,29 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("praas: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a client command; its error decides the exit code (1 refused, 2 usage, 3
+/// unreachable or unavailable).
+fn client<F, Fut>(run: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), praas::client::ClientError>>,
+{
+    let rt = match async_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("praas: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("praas: {}", praas::util::Chain(&e));
+            ExitCode::from(e.exit_kind().code())
         }
     }
 }

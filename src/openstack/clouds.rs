@@ -59,6 +59,9 @@ pub enum Credentials {
         user: Option<Named>,
         secret: String,
     },
+    /// A token obtained elsewhere (a client's `--os-token`): used as it is, its catalog read
+    /// from Keystone; it cannot be renewed.
+    Token { token: String },
 }
 
 impl std::fmt::Debug for Credentials {
@@ -76,6 +79,7 @@ impl std::fmt::Debug for Credentials {
                 .field("name", name)
                 .field("user", user)
                 .finish_non_exhaustive(),
+            Credentials::Token { .. } => f.debug_struct("Token").finish_non_exhaustive(),
         }
     }
 }
@@ -96,41 +100,78 @@ pub struct CloudConfig {
 
 #[derive(Deserialize)]
 struct File {
-    clouds: BTreeMap<String, RawCloud>,
+    clouds: BTreeMap<String, CloudSpec>,
 }
 
-#[derive(Deserialize)]
-struct RawCloud {
+/// A cloud as written in `clouds.yaml` (or gathered from an openrc's `OS_*` variables),
+/// before it is checked and resolved into a [`CloudConfig`].
+#[derive(Deserialize, Default, Clone)]
+pub struct CloudSpec {
     #[serde(default)]
-    auth: RawAuth,
-    auth_type: Option<String>,
-    region_name: Option<String>,
-    interface: Option<String>,
-    endpoint_type: Option<String>,
-    identity_api_version: Option<serde_json::Value>,
-    verify: Option<bool>,
-    cacert: Option<PathBuf>,
+    pub auth: AuthSpec,
+    pub auth_type: Option<String>,
+    pub region_name: Option<String>,
+    pub interface: Option<String>,
+    pub endpoint_type: Option<String>,
+    pub identity_api_version: Option<serde_json::Value>,
+    pub verify: Option<bool>,
+    pub cacert: Option<PathBuf>,
 }
 
-#[derive(Deserialize, Default)]
-struct RawAuth {
-    auth_url: Option<String>,
-    username: Option<String>,
-    user_id: Option<String>,
-    password: Option<String>,
-    project_name: Option<String>,
-    project_id: Option<String>,
-    tenant_name: Option<String>,
-    tenant_id: Option<String>,
-    user_domain_name: Option<String>,
-    user_domain_id: Option<String>,
-    project_domain_name: Option<String>,
-    project_domain_id: Option<String>,
-    domain_name: Option<String>,
-    domain_id: Option<String>,
-    application_credential_id: Option<String>,
-    application_credential_name: Option<String>,
-    application_credential_secret: Option<String>,
+/// The `auth` part of a [`CloudSpec`].
+#[derive(Deserialize, Default, Clone)]
+pub struct AuthSpec {
+    pub auth_url: Option<String>,
+    pub username: Option<String>,
+    pub user_id: Option<String>,
+    pub password: Option<String>,
+    pub project_name: Option<String>,
+    pub project_id: Option<String>,
+    pub tenant_name: Option<String>,
+    pub tenant_id: Option<String>,
+    pub user_domain_name: Option<String>,
+    pub user_domain_id: Option<String>,
+    pub project_domain_name: Option<String>,
+    pub project_domain_id: Option<String>,
+    pub domain_name: Option<String>,
+    pub domain_id: Option<String>,
+    pub application_credential_id: Option<String>,
+    pub application_credential_name: Option<String>,
+    pub application_credential_secret: Option<String>,
+}
+
+impl CloudSpec {
+    /// Whether it logs in with a password it does not have (a client may ask for it).
+    pub fn lacks_password(&self) -> bool {
+        matches!(
+            self.auth_type.as_deref().unwrap_or("password"),
+            "password" | "v3password"
+        ) && self.auth.password.is_none()
+    }
+
+    /// The user, as a prompt names it.
+    pub fn user_label(&self) -> String {
+        let user = self
+            .auth
+            .username
+            .clone()
+            .or_else(|| self.auth.user_id.clone())
+            .unwrap_or_default();
+        match self
+            .auth
+            .project_name
+            .as_ref()
+            .or(self.auth.project_id.as_ref())
+        {
+            Some(project) => format!("{user} in project {project}"),
+            None => user,
+        }
+    }
+
+    /// Checks the cloud and resolves names, domains and defaults.
+    pub fn resolve(&self) -> Result<CloudConfig, CloudsError> {
+        resolve(self)
+    }
 }
 
 /// The file to read: the configured one, else `OS_CLIENT_CONFIG_FILE`.
@@ -169,20 +210,36 @@ pub fn load(path: &Path, cloud: &str) -> Result<CloudConfig, OpenStackError> {
         path: path.to_path_buf(),
         source,
     };
+    spec(path, cloud)?.resolve().map_err(failed)
+}
+
+/// Reads cloud `cloud` from the `clouds.yaml` at `path`, unresolved.
+pub fn spec(path: &Path, cloud: &str) -> Result<CloudSpec, OpenStackError> {
+    let failed = |source| OpenStackError::CloudsFile {
+        path: path.to_path_buf(),
+        source,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| failed(CloudsError::Read(e)))?;
-    parse(&text, cloud).map_err(failed)
+    parse_spec(&text, cloud).map_err(failed)
 }
 
 /// Parses `clouds.yaml` text and resolves cloud `cloud`.
 pub fn parse(text: &str, cloud: &str) -> Result<CloudConfig, CloudsError> {
-    let file: File = yaml_serde::from_str(text).map_err(CloudsError::NotYaml)?;
-    let raw = file.clouds.get(cloud).ok_or_else(|| {
-        let known: Vec<&str> = file.clouds.keys().map(String::as_str).collect();
-        CloudsError::NoSuchCloud {
+    parse_spec(text, cloud)?.resolve()
+}
+
+fn parse_spec(text: &str, cloud: &str) -> Result<CloudSpec, CloudsError> {
+    let mut file: File = yaml_serde::from_str(text).map_err(CloudsError::NotYaml)?;
+    let known: Vec<String> = file.clouds.keys().cloned().collect();
+    file.clouds
+        .remove(cloud)
+        .ok_or_else(|| CloudsError::NoSuchCloud {
             cloud: cloud.to_string(),
             known: known.join(", "),
-        }
-    })?;
+        })
+}
+
+fn resolve(raw: &CloudSpec) -> Result<CloudConfig, CloudsError> {
     if let Some(v) = &raw.identity_api_version {
         let v = v.to_string().trim_matches('"').to_string();
         if v != "3" && v != "3.0" {

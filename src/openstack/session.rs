@@ -190,10 +190,59 @@ impl Session {
                     "application_credential": credential,
                 }}})
             }
+            Credentials::Token { token } => json!({ "auth": { "identity": {
+                "methods": ["token"], "token": { "id": token },
+            }}}),
         }
     }
 
+    /// A given token's expiry and catalog, as Keystone shows them to the token itself.
+    async fn adopt(&self, token: &str) -> Result<Token, OpenStackError> {
+        let url = format!("{}/auth/tokens", self.cloud.auth_url);
+        let resp = self
+            .send(
+                "Keystone",
+                "validate",
+                self.http
+                    .get(&url)
+                    .header("X-Auth-Token", token)
+                    .header("X-Subject-Token", token),
+            )
+            .await
+            .map_err(|e| OpenStackError::unreachable("Keystone", &url, e))?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED
+            || status == StatusCode::FORBIDDEN
+            || status == StatusCode::NOT_FOUND
+        {
+            return Err(OpenStackError::LoginRefused {
+                auth_url: self.cloud.auth_url.clone(),
+                status: status.as_u16(),
+            });
+        }
+        if !status.is_success() {
+            return Err(OpenStackError::Status {
+                service: "Keystone",
+                url,
+                status: status.as_u16(),
+                body: resp.text().await.unwrap_or_default(),
+            });
+        }
+        let body: TokenBody = resp.json().await.map_err(|e| OpenStackError::Malformed {
+            service: "Keystone",
+            what: format!("token answer: {e}"),
+        })?;
+        Ok(Token {
+            value: token.to_string(),
+            expires_at: body.token.expires_at,
+            catalog: body.token.catalog,
+        })
+    }
+
     async fn login(&self) -> Result<Token, OpenStackError> {
+        if let Credentials::Token { token } = &self.cloud.credentials {
+            return self.adopt(token).await;
+        }
         let url = format!("{}/auth/tokens", self.cloud.auth_url);
         let resp = self
             .send(
