@@ -226,8 +226,8 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args, Default)]
 pub struct SetArgs {
-    /// The mapping's id.
-    pub mapping: String,
+    /// The mapping's id (on a terminal, none: pick it from a menu).
+    pub mapping: Option<String>,
     /// The port on the server (a range N:M keeps its length).
     #[arg(long, visible_alias = "server-port", value_name = "PORT")]
     pub internal_protocol_port: Option<String>,
@@ -256,6 +256,10 @@ pub struct SetArgs {
     /// Wait until the mapping is ACTIVE again (or ERROR, with its reason).
     #[arg(long)]
     pub wait: bool,
+    /// Answer the changes to questions, as the original did (also when no mapping is given
+    /// on a terminal).
+    #[arg(short, long)]
+    pub interactive: bool,
 }
 
 /// `praas router`.

@@ -216,6 +216,23 @@ impl<'a> Cloud<'a> {
         pick(kind, name_or_id, found, |n| (&n.id, &n.name))
     }
 
+    /// The subnets a router has an interface on (its interface ports' addresses).
+    pub async fn router_subnets(&self, router_id: &str) -> Result<Vec<String>, ClientError> {
+        let ports: Vec<Port> = self.list("ports", &[("device_id", router_id)]).await?;
+        Ok(ports
+            .into_iter()
+            .flat_map(|p| p.fixed_ips.into_iter().map(|f| f.subnet_id))
+            .collect())
+    }
+
+    /// Network id → name, of the networks the user sees.
+    pub async fn network_names(&self) -> Result<HashMap<String, String>, ClientError> {
+        let networks: Vec<Named> = self
+            .list("networks", &[("fields", "id"), ("fields", "name")])
+            .await?;
+        Ok(networks.into_iter().map(|n| (n.id, n.name)).collect())
+    }
+
     /// The server name behind each of the project's ports that a server holds, for tables:
     /// port id → server name. Empty when the catalog has no Nova.
     pub async fn server_names_by_port(&self) -> Result<HashMap<String, String>, ClientError> {

@@ -5,6 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use super::cli::{CreateArgs, ListArgs, Pat, PatCommand, Router, RouterCommand, SetArgs};
+use super::interactive::{self, Dialog};
 use super::output::OutputOptions;
 use super::{auth, views, Client, ClientError, Create, Filters, Modify};
 use crate::api::v1::MappingView;
@@ -141,13 +142,12 @@ async fn list(client: &Client, args: ListArgs, out: &OutputOptions) -> Result<()
     print(&views::listing(&mappings, &servers, args.long).render(out)?)
 }
 
-/// The port of `server` that a mapping should reach: the one on `network` when given, else
-/// its only one.
-async fn server_port(
+/// The ports of `server` a mapping could reach: those on `network` when given.
+async fn server_ports(
     client: &Client,
     server: &str,
     network: Option<&str>,
-) -> Result<String, ClientError> {
+) -> Result<(super::cloud::Server, Vec<super::cloud::Port>), ClientError> {
     let cloud = cloud_for(client, "--server")?;
     if !cloud.has_compute().await {
         return Err(ClientError::Usage {
@@ -162,34 +162,38 @@ async fn server_port(
         let network = cloud.network(network).await?;
         ports.retain(|p| p.network_id == network.id);
     }
-    match ports.len() {
-        1 => Ok(ports.remove(0).id),
-        0 => Err(ClientError::Usage {
+    if ports.is_empty() {
+        return Err(ClientError::Usage {
             message: match network {
                 Some(n) => format!("server {} has no port on network {n}", server.name),
                 None => format!("server {} has no port", server.name),
             },
-        }),
-        _ => Err(ClientError::Usage {
-            message: format!(
-                "server {} has {} NICs: give --network or --port ({})",
-                server.name,
-                ports.len(),
-                ports
-                    .iter()
-                    .map(|p| format!(
-                        "{}: {}",
-                        if p.name.is_empty() { &p.id } else { &p.name },
-                        p.ipv4()
-                            .iter()
-                            .map(|ip| ip.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        }),
+        });
+    }
+    Ok((server, ports))
+}
+
+/// A server's NICs, listed for an error saying to choose one.
+fn several_nics(server: &super::cloud::Server, ports: &[super::cloud::Port]) -> ClientError {
+    ClientError::Usage {
+        message: format!(
+            "server {} has {} NICs: give --network or --port ({})",
+            server.name,
+            ports.len(),
+            ports
+                .iter()
+                .map(|p| format!(
+                    "{}: {}",
+                    if p.name.is_empty() { &p.id } else { &p.name },
+                    p.ipv4()
+                        .iter()
+                        .map(|ip| ip.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     }
 }
 
@@ -342,26 +346,36 @@ async fn create(client: &Client, args: CreateArgs, out: &OutputOptions) -> Resul
             message: "give --server or --port, not both".into(),
         });
     }
+    if asks(&args) {
+        return match Dialog::terminal() {
+            Some(mut d) => create_interactive(client, args, &mut d).await,
+            None => Err(missing_for_create(client, &args).await),
+        };
+    }
     let router = match &args.router {
         Some(r) => Some(router_id(client, r).await?),
         None => None,
     };
     let port = match (&args.server, &args.port) {
-        (Some(s), _) => Some(server_port(client, s, args.network.as_deref()).await?),
+        (Some(s), _) => {
+            let (server, mut ports) = server_ports(client, s, args.network.as_deref()).await?;
+            if ports.len() > 1 {
+                // Several NICs: chosen on a terminal, named in the error without one.
+                return match Dialog::terminal() {
+                    Some(mut d) => create_interactive(client, args, &mut d).await,
+                    None => Err(several_nics(&server, &ports)),
+                };
+            }
+            Some(ports.remove(0).id)
+        }
         (None, Some(p)) => Some(port_id(client, p).await?),
         (None, None) => None,
     };
     if port.is_none() && args.internal_ip_address.is_none() {
-        return Err(ClientError::Usage {
-            message: "give the server to reach: --server, --port or --internal-ip-address \
-                      (or -i to choose from menus)"
-                .into(),
-        });
+        return Err(missing_for_create(client, &args).await);
     }
     let Some(internal) = args.internal_protocol_port.as_deref() else {
-        return Err(ClientError::Usage {
-            message: "give the port on the server: --internal-protocol-port".into(),
-        });
+        return Err(missing_for_create(client, &args).await);
     };
     let (internal_port, internal_port_range) = port_or_range("--internal-protocol-port", internal)?;
     let (external_port, external_port_range) = match args.external_protocol_port.as_deref() {
@@ -392,7 +406,100 @@ async fn create(client: &Client, args: CreateArgs, out: &OutputOptions) -> Resul
     print(&views::record(&shown, &servers).render(out)?)
 }
 
-async fn set(client: &Client, args: SetArgs, out: &OutputOptions) -> Result<(), ClientError> {
+/// Picks one of the project's mappings from a menu.
+async fn pick_mapping(
+    client: &Client,
+    d: &mut Dialog<'_>,
+    what: &str,
+) -> Result<MappingView, ClientError> {
+    let mut mappings = client.list(&Filters::default()).await?;
+    if mappings.is_empty() {
+        return Err(ClientError::Usage {
+            message: "your project has no mapping".into(),
+        });
+    }
+    let servers = server_names(client).await;
+    let listing = views::listing(&mappings, &servers, false);
+    let rows: Vec<Vec<String>> = listing
+        .rows
+        .iter()
+        .map(|r| r.iter().skip(1).cloned().map(interactive::cell).collect())
+        .collect();
+    let headers: Vec<&str> = listing.columns.iter().skip(1).map(String::as_str).collect();
+    d.say("Your mappings:\n")?;
+    let i = d.choose(what, &headers, &rows)?;
+    Ok(mappings.swap_remove(i))
+}
+
+/// The mapping a command acts on: the one given, else one picked on a terminal.
+async fn given_or_picked(
+    client: &Client,
+    given: Option<String>,
+    what: &str,
+) -> Result<(MappingView, Option<Dialog<'static>>), ClientError> {
+    if let Some(id) = given {
+        return Ok((client.show(&id).await?, Dialog::terminal()));
+    }
+    let Some(mut d) = Dialog::terminal() else {
+        return Err(ClientError::Usage {
+            message: "give the mapping's id (praas pat list shows them)".into(),
+        });
+    };
+    let m = pick_mapping(client, &mut d, what).await?;
+    Ok((m, Some(d)))
+}
+
+async fn set(client: &Client, mut args: SetArgs, out: &OutputOptions) -> Result<(), ClientError> {
+    let nothing_given = args.internal_protocol_port.is_none()
+        && args.external_protocol_port.is_none()
+        && args.description.is_none()
+        && args.allow.is_empty()
+        && !args.allow_all
+        && !args.masquerade
+        && !args.no_masquerade;
+    if args.interactive || args.mapping.is_none() {
+        let (current, dialog) = given_or_picked(client, args.mapping.take(), "Mapping").await?;
+        let Some(mut d) = dialog else {
+            return Err(ClientError::Usage {
+                message: "-i needs a terminal".into(),
+            });
+        };
+        let port = |single: Option<u16>, range: &str| match single {
+            Some(p) => p.to_string(),
+            None => range.to_string(),
+        };
+        if nothing_given {
+            let keep = |answer: String, now: &str| (answer != now).then_some(answer);
+            let now_int = port(current.internal_port, &current.internal_port_range);
+            let now_ext = port(current.external_port, &current.external_port_range);
+            args.internal_protocol_port = keep(
+                d.ask_required(&format!("Port on the server [{now_int}]: "), Some(&now_int))?,
+                &now_int,
+            );
+            args.external_protocol_port = keep(
+                d.ask_required(&format!("Port on the router [{now_ext}]: "), Some(&now_ext))?,
+                &now_ext,
+            );
+            args.description = keep(
+                d.ask_required(
+                    &format!("Description [{}]: ", current.description),
+                    Some(&current.description),
+                )?,
+                &current.description,
+            );
+        }
+        if !d.confirm(&format!("Change mapping {}?", current.id))? {
+            return Err(ClientError::Usage {
+                message: "cancelled: nothing was changed".into(),
+            });
+        }
+        args.mapping = Some(current.id);
+    }
+    let Some(mapping) = args.mapping.clone() else {
+        return Err(ClientError::Usage {
+            message: "give the mapping's id (praas pat list shows them)".into(),
+        });
+    };
     let (internal_port, internal_port_range) = match args.internal_protocol_port.as_deref() {
         Some(v) => port_or_range("--internal-protocol-port", v)?,
         None => (None, None),
@@ -413,7 +520,7 @@ async fn set(client: &Client, args: SetArgs, out: &OutputOptions) -> Result<(), 
     };
     let changed = client
         .modify(
-            &args.mapping,
+            &mapping,
             &Modify {
                 internal_port,
                 internal_port_range,
@@ -435,6 +542,29 @@ async fn set(client: &Client, args: SetArgs, out: &OutputOptions) -> Result<(), 
 }
 
 async fn delete(client: &Client, ids: &[String]) -> Result<(), ClientError> {
+    if ids.is_empty() {
+        let (m, dialog) = given_or_picked(client, None, "Mapping to delete").await?;
+        let mut d = dialog.expect("a picked mapping comes with its terminal");
+        let servers = server_names(client).await;
+        d.say(&interactive::result_table(&views::listing(
+            std::slice::from_ref(&m),
+            &servers,
+            false,
+        )))?;
+        if !d.confirm(&format!(
+            "Delete mapping {}? Its connections are cut.",
+            m.id
+        ))? {
+            return Err(ClientError::Usage {
+                message: "cancelled: nothing was deleted".into(),
+            });
+        }
+        return client.remove(&m.id).await;
+    }
+    if let [one] = ids {
+        // One id: its own error, with its exit code.
+        return client.remove(one).await;
+    }
     let mut failed = 0;
     for id in ids {
         if let Err(e) = client.remove(id).await {
@@ -444,17 +574,6 @@ async fn delete(client: &Client, ids: &[String]) -> Result<(), ClientError> {
     }
     match failed {
         0 => Ok(()),
-        // One id: its own error says it all, with its exit code.
-        _ if ids.len() == 1 => {
-            Err(client
-                .remove(&ids[0])
-                .await
-                .err()
-                .unwrap_or(ClientError::SomeFailed {
-                    failed,
-                    total: ids.len(),
-                }))
-        }
         _ => Err(ClientError::SomeFailed {
             failed,
             total: ids.len(),
@@ -518,5 +637,263 @@ pub async fn wait(client: &Client, id: &str) -> Result<MappingView, ClientError>
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
+    }
+}
+
+/// Whether `create` should ask: `-i`, or a terminal and something to choose missing.
+fn asks(args: &CreateArgs) -> bool {
+    let missing =
+        (args.server.is_none() && args.port.is_none() && args.internal_ip_address.is_none())
+            || args.internal_protocol_port.is_none();
+    args.interactive || (missing && std::io::stdin().is_terminal())
+}
+
+/// `create` from menus (see [`super::interactive`]).
+async fn create_interactive(
+    client: &Client,
+    args: CreateArgs,
+    d: &mut Dialog<'_>,
+) -> Result<(), ClientError> {
+    let cloud = cloud_for(client, "choosing a server")?;
+    if !cloud.has_compute().await {
+        return Err(ClientError::Usage {
+            message: "this cloud's catalog has no compute service (Nova) to choose a server \
+                      from: give --port or --internal-ip-address"
+                .into(),
+        });
+    }
+    // The server.
+    let server = match &args.server {
+        Some(s) => cloud.server(s).await?,
+        None => {
+            let mut servers = cloud.servers().await?;
+            if servers.is_empty() {
+                return Err(ClientError::Usage {
+                    message: "your project has no server".into(),
+                });
+            }
+            servers.sort_by(|a, b| a.name.cmp(&b.name));
+            d.say("Your servers:\n")?;
+            let i = d.choose(
+                "Server",
+                &["Name", "Status", "Addresses"],
+                &interactive::server_rows(&servers),
+            )?;
+            servers.swap_remove(i)
+        }
+    };
+    // Its NIC.
+    let mut ports = match &args.port {
+        Some(p) => vec![cloud.port(p).await?],
+        None => cloud.ports_of(&server.id).await?,
+    };
+    let networks = cloud.network_names().await?;
+    if let Some(n) = &args.network {
+        let network = cloud.network(n).await?;
+        ports.retain(|p| p.network_id == network.id);
+    }
+    let port = match ports.len() {
+        0 => {
+            return Err(ClientError::Usage {
+                message: format!("server {} has no port to forward to", server.name),
+            })
+        }
+        1 => ports.remove(0),
+        _ => {
+            d.say(&format!("{} has {} NICs:\n", server.name, ports.len()))?;
+            let i = d.choose(
+                "NIC",
+                &["Port", "Network", "Addresses"],
+                &interactive::port_rows(&ports, &networks),
+            )?;
+            ports.swap_remove(i)
+        }
+    };
+    let subnets: Vec<String> = port.fixed_ips.iter().map(|f| f.subnet_id.clone()).collect();
+    // The router: the one with a gateway on the NIC's subnet, else a choice.
+    let router = match &args.router {
+        Some(r) => client.router_named(r).await?,
+        None => {
+            let mut serving = vec![];
+            for r in client.routers(None).await? {
+                if r.external_gateway_ip.is_none() {
+                    continue;
+                }
+                let on = cloud.router_subnets(&r.id).await?;
+                if on.iter().any(|s| subnets.contains(s)) {
+                    serving.push(r);
+                }
+            }
+            match serving.len() {
+                0 => {
+                    return Err(ClientError::Usage {
+                        message: format!(
+                            "no router of yours with an external gateway has an interface on the \
+                             network of {} ({})",
+                            server.name,
+                            networks.get(&port.network_id).unwrap_or(&port.network_id)
+                        ),
+                    })
+                }
+                1 => {
+                    let r = serving.remove(0);
+                    d.say(&format!(
+                        "Router: {} (gateway {})\n",
+                        router_label(&r),
+                        r.external_gateway_ip
+                            .map(|ip| ip.to_string())
+                            .unwrap_or_default()
+                    ))?;
+                    r
+                }
+                _ => {
+                    let rows: Vec<Vec<String>> = serving
+                        .iter()
+                        .map(|r| {
+                            vec![
+                                router_label(r),
+                                r.external_gateway_ip
+                                    .map(|ip| ip.to_string())
+                                    .unwrap_or_default(),
+                            ]
+                        })
+                        .collect();
+                    d.say("Several routers serve that network:\n")?;
+                    let i = d.choose("Router", &["Router", "Gateway"], &rows)?;
+                    serving.swap_remove(i)
+                }
+            }
+        }
+    };
+    // What the server already has on that router.
+    let existing = client
+        .list(&Filters {
+            router_id: Some(router.id.clone()),
+            internal_port_id: Some(port.id.clone()),
+            ..Default::default()
+        })
+        .await?;
+    let names = HashMap::from([(port.id.clone(), server.name.clone())]);
+    if existing.is_empty() {
+        d.say(&format!(
+            "{} has no mapping on {} yet.\n",
+            server.name,
+            router_label(&router)
+        ))?;
+    } else {
+        d.say(&format!(
+            "Mappings of {} on {}:\n",
+            server.name,
+            router_label(&router)
+        ))?;
+        d.say(&interactive::result_table(&views::listing(
+            &existing, &names, false,
+        )))?;
+    }
+    // The ports.
+    let internal = match &args.internal_protocol_port {
+        Some(p) => p.clone(),
+        None => d.ask_required("Port on the server (N, or a range N:M): ", None)?,
+    };
+    let (internal_port, internal_port_range) =
+        port_or_range("--internal-protocol-port", &internal)?;
+    let protocol = match &args.protocol {
+        Some(p) => p.to_ascii_lowercase(),
+        None => d
+            .ask_required("Protocol (tcp or udp) [tcp]: ", Some("tcp"))?
+            .to_ascii_lowercase(),
+    };
+    let external = match &args.external_protocol_port {
+        Some(p) => Some(p.clone()),
+        None => {
+            let shown = client.router(&router.id).await?;
+            let free = match protocol.as_str() {
+                "udp" => &shown.udp.free_ports,
+                _ => &shown.tcp.free_ports,
+            };
+            d.say(&format!(
+                "Free ports on {}: {}\n",
+                router_label(&router),
+                interactive::ranges_text(free)
+            ))?;
+            let answer = d.ask_required(
+                "Port on the router (N, N:M, or empty for any free one) [any]: ",
+                Some(""),
+            )?;
+            (!answer.is_empty() && answer != "any").then_some(answer)
+        }
+    };
+    let (external_port, external_port_range) = match external.as_deref() {
+        Some(v) => port_or_range("--external-protocol-port", v)?,
+        None => (None, None),
+    };
+    let ip = port
+        .ipv4()
+        .first()
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
+    let question = format!(
+        "Forward {}:{} ({protocol}) to {} {ip}:{internal}?",
+        router
+            .external_gateway_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        external.as_deref().unwrap_or("<any free port>"),
+        server.name,
+    );
+    if !d.confirm(&question)? {
+        return Err(ClientError::Usage {
+            message: "cancelled: nothing was created".into(),
+        });
+    }
+    let created = client
+        .create(&Create {
+            router_id: Some(router.id.clone()),
+            internal_port_id: Some(port.id.clone()),
+            internal_ip_address: args.internal_ip_address.clone(),
+            internal_port,
+            internal_port_range,
+            external_port,
+            external_port_range,
+            protocol: Some(protocol),
+            description: args.description.clone(),
+            allowed_cidrs: args.allow.clone(),
+            masquerade: args.masquerade,
+        })
+        .await?;
+    let shown = if args.wait {
+        wait(client, &created.id).await?
+    } else {
+        created
+    };
+    print(&interactive::result_table(&views::listing(
+        std::slice::from_ref(&shown),
+        &names,
+        false,
+    )))
+}
+
+/// What `create` without a terminal says is missing, with the candidates.
+async fn missing_for_create(client: &Client, args: &CreateArgs) -> ClientError {
+    if args.server.is_none() && args.port.is_none() && args.internal_ip_address.is_none() {
+        let servers = match client.cloud() {
+            Some(cloud) if cloud.has_compute().await => cloud
+                .servers()
+                .await
+                .map(|s| s.into_iter().map(|s| s.name).collect::<Vec<_>>().join(", "))
+                .ok(),
+            _ => None,
+        };
+        return ClientError::Usage {
+            message: match servers {
+                Some(s) if !s.is_empty() => format!(
+                    "give the server to reach: --server (your servers: {s}), --port or --internal-ip-address"
+                ),
+                _ => "give the server to reach: --server, --port or --internal-ip-address".into(),
+            },
+        };
+    }
+    ClientError::Usage {
+        message: "give the port on the server: --internal-protocol-port".into(),
     }
 }

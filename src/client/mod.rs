@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod cloud;
 pub mod commands;
+pub mod interactive;
 pub mod output;
 pub mod views;
 
