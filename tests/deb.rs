@@ -26,8 +26,9 @@ const UNITS: [&str; 4] = [
 ];
 
 /// What the package, its scripts or `scripts/praas-install` make: none may be here before.
-const MADE: [&str; 8] = [
+const MADE: [&str; 9] = [
     "/usr/bin/praas",
+    "/usr/share/man/man1/praas.1.gz",
     "/etc/praas",
     "/var/lib/praas",
     "/var/log/praas",
@@ -247,6 +248,13 @@ fn the_package_installs_upgrades_keeps_conffiles_and_purges() {
         ("/usr/share/doc/praas/api.md", "-rw-r--r--"),
         ("/usr/share/doc/praas/design.md", "-rw-r--r--"),
         ("/usr/share/doc/praas/copyright", "-rw-r--r--"),
+        ("/usr/share/man/man1/praas.1.gz", "-rw-r--r--"),
+        ("/usr/share/bash-completion/completions/praas", "-rw-r--r--"),
+        ("/usr/share/zsh/vendor-completions/_praas", "-rw-r--r--"),
+        (
+            "/usr/share/fish/vendor_completions.d/praas.fish",
+            "-rw-r--r--",
+        ),
     ]
     .into_iter()
     .map(|(p, m)| (p.to_string(), m.to_string()))
