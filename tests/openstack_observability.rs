@@ -22,7 +22,7 @@ use common::kernel_tests_enabled;
 use common::metrics::{promtool_accepts, sample, scrape};
 use praas::testbed::free_port;
 use praas::testbed::simnode::SimNode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::{Cloud, OwnRouter, KEYSTONE};
 
 /// `praas status` with `args`, for the configuration `config`.
@@ -142,26 +142,33 @@ async fn metrics_and_status_follow_a_mapping_through_traffic_and_its_port_s_dele
         Some(0.0)
     );
 
-    // A tenant maps the VM's port with a real token.
+    // A tenant maps the VM's port with the Proxy CLI, waiting until it is ACTIVE.
     let token = cloud.token("a-member").await;
     let (vm_port, vm_ip) = own.vms[0].clone();
-    let resp = http
-        .post(format!("{base}/v1/mappings"))
-        .header("x-auth-token", &token)
-        .json(&json!({"mapping": {"router_id": own.id, "internal_port_id": vm_port, "internal_port": 22}}))
-        .send()
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_praas"))
+        .arg("pat")
+        .arg("--clouds-file")
+        .arg(cloud.dir.join("clouds.yaml"))
+        .args(["--os-cloud", "a-member", "--os-url", &base])
+        .args(["create", "--router", &own.id, "--port", &vm_port])
+        .args(["--internal-protocol-port", "22", "--wait", "-f", "json"])
+        .env_remove("OS_CLOUD")
+        .output()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 201);
-    let created: Value = resp.json().await.unwrap();
-    let id = created["mapping"]["id"].as_str().unwrap().to_string();
-    let external = created["mapping"]["external_port"].as_u64().unwrap() as u16;
-    assert_eq!(created["mapping"]["internal_ip_address"], vm_ip.to_string());
-    eventually("ACTIVE", Duration::from_secs(10), async || {
-        let m = get_json(&http, &format!("{base}/v1/mappings/{id}"), &token).await?;
-        (m["mapping"]["status"] == "ACTIVE").then_some(())
-    })
-    .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let created: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        created["status"], "ACTIVE",
+        "--wait returns once ACTIVE: {created}"
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    let external = created["external_port"].as_u64().unwrap() as u16;
+    assert_eq!(created["internal_ip_address"], vm_ip.to_string());
 
     // Real traffic through the router's gateway address.
     let gateway = own.gateway(&cloud).await.unwrap();
