@@ -1,10 +1,13 @@
-"""Fills the dev cloud (scripts/dev-cloud) through the real Keystone and Neutron APIs.
+"""Fills the dev cloud (scripts/dev-cloud) through the real Keystone, Neutron, Glance and Nova APIs.
 
-`identity`: service users (`neutron`, `praas`), the network and port-forwarding endpoints in the
+`identity`: service users (`neutron`, `praas`, and with Nova `nova`, `placement`, `glance`),
+the network, port-forwarding (and with Nova compute, placement and image) endpoints in the
 catalog, projects `praas-a` and `praas-b` with member and reader users.
 `network`: an external network, and per project a network and subnet, a router with a gateway
-and an interface on that subnet, and two VM ports; for project A also a second network not
-attached to any router and a router without gateway. Writes clouds.yaml and resources.json.
+and an interface on that subnet, and two VM ports; for project A also a second network behind
+a second router with a gateway, a network not attached to any router and a router without
+gateway. With Nova, a flavor and an image (as admin) and servers booted by the projects'
+members (see `SERVERS`). Writes clouds.yaml and resources.json.
 
 Idempotent: everything is looked up by name before it is created.
 """
@@ -13,16 +16,41 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import requests
 
 ROLES = ("admin", "member", "reader", "service")
 
+# The servers each project's member boots, by name, with the networks of their NICs in order
+# (keys of the project's entry in resources.json: `network_id`, `second_network`,
+# `unrouted`). A name given twice is booted twice.
+SERVERS = {
+    "a": [
+        # One NIC, on the network of router-a: the router follows from the server.
+        ("server-a1", ["network"]),
+        # Two NICs, each behind a router with a gateway: which one is meant is ambiguous.
+        ("server-a2", ["network", "second_network"]),
+        # Two NICs, only the first behind a router.
+        ("server-a3", ["network", "unrouted"]),
+        # One name, two servers.
+        ("server-twin", ["network"]),
+        ("server-twin", ["network"]),
+    ],
+    "b": [("server-b1", ["network"])],
+}
+FLAVOR = "praas-tiny"
+IMAGE = "praas-tiny"
+# Nova's API as the servers are read and booted here (networks are required from 2.37 on).
+COMPUTE_VERSION = {"OpenStack-API-Version": "compute 2.79"}
+
 
 class Cloud:
-    def __init__(self, keystone, neutron, password):
+    def __init__(self, keystone, neutron, password, nova=None, glance=None):
         self.keystone = keystone
         self.neutron = neutron
+        self.nova = nova
+        self.glance = glance
         self.password = password
         self.admin = self.token("admin", "admin")
 
@@ -51,7 +79,7 @@ class Cloud:
         r = requests.request(method, url, headers=headers, timeout=60, **kw)
         if r.status_code >= 400:
             sys.exit(f"dev-cloud-setup: {method} {url}: {r.status_code} {r.text}")
-        return r.json() if r.content else None
+        return r.json() if r.content and "json" in r.headers.get("content-type", "") else None
 
     # Keystone
 
@@ -101,15 +129,33 @@ class Cloud:
             return found[0]
         return self.nt("POST", f"/{collection}", token=token, json={key: body})[key]
 
+    # Nova and Glance
+
+    def nv(self, method, path, token=None, **kw):
+        headers = {**COMPUTE_VERSION, **kw.pop("headers", {})}
+        return self.call(method, f"{self.nova}{path}", token=token, headers=headers, **kw)
+
+    def gl(self, method, path, token=None, **kw):
+        return self.call(method, f"{self.glance}/v2{path}", token=token, **kw)
+
 
 def identity(cloud, args):
     roles = {name: cloud.role(name) for name in ROLES}
     service = cloud.project("service")
-    for name in ("neutron", "praas"):
+    users = ["neutron", "praas"] + (["nova", "placement", "glance"] if args.nova else [])
+    for name in users:
         user = cloud.user(name, service)
         cloud.grant(user, service, roles["admin"])
         cloud.grant(user, service, roles["service"])
     register(cloud, "network", "neutron", args.neutron)
+    compute = {"compute": ("nova", args.nova), "placement": ("placement", args.placement),
+               "image": ("glance", args.glance)}
+    for service_type, (name, url) in compute.items():
+        if args.nova:
+            register(cloud, service_type, name, url)
+        else:
+            # A cloud without Nova does not say it has one (clients go by the catalog).
+            unregister(cloud, service_type)
     # PRaaS itself, so that `praas pat` finds it from a token without --url (the tests serve
     # it there; nothing listens on that port otherwise).
     register(cloud, "port-forwarding", "praas", args.praas)
@@ -154,6 +200,15 @@ def register(cloud, service_type, name, url):
                     }
                 },
             )
+
+
+def unregister(cloud, service_type):
+    """No service of `service_type` in the catalog (its endpoints go with it)."""
+    for service in cloud.ks("GET", "/services", params={"type": service_type})["services"]:
+        endpoints = cloud.ks("GET", "/endpoints", params={"service_id": service["id"]})
+        for endpoint in endpoints["endpoints"]:
+            cloud.ks("DELETE", f"/endpoints/{endpoint['id']}")
+        cloud.ks("DELETE", f"/services/{service['id']}")
 
 
 def application_credential(cloud, args):
@@ -336,7 +391,19 @@ def network(cloud, args):
                 },
             )
             entry["distributed_router_id"] = dvr["id"]
+            entry["second_network"] = routed_network(
+                cloud, token, public, "a-second", "10.12.0.0/24"
+            )
         resources["projects"][p] = entry
+    if args.nova:
+        resources["nova"] = args.nova
+        resources["glance"] = args.glance
+        resources["placement"] = args.placement
+        flavor, image = flavor_and_image(cloud)
+        resources["flavor"] = {"id": flavor["id"], "name": flavor["name"]}
+        resources["image"] = {"id": image["id"], "name": image["name"]}
+        for p, entry in resources["projects"].items():
+            entry["servers"] = servers(cloud, p, entry, flavor, image)
 
     clouds = {"clouds": {}}
 
@@ -386,8 +453,189 @@ def network(cloud, args):
     # JSON is YAML: no YAML library needed here.
     with open(os.path.join(args.state, "clouds.yaml"), "w") as f:
         json.dump(clouds, f, indent=2)
-    with open(os.path.join(args.state, "resources.json"), "w") as f:
+    # Whole or not at all: tests read it while a restart of theirs runs `up`.
+    path = os.path.join(args.state, "resources.json")
+    with open(path + ".new", "w") as f:
         json.dump(resources, f, indent=2)
+    os.replace(path + ".new", path)
+
+
+def routed_network(cloud, token, public, name, cidr):
+    """A network `net-<name>` with a subnet, behind a router `router-<name>` of its own with a
+    gateway on `public`."""
+    net = cloud.neutron_find_or_create("networks", "network", {"name": f"net-{name}"}, token=token)
+    subnet = cloud.neutron_find_or_create(
+        "subnets",
+        "subnet",
+        {
+            "name": f"subnet-{name}",
+            "network_id": net["id"],
+            "ip_version": 4,
+            "cidr": cidr,
+            "enable_dhcp": False,
+        },
+        token=token,
+    )
+    router = cloud.neutron_find_or_create(
+        "routers",
+        "router",
+        {"name": f"router-{name}", "external_gateway_info": {"network_id": public["id"]}},
+        token=token,
+    )
+    interfaces = cloud.nt(
+        "GET", "/ports", token=token, params={"device_id": router["id"], "network_id": net["id"]}
+    )["ports"]
+    if not interfaces:
+        cloud.nt(
+            "PUT",
+            f"/routers/{router['id']}/add_router_interface",
+            token=token,
+            json={"subnet_id": subnet["id"]},
+        )
+    router = cloud.nt("GET", f"/routers/{router['id']}", token=token)["router"]
+    return {
+        "network_id": net["id"],
+        "subnet_id": subnet["id"],
+        "cidr": cidr,
+        "router_id": router["id"],
+        "router_gateway_ip": router["external_gateway_info"]["external_fixed_ips"][0][
+            "ip_address"
+        ],
+        "router_interface_ip": subnet["gateway_ip"],
+    }
+
+
+def flavor_and_image(cloud):
+    """A public flavor (disk 1: Nova refuses disk 0 for servers booted from an image) and a
+    public 1 KiB raw image, which the fake virt driver never reads."""
+    flavors = cloud.nv("GET", "/flavors/detail", params={"is_public": "None"})["flavors"]
+    flavor = next((f for f in flavors if f["name"] == FLAVOR), None)
+    if flavor is None:
+        flavor = cloud.nv(
+            "POST",
+            "/flavors",
+            json={"flavor": {"name": FLAVOR, "ram": 64, "vcpus": 1, "disk": 1}},
+        )["flavor"]
+    images = cloud.gl("GET", "/images", params={"name": IMAGE})["images"]
+    for image in images:
+        if image["status"] == "active":
+            return flavor, image
+        # An upload that did not finish.
+        cloud.gl("DELETE", f"/images/{image['id']}")
+    image = cloud.gl(
+        "POST",
+        "/images",
+        json={
+            "name": IMAGE,
+            "disk_format": "raw",
+            "container_format": "bare",
+            "visibility": "public",
+        },
+    )
+    cloud.gl(
+        "PUT",
+        f"/images/{image['id']}/file",
+        data=bytes(1024),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    return flavor, cloud.gl("GET", f"/images/{image['id']}")
+
+
+def servers(cloud, p, entry, flavor, image):
+    """Project `p`'s servers of `SERVERS`, booted by its member where missing (or replaced
+    where their NICs are not the ones wanted, or their boot failed), each with its NICs in
+    order: [{"name", "id", "ports": [{"port_id", "network_id", "subnet_id", "ip", "mac"}]}]."""
+    token = cloud.token(f"{p}-member", f"praas-{p}")
+
+    def network_of(key):
+        return entry["network_id"] if key == "network" else network_id(cloud, token, entry[key])
+
+    def nics(server_id):
+        return cloud.nt("GET", "/ports", token=token, params={"device_id": server_id})["ports"]
+
+    wanted = {}
+    for name, keys in SERVERS[p]:
+        wanted.setdefault(name, []).append([network_of(k) for k in keys])
+    found = cloud.nv("GET", "/servers/detail", token=token)["servers"]
+    kept, booting = [], []
+    for name, layouts in wanted.items():
+        have = [s for s in found if s["name"] == name]
+        for server in have:
+            networks = sorted(port["network_id"] for port in nics(server["id"]))
+            layout = next((l for l in layouts if sorted(l) == networks), None)
+            if server["status"] in ("ACTIVE", "BUILD") and layout is not None:
+                layouts.remove(layout)
+                kept.append((server["id"], layout))
+            else:
+                delete_server(cloud, token, server["id"])
+        for layout in layouts:
+            body = {
+                "server": {
+                    "name": name,
+                    "flavorRef": flavor["id"],
+                    "imageRef": image["id"],
+                    "networks": [{"uuid": n} for n in layout],
+                }
+            }
+            made = cloud.nv("POST", "/servers", token=token, json=body)["server"]
+            booting.append((made["id"], layout))
+    result = []
+    for server_id, layout in kept + booting:
+        server = wait_active(cloud, token, server_id)
+        ports = nics(server_id)
+        ordered = []
+        for network in layout:
+            port = next(port for port in ports if port["network_id"] == network)
+            ports.remove(port)
+            ordered.append(
+                {
+                    "port_id": port["id"],
+                    "network_id": network,
+                    "subnet_id": port["fixed_ips"][0]["subnet_id"],
+                    "ip": port["fixed_ips"][0]["ip_address"],
+                    "mac": port["mac_address"],
+                }
+            )
+        result.append({"name": server["name"], "id": server_id, "ports": ordered})
+    order = [name for name, _ in SERVERS[p]]
+    return sorted(result, key=lambda s: (order.index(s["name"]), s["id"]))
+
+
+def network_id(cloud, token, network):
+    """The network of `network` (an entry of resources.json with a subnet)."""
+    if "network_id" in network:
+        return network["network_id"]
+    subnet = cloud.nt("GET", f"/subnets/{network['subnet_id']}", token=token)["subnet"]
+    return subnet["network_id"]
+
+
+def wait_active(cloud, token, server_id, timeout=180):
+    deadline = time.monotonic() + timeout
+    while True:
+        server = cloud.nv("GET", f"/servers/{server_id}", token=token)["server"]
+        if server["status"] == "ACTIVE":
+            return server
+        if server["status"] == "ERROR" or time.monotonic() > deadline:
+            sys.exit(
+                f"dev-cloud-setup: server {server['name']} ({server_id}) is {server['status']}: "
+                f"{server.get('fault', {}).get('message', 'no fault given')}"
+            )
+        time.sleep(0.5)
+
+
+def delete_server(cloud, token, server_id, timeout=60):
+    cloud.nv("DELETE", f"/servers/{server_id}", token=token)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = requests.get(
+            f"{cloud.nova}/servers/{server_id}",
+            headers={"X-Auth-Token": token, **COMPUTE_VERSION},
+            timeout=30,
+        )
+        if r.status_code == 404:
+            return
+        time.sleep(0.5)
+    sys.exit(f"dev-cloud-setup: server {server_id} was not deleted in {timeout} s")
 
 
 def main():
@@ -398,8 +646,13 @@ def main():
     parser.add_argument("--neutron", required=True)
     parser.add_argument("--praas", default="http://127.0.0.1:3300")
     parser.add_argument("--password", required=True)
+    parser.add_argument("--nova", help="Nova's API (v2.1); none: a cloud without Nova")
+    parser.add_argument("--placement")
+    parser.add_argument("--glance")
     args = parser.parse_args()
-    cloud = Cloud(args.keystone, args.neutron, args.password)
+    if args.nova and not (args.placement and args.glance):
+        parser.error("--nova needs --placement and --glance")
+    cloud = Cloud(args.keystone, args.neutron, args.password, nova=args.nova, glance=args.glance)
     {"identity": identity, "network": network}[args.step](cloud, args)
 
 
