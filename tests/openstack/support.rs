@@ -1,6 +1,7 @@
-//! What the tests against the real Keystone and Neutron of `scripts/dev-cloud` share: the
-//! cloud and its users, calls to the API in-process and to Neutron, a router of a test's own,
-//! and the lock that keeps tests that stop Keystone or Neutron apart from the others.
+//! What the tests against the real Keystone, Neutron and Nova of `scripts/dev-cloud` share: the
+//! cloud and its users, calls to the API in-process, to Neutron and to Nova, a router of a
+//! test's own, and the lock that keeps tests that stop Keystone or Neutron apart from the
+//! others.
 //!
 //! Each `tests/openstack_*.rs` includes it (after `mod common;`, which it uses) as
 //! `#[path = "openstack/support.rs"] mod support;`; not every one uses every helper.
@@ -85,6 +86,29 @@ impl Cloud {
 
     pub fn project(&self, p: &str) -> &Value {
         &self.resources["projects"][p]
+    }
+
+    /// Nova's API (v2.1) as resources.json has it, or `None` (with the reason printed) when
+    /// the dev cloud runs without Nova (`PRAAS_CLOUD_NOVA=0`); under CI that fails instead.
+    pub fn nova(&self, test: &str) -> Option<String> {
+        if let Some(url) = self.resources["nova"].as_str() {
+            return Some(url.to_string());
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "{test}: CI must run the dev cloud with Nova (PRAAS_CLOUD_NOVA=1 scripts/dev-cloud up) \
+                 at {}",
+                self.dir.display()
+            );
+        }
+        praas::testbed::simnode::skipped(
+            test,
+            &format!(
+                "the dev cloud at {} runs without Nova (PRAAS_CLOUD_NOVA=1 scripts/dev-cloud up)",
+                self.dir.display()
+            ),
+        );
+        None
     }
 
     /// The API with Keystone authentication and Neutron checks, on a fresh SQLite store.
@@ -205,6 +229,44 @@ pub async fn neutron_try(
     let mut req = reqwest::Client::new()
         .request(method, &url)
         .header("X-Auth-Token", token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Nova's API as `user` (a cloud of clouds.yaml), at `path` under the catalog's `compute`
+/// endpoint; must succeed.
+pub async fn nova_call(
+    cloud: &Cloud,
+    user: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let (status, value) = nova_try(cloud, user, method.clone(), path, body).await;
+    assert!(status.is_success(), "{method} {path}: {status} {value}");
+    value
+}
+
+/// Nova's API as `user`: the status and the body (`Null` when it is not JSON).
+pub async fn nova_try(
+    cloud: &Cloud,
+    user: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (reqwest::StatusCode, Value) {
+    let session = cloud.session(user);
+    let url = format!("{}/{path}", session.endpoint("compute").await.unwrap());
+    let mut req = reqwest::Client::new()
+        .request(method, &url)
+        .header("X-Auth-Token", session.auth_token().await.unwrap())
+        // Networks are required when booting from 2.37 on.
+        .header("OpenStack-API-Version", "compute 2.79");
     if let Some(b) = body {
         req = req.json(&b);
     }
