@@ -137,7 +137,8 @@ pub enum PatCommand {
         after_help = "Examples:
   praas pat set 2f0a3c1e-… --external-protocol-port 4022
   praas pat set 2f0a3c1e-… --allow 198.51.100.0/24 --allow 192.0.2.7
-  praas pat set 2f0a3c1e-… --allow-all"
+  praas pat set 2f0a3c1e-… --allow-all
+  praas pat set                            (on a terminal: pick it and answer the changes)"
     )]
     Set(SetArgs),
     /// Deletes mappings; their connections are cut.
@@ -145,11 +146,12 @@ pub enum PatCommand {
         visible_alias = "remove",
         after_help = "Examples:
   praas pat delete 2f0a3c1e-5b7d-4c8e-9f10-1a2b3c4d5e6f
-  praas pat delete 2f0a3c1e-… 7b1d9e20-…"
+  praas pat delete 2f0a3c1e-… 7b1d9e20-…
+  praas pat delete                         (on a terminal: pick it from a menu)"
     )]
     Delete {
-        /// The mappings' ids.
-        #[arg(required = true, value_name = "MAPPING")]
+        /// The mappings' ids (on a terminal, none: pick one from a menu).
+        #[arg(value_name = "MAPPING")]
         mappings: Vec<String>,
     },
 }

@@ -173,18 +173,26 @@ async fn server_ports(
     Ok((server, ports))
 }
 
-/// A server's NICs, listed for an error saying to choose one.
-fn several_nics(server: &super::cloud::Server, ports: &[super::cloud::Port]) -> ClientError {
+/// A server's NICs, listed by network for an error saying to choose one.
+async fn several_nics(
+    client: &Client,
+    server: &super::cloud::Server,
+    ports: &[super::cloud::Port],
+) -> ClientError {
+    let networks = match client.cloud() {
+        Some(cloud) => cloud.network_names().await.unwrap_or_default(),
+        None => HashMap::new(),
+    };
     ClientError::Usage {
         message: format!(
-            "server {} has {} NICs: give --network or --port ({})",
+            "server {} has {} NICs that routers with a gateway serve: give --network or --port ({})",
             server.name,
             ports.len(),
             ports
                 .iter()
                 .map(|p| format!(
                     "{}: {}",
-                    if p.name.is_empty() { &p.id } else { &p.name },
+                    networks.get(&p.network_id).unwrap_or(&p.network_id),
                     p.ipv4()
                         .iter()
                         .map(|ip| ip.to_string())
@@ -195,6 +203,28 @@ fn several_nics(server: &super::cloud::Server, ports: &[super::cloud::Port]) -> 
                 .join("; ")
         ),
     }
+}
+
+/// Those of `ports` on a subnet that a router of the project with a gateway (`router`, when
+/// given) has an interface on: the NICs a mapping can reach.
+async fn routed(
+    client: &Client,
+    ports: Vec<super::cloud::Port>,
+    router: Option<&str>,
+) -> Result<Vec<super::cloud::Port>, ClientError> {
+    let cloud = cloud_for(client, "--server")?;
+    let routers: Vec<_> = match router {
+        Some(r) => vec![client.router_named(r).await?],
+        None => client.routers(None).await?,
+    };
+    let mut subnets = std::collections::HashSet::new();
+    for r in routers.iter().filter(|r| r.external_gateway_ip.is_some()) {
+        subnets.extend(cloud.router_subnets(&r.id).await?);
+    }
+    Ok(ports
+        .into_iter()
+        .filter(|p| p.fixed_ips.iter().any(|f| subnets.contains(&f.subnet_id)))
+        .collect())
 }
 
 /// The router a command acts on: the one given, else the project's only router with a
@@ -360,11 +390,19 @@ async fn create(client: &Client, args: CreateArgs, out: &OutputOptions) -> Resul
         (Some(s), _) => {
             let (server, mut ports) = server_ports(client, s, args.network.as_deref()).await?;
             if ports.len() > 1 {
-                // Several NICs: chosen on a terminal, named in the error without one.
-                return match Dialog::terminal() {
-                    Some(mut d) => create_interactive(client, args, &mut d).await,
-                    None => Err(several_nics(&server, &ports)),
-                };
+                // Only the NICs a router with a gateway serves can be mapped.
+                let mut reachable = routed(client, ports.clone(), args.router.as_deref()).await?;
+                match reachable.len() {
+                    1 => ports = vec![reachable.remove(0)],
+                    // Several: chosen on a terminal, named in the error without one.
+                    n => {
+                        let listed = if n == 0 { &ports } else { &reachable };
+                        return match Dialog::terminal() {
+                            Some(mut d) => create_interactive(client, args, &mut d).await,
+                            None => Err(several_nics(client, &server, listed).await),
+                        };
+                    }
+                }
             }
             Some(ports.remove(0).id)
         }
@@ -691,6 +729,13 @@ async fn create_interactive(
     if let Some(n) = &args.network {
         let network = cloud.network(n).await?;
         ports.retain(|p| p.network_id == network.id);
+    }
+    if ports.len() > 1 {
+        // The one NIC a router with a gateway serves needs no question.
+        let reachable = routed(client, ports.clone(), args.router.as_deref()).await?;
+        if reachable.len() == 1 {
+            ports = reachable;
+        }
     }
     let port = match ports.len() {
         0 => {
