@@ -145,3 +145,28 @@ fn usage_errors_are_in_the_cli_s_own_terms_and_exit_2() {
     let out = praas(&["pat", "list", "--no-such-option"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_proxy_s_html_page_is_not_printed() {
+    // Something in front of PRaaS answers with an HTML error page.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf);
+        let body = "<html><body><h1>502 Bad Gateway</h1></body></html>";
+        let _ = write!(
+            stream,
+            "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    });
+    let out = praas(&["pat", "--os-token", "t", "--os-url", &url, "list"]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(!err.contains("<html") && err.contains("502"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line, said once: {err}");
+}
