@@ -424,31 +424,6 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
         });
     }
 
-    // systemd (`Type=notify` units) is told once the role serves: at once for the API and
-    // the monitor, after the agent's first pass over the node for the agent roles. Without
-    // NOTIFY_SOCKET (not started by systemd) this does nothing.
-    {
-        let counters = agent_counters.clone();
-        let mut stop = stopping.subscribe();
-        tasks.spawn(async move {
-            let ready = async {
-                if let Some(c) = counters {
-                    while c.full_passes.get() == 0 {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-                    tracing::warn!(error = %e, "cannot tell systemd that the service is ready");
-                }
-                std::future::pending::<()>().await
-            };
-            tokio::select! {
-                _ = ready => {}
-                _ = stop.wait_for(|s| *s) => {}
-            }
-            Ok(())
-        });
-    }
     // The monitor is built here, so that its counters are registered before `/metrics` is
     // served, and started once the listeners are.
     let monitor_part = match (role.monitor(), &session) {
@@ -469,7 +444,7 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
     let readiness = Arc::new(Readiness {
         store: store.clone(),
         session: session.clone(),
-        agent: agent_counters,
+        agent: agent_counters.clone(),
     });
     let (mut api_addr, mut status_addr) = (None, None);
     if let Some(auth) = auth {
@@ -585,6 +560,31 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
         None => {}
     }
 
+    // systemd (`Type=notify` units) is told once the role serves: once its listeners are
+    // bound (here) for the API and the monitor, after the agent's first pass over the node
+    // for the agent roles. Without NOTIFY_SOCKET (not started by systemd) this does nothing.
+    {
+        let counters = agent_counters.clone();
+        let mut stop = stopping.subscribe();
+        tasks.spawn(async move {
+            let ready = async {
+                if let Some(c) = counters {
+                    while c.full_passes.get() == 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                    tracing::warn!(error = %e, "cannot tell systemd that the service is ready");
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                _ = ready => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            Ok(())
+        });
+    }
     Ok(Running {
         role,
         api_addr,
