@@ -435,13 +435,7 @@ async fn create(client: &Client, args: CreateArgs, out: &OutputOptions) -> Resul
             masquerade: args.masquerade,
         })
         .await?;
-    let shown = if args.wait {
-        wait(client, &created.id).await?
-    } else {
-        created
-    };
-    let servers = server_names(client).await;
-    print(&views::record(&shown, &servers).render(out)?)
+    print_result(client, created, args.wait, out).await
 }
 
 /// Picks one of the project's mappings from a menu.
@@ -570,10 +564,20 @@ async fn set(client: &Client, mut args: SetArgs, out: &OutputOptions) -> Result<
             },
         )
         .await?;
-    let shown = if args.wait {
-        wait(client, &changed.id).await?
+    print_result(client, changed, args.wait, out).await
+}
+
+/// Prints a created or changed mapping, every field, once it is ACTIVE when asked to wait.
+async fn print_result(
+    client: &Client,
+    m: MappingView,
+    wait_active: bool,
+    out: &OutputOptions,
+) -> Result<(), ClientError> {
+    let shown = if wait_active {
+        wait(client, &m.id).await?
     } else {
-        changed
+        m
     };
     let servers = server_names(client).await;
     print(&views::record(&shown, &servers).render(out)?)

@@ -196,20 +196,29 @@ impl Session {
         }
     }
 
+    /// `GET` Keystone's `url` (`…/auth/tokens`) about `subject`, authenticated by `token`.
+    async fn show_token(
+        &self,
+        url: &str,
+        token: &str,
+        subject: &str,
+    ) -> Result<reqwest::Response, OpenStackError> {
+        self.send(
+            "Keystone",
+            "validate",
+            self.http
+                .get(url)
+                .header("X-Auth-Token", token)
+                .header("X-Subject-Token", subject),
+        )
+        .await
+        .map_err(|e| OpenStackError::unreachable("Keystone", url, e))
+    }
+
     /// A given token's expiry and catalog, as Keystone shows them to the token itself.
     async fn adopt(&self, token: &str) -> Result<Token, OpenStackError> {
         let url = format!("{}/auth/tokens", self.cloud.auth_url);
-        let resp = self
-            .send(
-                "Keystone",
-                "validate",
-                self.http
-                    .get(&url)
-                    .header("X-Auth-Token", token)
-                    .header("X-Subject-Token", token),
-            )
-            .await
-            .map_err(|e| OpenStackError::unreachable("Keystone", &url, e))?;
+        let resp = self.show_token(&url, token, token).await?;
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED
             || status == StatusCode::FORBIDDEN
@@ -402,17 +411,7 @@ impl Session {
         let mut renewed = false;
         loop {
             let (token, _) = self.token(false).await?;
-            let resp = self
-                .send(
-                    "Keystone",
-                    "validate",
-                    self.http
-                        .get(&url)
-                        .header("X-Auth-Token", token)
-                        .header("X-Subject-Token", subject),
-                )
-                .await
-                .map_err(|e| OpenStackError::unreachable("Keystone", &url, e))?;
+            let resp = self.show_token(&url, &token, subject).await?;
             let status = resp.status();
             // An unknown or expired subject token answers 404; our own token being refused
             // answers 401, after which we log in again once.
