@@ -35,6 +35,8 @@ fn every_command_s_help_has_examples() {
         vec!["pat", "delete"],
         vec!["pat", "remove"],
         vec!["router"],
+        vec!["router", "list"],
+        vec!["router", "show"],
     ] {
         let mut args = command.clone();
         args.push("--help");

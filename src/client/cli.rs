@@ -281,12 +281,18 @@ pub struct Router {
 #[derive(Debug, Subcommand)]
 pub enum RouterCommand {
     /// Your project's routers: gateway address, port range, ports used and free, mappings.
+    #[command(after_help = "Examples:
+  praas router list
+  praas router list -c Name -c Gateway -c \"TCP Free\" -f value")]
     List {
         /// Another project's routers (admins).
         #[arg(long)]
         project: Option<String>,
     },
     /// One router, with its free ports.
+    #[command(after_help = "Examples:
+  praas router show router-a
+  praas router show router-a -c tcp_free_ports -f value")]
     Show {
         /// The router (name or id).
         router: String,
