@@ -119,6 +119,7 @@ impl Config {
             },
             database: DatabaseSection {
                 connection: String::new(),
+                max_pool_size: 0,
             },
             dataplane: DataplaneSection {
                 driver: Driver::default(),
@@ -268,6 +269,8 @@ pub struct DatabaseSection {
     /// Database URL in OpenStack's notation: `sqlite:////absolute/path.db` (four slashes for an
     /// absolute path) or `mysql://user:password@host/praas`.
     pub connection: String,
+    /// Connections each process keeps to a MySQL/MariaDB server (oslo.db's name; default 10).
+    pub max_pool_size: u32,
 }
 
 impl Default for DatabaseSection {
@@ -529,6 +532,8 @@ pub enum ValueError {
     NotACacheSize,
     #[error("expected a number from 0 to 1000000")]
     NotASeriesLimit,
+    #[error("expected a number from 1 to 1000")]
+    NotAPoolSize,
     #[error(
         "expected a database URL such as sqlite:////var/lib/praas/praas.db or \
          mysql://praas:password@controller/praas"
@@ -950,18 +955,36 @@ static PRAAS: &[Key] = &[
     },
 ];
 
-static DATABASE: &[Key] = &[Key {
-    name: "connection",
-    default: Is("sqlite:////var/lib/praas/praas.db"),
-    doc: "
-        Where mappings are stored, as an OpenStack-style database URL:
-          sqlite:////var/lib/praas/praas.db         (four slashes: an absolute path)
-          mysql://praas:PASSWORD@controller/praas",
-    set: |c, v| {
-        c.database.connection = parse_database_url(v)?;
-        Ok(())
+static DATABASE: &[Key] = &[
+    Key {
+        name: "connection",
+        default: Is("sqlite:////var/lib/praas/praas.db"),
+        doc: "
+            Where mappings are stored, as an OpenStack-style database URL:
+              sqlite:////var/lib/praas/praas.db         (four slashes: an absolute path)
+              mysql://praas:PASSWORD@controller/praas",
+        set: |c, v| {
+            c.database.connection = parse_database_url(v)?;
+            Ok(())
+        },
     },
-}];
+    Key {
+        name: "max_pool_size",
+        default: Is("10"),
+        doc: "
+            Connections each process keeps open to a MySQL/MariaDB server (as oslo.db's option
+            of the same name). A request waits up to 5 s for a free one, then answers 503.
+            1 to 1000. (SQLite keeps its own small pool.)",
+        set: |c, v| {
+            c.database.max_pool_size = v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n) && v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or(ValueError::NotAPoolSize)?;
+            Ok(())
+        },
+    },
+];
 
 static DATAPLANE: &[Key] = &[
     Key {
@@ -1357,6 +1380,7 @@ mod tests {
         assert_eq!(c.database.connection, "sqlite:////var/lib/praas/praas.db");
         assert_eq!(c.dataplane.driver, Driver::Nftables);
         assert_eq!(c.dataplane.resync_interval, 300);
+        assert_eq!(c.database.max_pool_size, 10);
         assert!(c.dataplane.enabled);
         assert_eq!(c.openstack.clouds_file, None);
         assert_eq!(c.openstack.cloud, "openstack");
@@ -1603,6 +1627,8 @@ mod tests {
             ("[dataplane]\ndriver = ebpf", "driver"),
             ("[dataplane]\nresync_interval = 0", "resync_interval"),
             ("[dataplane]\nenabled = 2", "enabled"),
+            ("[database]\nmax_pool_size = 0", "max_pool_size"),
+            ("[database]\nmax_pool_size = many", "max_pool_size"),
             ("[openstack]\nclouds_file = clouds.yaml", "clouds_file"),
             ("[openstack]\ncloud =", "cloud"),
             ("[quota]\nmappings_per_project = -2", "mappings_per_project"),

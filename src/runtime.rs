@@ -141,7 +141,9 @@ pub async fn db_sync(cfg: &Config) -> Result<(Store, Migration), RuntimeError> {
         url: redacted(url),
         source,
     };
-    let store = Store::open(url).await.map_err(failed)?;
+    let store = Store::open_pooled(url, cfg.database.max_pool_size)
+        .await
+        .map_err(failed)?;
     let migration = store.migrate().await.map_err(failed)?;
     tracing::info!(database = %redacted(url), "{migration}");
     Ok((store, migration))

@@ -269,9 +269,15 @@ impl ChangeFeed {
 impl Store {
     /// Connects to the database named by an OpenStack-style URL.
     pub async fn open(connection: &str) -> Result<Store, StoreError> {
+        Store::open_pooled(connection, DEFAULT_POOL_SIZE).await
+    }
+
+    /// As [`Store::open`], keeping at most `max_connections` to a MySQL/MariaDB server
+    /// (`[database] max_pool_size`).
+    pub async fn open_pooled(connection: &str, max_connections: u32) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let (url, dialect) = translate_url(connection)?;
-        let mut options = AnyPoolOptions::new();
+        let mut options = AnyPoolOptions::new().max_connections(max_connections.max(1));
         if dialect == Dialect::Sqlite {
             options = options
                 // An in-memory database exists once per connection: keep exactly one.
@@ -1237,6 +1243,9 @@ async fn insert_row(tx: &mut Transaction<'_, Any>, mapping: &Mapping) -> Result<
 /// write moves the one `generation` row, so writers on two Galera nodes conflict on each
 /// commit: eight retries were once not enough for eight such writers.
 const CONFLICT_RETRIES: u32 = 16;
+
+/// Connections kept to a MySQL/MariaDB server unless configured (sqlx's and oslo.db's usual).
+pub const DEFAULT_POOL_SIZE: u32 = 10;
 
 /// Runs `op` (one whole transaction) again while it loses to a concurrent one: an InnoDB
 /// deadlock, or a Galera certification failure (another node committed a conflicting write
