@@ -220,6 +220,7 @@ async fn demo(driver: Driver, cloud: Option<Cloud>) -> Result<()> {
     let driver_name = match driver {
         Driver::Nftables => "nftables",
         Driver::Iptables => "iptables",
+        Driver::Ovn => "ovn",
     };
     match &cloud {
         Some(c) => println!(

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitor;
 pub mod openstack;
+pub mod ovsdb;
 pub mod placement;
 pub mod process;
 pub mod runtime;

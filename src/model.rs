@@ -185,11 +185,14 @@ pub struct Forward {
 }
 
 /// Which namespace holds a router's gateway: `qrouter-` for legacy and HA routers, `snat-` for
-/// distributed (DVR) routers, whose centralized SNAT part carries the gateway port.
+/// distributed (DVR) routers, whose centralized SNAT part carries the gateway port. On ML2/OVN
+/// clouds there is no namespace: the router is the logical router `neutron-<id>` in OVN's
+/// northbound database, which the OVN driver programs in its place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum NamespaceKind {
     Qrouter,
     Snat,
+    OvnRouter,
 }
 
 impl NamespaceKind {
@@ -206,6 +209,7 @@ impl NamespaceKind {
         match self {
             NamespaceKind::Qrouter => "qrouter-",
             NamespaceKind::Snat => "snat-",
+            NamespaceKind::OvnRouter => "neutron-",
         }
     }
 }
@@ -232,12 +236,16 @@ impl RouterNamespace {
         &self.name
     }
 
-    /// The router and kind of a `qrouter-<id>` or `snat-<id>` name.
+    /// The router and kind of a `qrouter-<id>`, `snat-<id>` or `neutron-<id>` name.
     pub fn router_of(name: &str) -> Option<(&str, NamespaceKind)> {
-        [NamespaceKind::Qrouter, NamespaceKind::Snat]
-            .into_iter()
-            .find_map(|kind| Some((name.strip_prefix(kind.prefix())?, kind)))
-            .filter(|(id, _)| !id.is_empty())
+        [
+            NamespaceKind::Qrouter,
+            NamespaceKind::Snat,
+            NamespaceKind::OvnRouter,
+        ]
+        .into_iter()
+        .find_map(|kind| Some((name.strip_prefix(kind.prefix())?, kind)))
+        .filter(|(id, _)| !id.is_empty())
     }
 }
 

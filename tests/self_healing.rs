@@ -203,6 +203,7 @@ async fn heals(driver: Driver, test: &str) {
                 ],
             ),
         ],
+        Driver::Ovn => unreachable!("the namespace damages are netfilter's"),
     };
     for (what, command) in damages {
         let figures = fixture

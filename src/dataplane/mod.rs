@@ -17,6 +17,7 @@ pub mod iptables;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod ovn;
 pub mod rules;
 pub mod sync;
 
@@ -85,6 +86,23 @@ pub enum DataplaneError {
         namespace: String,
         #[source]
         source: nft::wire::UsageError,
+    },
+
+    #[error("OVN could not program router {router}")]
+    Ovn {
+        router: String,
+        #[source]
+        source: Box<ovn::NorthboundError>,
+    },
+
+    #[error("logical router {router} is not in OVN's northbound database")]
+    RouterMissing { router: String },
+
+    #[error("the {backend} driver cannot program {what} yet (router {namespace})")]
+    Unsupported {
+        backend: &'static str,
+        namespace: String,
+        what: &'static str,
     },
 
     #[error("conntrack cleanup in namespace {namespace} failed")]
@@ -198,6 +216,9 @@ pub enum Driver {
     #[default]
     Nftables,
     Iptables,
+    /// OVN load balancers in the northbound database (ML2/OVN clouds); built by the runtime
+    /// from the `[ovn]` settings.
+    Ovn,
 }
 
 impl std::str::FromStr for Driver {
@@ -207,19 +228,27 @@ impl std::str::FromStr for Driver {
         match s {
             "nftables" | "nft" => Ok(Driver::Nftables),
             "iptables" => Ok(Driver::Iptables),
+            "ovn" => Ok(Driver::Ovn),
             other => Err(format!(
-                "unknown dataplane driver {other:?} (expected nftables or iptables)"
+                "unknown dataplane driver {other:?} (expected nftables, iptables or ovn)"
             )),
         }
     }
 }
 
 impl Driver {
-    /// Builds the backend for this driver.
+    /// Builds the backend of a netfilter driver. [`Driver::Ovn`] needs its northbound
+    /// connection: the runtime builds it from the `[ovn]` settings instead.
     pub fn backend(self) -> Result<Box<dyn Backend>, DataplaneError> {
         Ok(match self {
             Driver::Nftables => Box::new(nft::NftBackend::new()?),
             Driver::Iptables => Box::new(iptables::IptablesBackend::new()),
+            Driver::Ovn => {
+                return Err(DataplaneError::Unavailable {
+                    backend: "ovn",
+                    source: "the OVN driver is built from the [ovn] settings".into(),
+                })
+            }
         })
     }
 }

@@ -46,11 +46,19 @@ pub trait Placement: Send + Sync {
     }
 }
 
+/// Whether `name` is a namespace the L3 agent makes for a router (`qrouter-<id>`, `snat-<id>`).
+fn is_router_namespace(name: &str) -> bool {
+    matches!(
+        RouterNamespace::router_of(name),
+        Some((_, NamespaceKind::Qrouter | NamespaceKind::Snat))
+    )
+}
+
 /// The names among `names` that are router namespaces (`qrouter-<id>`, `snat-<id>`).
 fn router_namespaces<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeSet<RouterNamespace> {
     names
         .into_iter()
-        .filter(|name| RouterNamespace::router_of(name).is_some())
+        .filter(|name| is_router_namespace(name))
         .map(RouterNamespace::named)
         .collect()
 }
@@ -98,7 +106,7 @@ impl Placement for LocalNamespaces {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if RouterNamespace::router_of(&name).is_none() {
+            if !is_router_namespace(&name) {
                 continue;
             }
             // Follows the mount (unlike the entry's own metadata); a file deleted meanwhile is
@@ -124,11 +132,17 @@ mod tests {
 
     #[test]
     fn a_node_serves_router_namespaces_and_nothing_else() {
-        let served: Vec<String> =
-            router_namespaces(["qrouter-r1", "snat-r2", "fip-ext", "qdhcp-n1", "qrouter-"])
-                .iter()
-                .map(|ns| ns.name().to_string())
-                .collect();
+        let served: Vec<String> = router_namespaces([
+            "qrouter-r1",
+            "snat-r2",
+            "fip-ext",
+            "qdhcp-n1",
+            "qrouter-",
+            "neutron-r3",
+        ])
+        .iter()
+        .map(|ns| ns.name().to_string())
+        .collect();
         assert_eq!(served, ["qrouter-r1", "snat-r2"]);
         let placement = LocalNamespaces::default();
         assert_eq!(placement.namespace("r2", true).name(), "snat-r2");

@@ -1,0 +1,186 @@
+//! The OVN driver: port forwards on ML2/OVN clouds, as load balancers in OVN's northbound
+//! database instead of netfilter rules in a namespace.
+//!
+//! On ML2/OVN a Neutron router is the logical router `neutron-<router_id>`; no `qrouter-`
+//! namespace exists. The driver implements the same [`Backend`] as the netfilter drivers,
+//! with the logical router in the role of the namespace (`RouterNamespace` named
+//! `neutron-<router_id>`):
+//! - [`northbound`]: the connection, a monitor-fed replica of the rows it reads, and
+//!   transactions that wait until OVN reports them applied (`nb_cfg` → `hv_cfg`).
+//! - [`plan`]: pure functions from the replica and a rule set to the one transaction that
+//!   makes the router's load balancers match it; only rows marked as ours are touched.
+//!
+//! Reading back is reading the replica, which the monitor keeps current: a load balancer of
+//! ours deleted, edited or detached by someone else moves the replica's generation (the
+//! [`Fingerprint`]), and the agent's one-second check repairs it.
+
+pub mod northbound;
+pub mod plan;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::debug;
+
+use super::{Backend, Changes, DataplaneError, Fingerprint, RouterNamespace, RuleSet};
+use crate::model::NamespaceKind;
+pub use northbound::{ApplyWait, Northbound, NorthboundError};
+
+/// The OVN driver's [`Backend`].
+pub struct OvnBackend {
+    nb: Arc<Northbound>,
+    wait: ApplyWait,
+    apply_timeout: Duration,
+}
+
+impl OvnBackend {
+    /// A backend writing through `nb`, waiting for each change as `wait` says.
+    pub fn new(nb: Arc<Northbound>, wait: ApplyWait, apply_timeout: Duration) -> Self {
+        OvnBackend {
+            nb,
+            wait,
+            apply_timeout,
+        }
+    }
+
+    pub fn northbound(&self) -> &Arc<Northbound> {
+        &self.nb
+    }
+
+    fn error(namespace: &RouterNamespace, source: NorthboundError) -> DataplaneError {
+        DataplaneError::Ovn {
+            router: namespace.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    fn commit(
+        &self,
+        namespace: &RouterNamespace,
+        ops: Vec<serde_json::Value>,
+    ) -> Result<(), DataplaneError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        debug!(%namespace, operations = ops.len(), "northbound transaction");
+        self.nb
+            .transact(ops, self.wait, self.apply_timeout)
+            .map(|_| ())
+            .map_err(|e| Self::error(namespace, e))
+    }
+
+    /// Writes `rules` for the router of `namespace` in one transaction.
+    fn program(&self, namespace: &RouterNamespace, rules: &RuleSet) -> Result<(), DataplaneError> {
+        let router_id = router_id(namespace)?;
+        unsupported(namespace, rules)?;
+        let ops = self
+            .nb
+            .read(|replica| {
+                plan::router_view(replica, router_id)
+                    .map(|view| plan::plan(router_id, &view, rules))
+            })
+            .map_err(|e| Self::error(namespace, e))?
+            .ok_or_else(|| DataplaneError::RouterMissing {
+                router: namespace.to_string(),
+            })?;
+        self.commit(namespace, ops)
+    }
+}
+
+/// The router id of `neutron-<id>`.
+fn router_id(namespace: &RouterNamespace) -> Result<&str, DataplaneError> {
+    match RouterNamespace::router_of(namespace.name()) {
+        Some((id, NamespaceKind::OvnRouter)) => Ok(id),
+        _ => Err(DataplaneError::RouterMissing {
+            router: namespace.to_string(),
+        }),
+    }
+}
+
+/// What this driver cannot program yet is refused, never programmed in part: a forward
+/// without its source restriction would be open to everyone.
+fn unsupported(namespace: &RouterNamespace, rules: &RuleSet) -> Result<(), DataplaneError> {
+    let what = if !rules.restricted.is_empty() {
+        "allowed sources"
+    } else if !rules.masqueraded.is_empty() {
+        "masquerade"
+    } else {
+        return Ok(());
+    };
+    Err(DataplaneError::Unsupported {
+        backend: "ovn",
+        namespace: namespace.to_string(),
+        what,
+    })
+}
+
+impl Backend for OvnBackend {
+    fn name(&self) -> &'static str {
+        "ovn"
+    }
+
+    fn full_sync(
+        &self,
+        namespace: &RouterNamespace,
+        rules: &RuleSet,
+    ) -> Result<(), DataplaneError> {
+        self.program(namespace, rules)
+    }
+
+    /// The changes applied to what the replica shows; the transaction also repairs whatever
+    /// else differs.
+    fn update(&self, namespace: &RouterNamespace, changes: &Changes) -> Result<(), DataplaneError> {
+        let mut rules =
+            self.read_back(namespace)?
+                .ok_or_else(|| DataplaneError::RouterMissing {
+                    router: namespace.to_string(),
+                })?;
+        rules.apply(changes);
+        self.program(namespace, &rules)
+    }
+
+    fn read_back(&self, namespace: &RouterNamespace) -> Result<Option<RuleSet>, DataplaneError> {
+        let router_id = router_id(namespace)?;
+        self.nb
+            .read(|replica| plan::router_view(replica, router_id).map(|view| plan::rules_of(&view)))
+            .map_err(|e| Self::error(namespace, e))
+    }
+
+    fn remove(&self, namespace: &RouterNamespace) -> Result<(), DataplaneError> {
+        let router_id = router_id(namespace)?;
+        let ops = self
+            .nb
+            .read(|replica| plan::removal(replica, router_id))
+            .map_err(|e| Self::error(namespace, e))?;
+        self.commit(namespace, ops)
+    }
+
+    /// The logical router's uuid (a router deleted and created again has another) and the
+    /// replica's generation (it moves with every monitored change).
+    fn fingerprint(
+        &self,
+        namespace: &RouterNamespace,
+    ) -> Result<Option<Fingerprint>, DataplaneError> {
+        let router_id = router_id(namespace)?;
+        let name = plan::router_name(router_id);
+        self.nb
+            .read(|replica| {
+                let uuid = replica
+                    .rows("Logical_Router")
+                    .filter(|(_, row)| {
+                        row.get("name").and_then(serde_json::Value::as_str) == Some(name.as_str())
+                    })
+                    .map(|(uuid, _)| uuid)
+                    .min()?;
+                let mut hasher = DefaultHasher::new();
+                uuid.hash(&mut hasher);
+                Some(Fingerprint {
+                    namespace: hasher.finish(),
+                    state: replica.generation,
+                })
+            })
+            .map_err(|e| Self::error(namespace, e))
+    }
+}

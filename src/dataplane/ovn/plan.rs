@@ -1,0 +1,581 @@
+//! What the OVN driver writes, worked out from the replica alone: the load balancers a router's
+//! rule set needs, what of ours the northbound database holds for that router, and the one
+//! transaction that turns the one into the other. Pure functions, tested without a database.
+//!
+//! Layout (see `docs/design.md`, "OVN"): per router and protocol one `Load_Balancer` named
+//! `praas-<router_id>-<protocol>`, `external_ids` `praas:router_id` and `praas:protocol`, its
+//! `vips` map holding one `gateway:port` → `vm:port` entry per forwarded port; attached to the
+//! logical router `neutron-<router_id>` and to the router's tenant switches (so that a VM can
+//! reach a forward of its own router: hairpin). Rows without those marks are never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddrV4;
+
+use serde_json::{json, Value};
+
+use super::northbound::{reference_set, Replica, Row};
+use crate::dataplane::{ExternalKey, Protocol, RuleSet, Target};
+use crate::ovsdb::value;
+
+/// `external_ids` key naming the router a load balancer of ours serves.
+pub const ROUTER_KEY: &str = "praas:router_id";
+/// `external_ids` key naming its protocol.
+pub const PROTOCOL_KEY: &str = "praas:protocol";
+/// Every load balancer of ours is named with this prefix.
+pub const NAME_PREFIX: &str = "praas-";
+
+/// The logical router Neutron's OVN driver makes for a router.
+pub fn router_name(router_id: &str) -> String {
+    format!("neutron-{router_id}")
+}
+
+pub fn lb_name(router_id: &str, protocol: Protocol) -> String {
+    format!("{NAME_PREFIX}{router_id}-{protocol}")
+}
+
+const PROTOCOLS: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+
+/// `Load_Balancer.options` of ours: `ct_flush` makes ovn-controller delete the conntrack
+/// entries of a VIP or backend that is removed (OVN 23.03 and later; for load balancers
+/// attached to a logical switch, which ours are), so that established connections end with
+/// their mapping.
+pub const LB_OPTIONS: [(&str, &str); 1] = [("ct_flush", "true")];
+
+/// One load balancer of ours, as the replica holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurLb {
+    pub uuid: String,
+    pub name: String,
+    pub protocol: Option<String>,
+    pub vips: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// A logical router and what is attached to it, as far as the driver cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouterView {
+    pub uuid: String,
+    /// `Logical_Router.load_balancer`.
+    pub load_balancers: BTreeSet<String>,
+    /// The router's tenant switches (reached through a router port that is not a gateway
+    /// port), with their `load_balancer` column.
+    pub tenant_switches: BTreeMap<String, BTreeSet<String>>,
+    /// Our load balancers for this router.
+    pub ours: Vec<OurLb>,
+    /// Other routers and switches that reference one of ours: (table, uuid, which of ours).
+    pub elsewhere: Vec<(&'static str, String, BTreeSet<String>)>,
+}
+
+fn is_ours(row: &Row, router_id: &str) -> bool {
+    let name = row.get("name").and_then(Value::as_str).unwrap_or("");
+    let ids = row
+        .get("external_ids")
+        .map(value::string_map)
+        .unwrap_or_default();
+    name.starts_with(NAME_PREFIX) && ids.get(ROUTER_KEY).map(String::as_str) == Some(router_id)
+}
+
+/// Whether a load balancer row is one of ours (for any router).
+pub fn is_any_ours(row: &Row) -> Option<String> {
+    let name = row.get("name").and_then(Value::as_str).unwrap_or("");
+    let ids = row
+        .get("external_ids")
+        .map(value::string_map)
+        .unwrap_or_default();
+    if !name.starts_with(NAME_PREFIX) {
+        return None;
+    }
+    ids.get(ROUTER_KEY).cloned()
+}
+
+/// The router's view, or `None` when the logical router is not in the database.
+pub fn router_view(replica: &Replica, router_id: &str) -> Option<RouterView> {
+    let name = router_name(router_id);
+    let (uuid, router) = replica
+        .rows("Logical_Router")
+        .filter(|(_, row)| row.get("name").and_then(Value::as_str) == Some(name.as_str()))
+        .min_by(|a, b| a.0.cmp(b.0))?;
+    // Router ports that lead to tenant networks: not the gateway port.
+    let tenant_ports: BTreeSet<String> = reference_set(router, "ports")
+        .iter()
+        .filter_map(|p| replica.row("Logical_Router_Port", p))
+        .filter(|lrp| {
+            let gateway = !reference_set(lrp, "gateway_chassis").is_empty()
+                || !reference_set(lrp, "ha_chassis_group").is_empty()
+                || lrp
+                    .get("options")
+                    .map(value::string_map)
+                    .is_some_and(|o| o.contains_key("redirect-chassis"));
+            !gateway
+        })
+        .filter_map(|lrp| lrp.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    // Switch ports of type router that peer with those router ports.
+    let peers: BTreeSet<&String> = replica
+        .rows("Logical_Switch_Port")
+        .filter(|(_, lsp)| {
+            lsp.get("type").and_then(Value::as_str) == Some("router")
+                && lsp
+                    .get("options")
+                    .map(value::string_map)
+                    .and_then(|o| o.get("router-port").cloned())
+                    .is_some_and(|rp| tenant_ports.contains(&rp))
+        })
+        .map(|(uuid, _)| uuid)
+        .collect();
+    let mut tenant_switches = BTreeMap::new();
+    if !peers.is_empty() {
+        for (ls_uuid, ls) in replica.rows("Logical_Switch") {
+            if reference_set(ls, "ports").iter().any(|p| peers.contains(p)) {
+                tenant_switches.insert(
+                    ls_uuid.clone(),
+                    reference_set(ls, "load_balancer").into_iter().collect(),
+                );
+            }
+        }
+    }
+    let mut ours: Vec<OurLb> = replica
+        .rows("Load_Balancer")
+        .filter(|(_, row)| is_ours(row, router_id))
+        .map(|(uuid, row)| OurLb {
+            uuid: uuid.clone(),
+            name: row
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            protocol: row
+                .get("protocol")
+                .map(value::string_set)
+                .and_then(|p| p.into_iter().next()),
+            vips: row.get("vips").map(value::string_map).unwrap_or_default(),
+            options: row
+                .get("options")
+                .map(value::string_map)
+                .unwrap_or_default(),
+            external_ids: row
+                .get("external_ids")
+                .map(value::string_map)
+                .unwrap_or_default(),
+        })
+        .collect();
+    ours.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+    let our_uuids: BTreeSet<&String> = ours.iter().map(|lb| &lb.uuid).collect();
+    let mut elsewhere = Vec::new();
+    if !our_uuids.is_empty() {
+        for table in ["Logical_Router", "Logical_Switch"] {
+            for (other, row) in replica.rows(table) {
+                if other == uuid
+                    || (table == "Logical_Switch" && tenant_switches.contains_key(other))
+                {
+                    continue;
+                }
+                let refs: BTreeSet<String> = reference_set(row, "load_balancer")
+                    .into_iter()
+                    .filter(|lb| our_uuids.contains(lb))
+                    .collect();
+                if !refs.is_empty() {
+                    elsewhere.push((table, other.clone(), refs));
+                }
+            }
+        }
+    }
+    Some(RouterView {
+        uuid: uuid.clone(),
+        load_balancers: reference_set(router, "load_balancer").into_iter().collect(),
+        tenant_switches,
+        ours,
+        elsewhere,
+    })
+}
+
+fn vip_key(key: &ExternalKey) -> String {
+    SocketAddrV4::new(key.ip, key.port).to_string()
+}
+
+fn backend_of(target: &Target) -> String {
+    SocketAddrV4::new(target.ip, target.port).to_string()
+}
+
+/// The `vips` each protocol's load balancer must hold for `rules`.
+pub fn desired_vips(rules: &RuleSet) -> BTreeMap<Protocol, BTreeMap<String, String>> {
+    let mut out: BTreeMap<Protocol, BTreeMap<String, String>> = BTreeMap::new();
+    for (key, target) in &rules.forwards {
+        out.entry(key.protocol)
+            .or_default()
+            .insert(vip_key(key), backend_of(target));
+    }
+    out
+}
+
+/// What the router's load balancers forward, as a rule set: the VIPs of our load balancers
+/// that are attached to the router and to every tenant switch. A VIP of a detached load
+/// balancer forwards nothing (or forwards without hairpin), so it is not counted as there.
+pub fn rules_of(view: &RouterView) -> RuleSet {
+    let mut rules = RuleSet::default();
+    for lb in &view.ours {
+        let attached = view.load_balancers.contains(&lb.uuid)
+            && view
+                .tenant_switches
+                .values()
+                .all(|lbs| lbs.contains(&lb.uuid));
+        let protocol = match lb.protocol.as_deref() {
+            Some("udp") => Protocol::Udp,
+            Some("tcp") | None => Protocol::Tcp,
+            Some(_) => continue,
+        };
+        if !attached {
+            continue;
+        }
+        for (vip, backend) in &lb.vips {
+            let (Ok(vip), Ok(backend)) =
+                (vip.parse::<SocketAddrV4>(), backend.parse::<SocketAddrV4>())
+            else {
+                continue;
+            };
+            rules.forwards.insert(
+                ExternalKey {
+                    ip: *vip.ip(),
+                    protocol,
+                    port: vip.port(),
+                },
+                Target {
+                    ip: *backend.ip(),
+                    port: backend.port(),
+                },
+            );
+        }
+    }
+    rules.counted = RuleSet::counted_of(&rules.forwards);
+    rules
+}
+
+/// The operations that turn what `view` shows into `rules`: empty when nothing differs.
+pub fn plan(router_id: &str, view: &RouterView, rules: &RuleSet) -> Vec<Value> {
+    let desired = desired_vips(rules);
+    let mut ops = Vec::new();
+    // The load balancer of each protocol that is kept (uuid) or inserted (named uuid).
+    let mut keep: Vec<Value> = Vec::new();
+    let mut delete: BTreeSet<String> = BTreeSet::new();
+    for protocol in PROTOCOLS {
+        let name = lb_name(router_id, protocol);
+        let mut candidates = view
+            .ours
+            .iter()
+            .filter(|lb| lb.name == name && lb.protocol.as_deref() == Some(protocol.as_str()));
+        let existing = candidates.next();
+        delete.extend(candidates.map(|lb| lb.uuid.clone()));
+        let wanted = desired.get(&protocol);
+        match (existing, wanted) {
+            (Some(lb), Some(vips)) => {
+                let mut remove: Vec<Value> = Vec::new();
+                let mut add: Vec<Value> = Vec::new();
+                for (vip, backend) in &lb.vips {
+                    if vips.get(vip) != Some(backend) {
+                        remove.push(json!(vip));
+                    }
+                }
+                for (vip, backend) in vips {
+                    if lb.vips.get(vip) != Some(backend) {
+                        add.push(json!([vip, backend]));
+                    }
+                }
+                let mut mutations = Vec::new();
+                if !remove.is_empty() {
+                    mutations.push(json!(["vips", "delete", ["set", remove]]));
+                }
+                if !add.is_empty() {
+                    mutations.push(json!(["vips", "insert", ["map", add]]));
+                }
+                if !mutations.is_empty() {
+                    ops.push(json!({"op": "mutate", "table": "Load_Balancer",
+                        "where": [["_uuid", "==", value::uuid(&lb.uuid)]],
+                        "mutations": mutations}));
+                }
+                if LB_OPTIONS
+                    .iter()
+                    .any(|(k, v)| lb.options.get(*k).map(String::as_str) != Some(*v))
+                {
+                    let keys: Vec<&str> = LB_OPTIONS.iter().map(|(k, _)| *k).collect();
+                    ops.push(json!({"op": "mutate", "table": "Load_Balancer",
+                    "where": [["_uuid", "==", value::uuid(&lb.uuid)]],
+                    "mutations": [
+                        ["options", "delete", ["set", keys]],
+                        ["options", "insert", value::map(LB_OPTIONS)],
+                    ]}));
+                }
+                if lb.external_ids.get(PROTOCOL_KEY).map(String::as_str) != Some(protocol.as_str())
+                {
+                    ops.push(json!({"op": "mutate", "table": "Load_Balancer",
+                    "where": [["_uuid", "==", value::uuid(&lb.uuid)]],
+                    "mutations": [
+                        ["external_ids", "delete", ["set", [PROTOCOL_KEY]]],
+                        ["external_ids", "insert", value::map([(PROTOCOL_KEY, protocol.as_str())])],
+                    ]}));
+                }
+                keep.push(value::uuid(&lb.uuid));
+            }
+            (Some(lb), None) => {
+                delete.insert(lb.uuid.clone());
+            }
+            (None, Some(vips)) => {
+                let named = format!("lb_{protocol}");
+                ops.push(json!({"op": "insert", "table": "Load_Balancer", "uuid-name": named,
+                    "row": {
+                        "name": name,
+                        "protocol": protocol.as_str(),
+                        "vips": ["map", vips.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()],
+                        "external_ids": value::map([(ROUTER_KEY, router_id), (PROTOCOL_KEY, protocol.as_str())]),
+                        "options": value::map(LB_OPTIONS),
+                    }}));
+                keep.push(value::named_uuid(&named));
+            }
+            (None, None) => {}
+        }
+    }
+    // Ours that are none of the above (another name or protocol, edited by hand): gone.
+    for lb in &view.ours {
+        let known = PROTOCOLS.iter().any(|p| {
+            lb.name == lb_name(router_id, *p) && lb.protocol.as_deref() == Some(p.as_str())
+        });
+        if !known {
+            delete.insert(lb.uuid.clone());
+        }
+    }
+    // Attachments: the router and every tenant switch hold exactly the kept ones of ours.
+    let kept_uuids: BTreeSet<String> = keep
+        .iter()
+        .filter_map(|v| value::as_uuid(v).map(str::to_string))
+        .collect();
+    let ours: BTreeSet<&String> = view.ours.iter().map(|lb| &lb.uuid).collect();
+    let attach = |table: &str, uuid: &str, current: &BTreeSet<String>, ops: &mut Vec<Value>| {
+        let add: Vec<Value> = keep
+            .iter()
+            .filter(|v| value::as_uuid(v).is_none_or(|u| !current.contains(u)))
+            .cloned()
+            .collect();
+        let remove: Vec<Value> = current
+            .iter()
+            .filter(|u| ours.contains(u) && !kept_uuids.contains(*u))
+            .map(|u| value::uuid(u))
+            .collect();
+        let mut mutations = Vec::new();
+        if !remove.is_empty() {
+            mutations.push(json!(["load_balancer", "delete", value::set(remove)]));
+        }
+        if !add.is_empty() {
+            mutations.push(json!(["load_balancer", "insert", value::set(add)]));
+        }
+        if !mutations.is_empty() {
+            ops.push(json!({"op": "mutate", "table": table,
+                "where": [["_uuid", "==", value::uuid(uuid)]], "mutations": mutations}));
+        }
+    };
+    attach("Logical_Router", &view.uuid, &view.load_balancers, &mut ops);
+    for (switch, lbs) in &view.tenant_switches {
+        attach("Logical_Switch", switch, lbs, &mut ops);
+    }
+    for (table, other, refs) in &view.elsewhere {
+        ops.push(json!({"op": "mutate", "table": table,
+            "where": [["_uuid", "==", value::uuid(other)]],
+            "mutations": [["load_balancer", "delete", value::set(refs.iter().map(|u| value::uuid(u)))]]}));
+    }
+    // Deleted last: nothing references them any more in this transaction.
+    for uuid in &delete {
+        ops.push(json!({"op": "delete", "table": "Load_Balancer",
+            "where": [["_uuid", "==", value::uuid(uuid)]]}));
+    }
+    ops
+}
+
+/// The operations that remove everything of ours for `router_id`, wherever it is attached
+/// (also when the logical router itself is gone).
+pub fn removal(replica: &Replica, router_id: &str) -> Vec<Value> {
+    let ours: BTreeSet<String> = replica
+        .rows("Load_Balancer")
+        .filter(|(_, row)| is_ours(row, router_id))
+        .map(|(uuid, _)| uuid.clone())
+        .collect();
+    let mut ops = Vec::new();
+    if ours.is_empty() {
+        return ops;
+    }
+    for table in ["Logical_Router", "Logical_Switch"] {
+        for (uuid, row) in replica.rows(table) {
+            let refs: Vec<Value> = reference_set(row, "load_balancer")
+                .into_iter()
+                .filter(|lb| ours.contains(lb))
+                .map(|lb| value::uuid(&lb))
+                .collect();
+            if !refs.is_empty() {
+                ops.push(json!({"op": "mutate", "table": table,
+                    "where": [["_uuid", "==", value::uuid(uuid)]],
+                    "mutations": [["load_balancer", "delete", value::set(refs)]]}));
+            }
+        }
+    }
+    for uuid in &ours {
+        ops.push(json!({"op": "delete", "table": "Load_Balancer",
+            "where": [["_uuid", "==", value::uuid(uuid)]]}));
+    }
+    ops
+}
+
+/// The routers whose load balancers of ours are in the database (for orphan cleanup).
+pub fn routers_with_ours(replica: &Replica) -> BTreeSet<String> {
+    replica
+        .rows("Load_Balancer")
+        .filter_map(|(_, row)| is_any_ours(row))
+        .collect()
+}
+
+/// The ids of the Neutron routers in the database (`neutron-<id>` logical routers).
+pub fn neutron_routers(replica: &Replica) -> BTreeSet<String> {
+    replica
+        .rows("Logical_Router")
+        .filter_map(|(_, row)| row.get("name").and_then(Value::as_str))
+        .filter_map(|name| name.strip_prefix("neutron-"))
+        .filter(|id| !id.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Forward, PortRange};
+    use std::net::Ipv4Addr;
+
+    fn replica(rows: Value) -> Replica {
+        let mut r = Replica::default();
+        for (table, rows) in rows.as_object().unwrap() {
+            let stored = r.tables.entry(table.clone()).or_default();
+            for (uuid, row) in rows.as_object().unwrap() {
+                stored.insert(uuid.clone(), row.as_object().unwrap().clone());
+            }
+        }
+        r
+    }
+
+    fn base() -> Value {
+        json!({
+            "Logical_Router": {"lr1": {"name": "neutron-r1", "ports": ["set", [["uuid", "gw"], ["uuid", "int"]]],
+                                         "load_balancer": ["set", [["uuid", "pf"]]]}},
+            "Logical_Router_Port": {
+                "gw": {"name": "lrp-gw", "gateway_chassis": ["uuid", "gc"], "ha_chassis_group": ["set", []], "options": ["map", []]},
+                "int": {"name": "lrp-int", "gateway_chassis": ["set", []], "ha_chassis_group": ["set", []], "options": ["map", []]}},
+            "Logical_Switch_Port": {
+                "p-int": {"name": "x", "type": "router", "options": ["map", [["router-port", "lrp-int"]]]},
+                "p-gw": {"name": "y", "type": "router", "options": ["map", [["router-port", "lrp-gw"]]]}},
+            "Logical_Switch": {
+                "ls-int": {"name": "neutron-int", "ports": ["uuid", "p-int"], "load_balancer": ["set", []]},
+                "ls-ext": {"name": "neutron-ext", "ports": ["uuid", "p-gw"], "load_balancer": ["set", []]}},
+            "Load_Balancer": {
+                "pf": {"name": "pf-floatingip-f1-tcp", "protocol": "tcp", "vips": ["map", []],
+                       "options": ["map", []], "external_ids": ["map", [["neutron:fip_id", "f1"]]]}},
+        })
+    }
+
+    fn rules() -> RuleSet {
+        RuleSet::from_forwards([&Forward {
+            id: "m1".into(),
+            external_ip: Ipv4Addr::new(203, 0, 113, 10),
+            protocol: Protocol::Tcp,
+            external_ports: PortRange::new(4000, 4000).unwrap(),
+            internal_ip: Ipv4Addr::new(10, 0, 0, 5),
+            internal_ports: PortRange::new(22, 22).unwrap(),
+            allowed_cidrs: vec![],
+            masquerade: false,
+        }])
+        .unwrap()
+    }
+
+    #[test]
+    fn a_new_forward_is_one_insert_attached_to_the_router_and_its_tenant_switch() {
+        let r = replica(base());
+        let view = router_view(&r, "r1").unwrap();
+        assert_eq!(view.tenant_switches.keys().collect::<Vec<_>>(), ["ls-int"]);
+        assert!(
+            view.ours.is_empty(),
+            "Neutron's floating IP forward is not ours"
+        );
+        let ops = plan("r1", &view, &rules());
+        let kinds: Vec<(String, String)> = ops
+            .iter()
+            .map(|op| {
+                (
+                    op["op"].as_str().unwrap().into(),
+                    op["table"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("insert".into(), "Load_Balancer".into()),
+                ("mutate".into(), "Logical_Router".into()),
+                ("mutate".into(), "Logical_Switch".into()),
+            ]
+        );
+        assert_eq!(ops[0]["row"]["name"], "praas-r1-tcp");
+        assert_eq!(
+            ops[0]["row"]["vips"],
+            json!(["map", [["203.0.113.10:4000", "10.0.0.5:22"]]])
+        );
+        assert_eq!(
+            ops[2]["where"],
+            json!([["_uuid", "==", ["uuid", "ls-int"]]])
+        );
+        assert_eq!(
+            ops[1]["mutations"],
+            json!([[
+                "load_balancer",
+                "insert",
+                ["set", [["named-uuid", "lb_tcp"]]]
+            ]])
+        );
+    }
+
+    #[test]
+    fn a_duplicate_or_foreign_named_row_of_ours_is_deleted_after_being_detached() {
+        let mut rows = base();
+        let ours = |name: &str| {
+            json!({"name": name, "protocol": "tcp", "options": ["map", [["ct_flush", "true"]]],
+                   "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
+                   "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"]]]})
+        };
+        rows["Load_Balancer"]["a"] = ours("praas-r1-tcp");
+        rows["Load_Balancer"]["b"] = ours("praas-r1-tcp");
+        rows["Logical_Router"]["lr1"]["load_balancer"] =
+            json!(["set", [["uuid", "pf"], ["uuid", "a"], ["uuid", "b"]]]);
+        rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["set", [["uuid", "a"]]]);
+        let r = replica(rows);
+        let view = router_view(&r, "r1").unwrap();
+        assert_eq!(
+            rules_of(&view).forwards,
+            rules().forwards,
+            "row a serves the forward"
+        );
+        let ops = plan("r1", &view, &rules());
+        assert_eq!(
+            ops.iter()
+                .map(|op| op["op"].as_str().unwrap())
+                .collect::<Vec<_>>(),
+            ["mutate", "delete"],
+            "{ops:#?}"
+        );
+        assert_eq!(
+            ops[0]["mutations"],
+            json!([["load_balancer", "delete", ["set", [["uuid", "b"]]]]])
+        );
+        assert_eq!(ops[1]["where"], json!([["_uuid", "==", ["uuid", "b"]]]));
+        // Nothing differs once the duplicate is gone.
+        assert!(removal(&r, "r9").is_empty());
+        assert_eq!(
+            routers_with_ours(&r).into_iter().collect::<Vec<_>>(),
+            ["r1"]
+        );
+        assert_eq!(neutron_routers(&r).into_iter().collect::<Vec<_>>(), ["r1"]);
+    }
+}
