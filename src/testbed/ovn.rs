@@ -165,7 +165,11 @@ impl OvnEnv {
             None
         } else {
             let t = Instant::now();
-            run(&[&script, "up"])?;
+            if let Err(e) = run(&[&script, "up"]) {
+                // Whatever did start is this process's to stop.
+                let _ = run(&[&script, "down"]);
+                return Err(e);
+            }
             Some(t.elapsed())
         };
         let mut env = Self::from_settings(&run(&[&script, "env"])?)?;
