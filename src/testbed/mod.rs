@@ -2,12 +2,14 @@
 //! network node in throwaway namespaces ([`simnode`]), an in-memory dataplane backend that
 //! records its calls ([`fake_dataplane`]), fixed router and port facts ([`StaticDirectory`]),
 //! a node whose namespaces the test decides ([`StaticPlacement`]), a recorder of audit
-//! events ([`audit`]) and a private OVN northbound database ([`ovsdb_server`]).
+//! events ([`audit`]), a private OVN northbound database ([`ovsdb_server`]) and a one-chassis
+//! OVN with namespaces attached to it ([`ovn`]).
 //! Nothing in the product's roles uses these.
 
 pub mod audit;
 mod directory;
 pub mod fake_dataplane;
+pub mod ovn;
 pub mod ovsdb_server;
 mod placement;
 pub mod simnode;

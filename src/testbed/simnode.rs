@@ -388,18 +388,12 @@ impl SimNode {
 
     /// Starts a TCP echo server in VM `vm` on `port`.
     pub fn serve_tcp(&self, vm: usize, port: u16) -> io::Result<Server> {
-        let listener = netns::run_in_path(&netns::path_of(&self.vms[vm].namespace), || {
-            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })??;
-        Server::tcp(listener)
+        Server::tcp_in(&self.vms[vm].namespace, port)
     }
 
     /// Starts a UDP echo server in VM `vm` on `port`.
     pub fn serve_udp(&self, vm: usize, port: u16) -> io::Result<Server> {
-        let socket = netns::run_in_path(&netns::path_of(&self.vms[vm].namespace), || {
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
-        })??;
-        Server::udp(socket)
+        Server::udp_in(&self.vms[vm].namespace, port)
     }
 
     /// Opens a TCP connection from namespace `ns`, from source `src` if given.
@@ -539,6 +533,22 @@ fn answer(peer: SocketAddr, msg: &str) -> String {
 }
 
 impl Server {
+    /// Starts a TCP echo server on `port` of every address of namespace `namespace`.
+    pub fn tcp_in(namespace: &str, port: u16) -> io::Result<Server> {
+        let listener = netns::run_in_path(&netns::path_of(namespace), || {
+            TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        })??;
+        Server::tcp(listener)
+    }
+
+    /// Starts a UDP echo server on `port` of every address of namespace `namespace`.
+    pub fn udp_in(namespace: &str, port: u16) -> io::Result<Server> {
+        let socket = netns::run_in_path(&netns::path_of(namespace), || {
+            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))
+        })??;
+        Server::udp(socket)
+    }
+
     fn tcp(listener: TcpListener) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
         Ok(Self::spawn(move |stop| {
