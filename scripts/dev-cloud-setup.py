@@ -618,7 +618,11 @@ def ovn_network(cloud, args):
 
 def vm_security_group(ovn, token, p):
     """Project `p`'s security group `vm-ingress`, which lets any TCP, UDP and ICMP over IPv4
-    in (and, as every new group, anything out)."""
+    in (and, as every new group, anything out).
+
+    Rather than ports without port security: so the NB holds what a real cloud's VM ports
+    have (port_security addresses, the group's Port_Group and ACLs, neutron_pg_drop), and
+    forwarded traffic passes the ACLs a user's would."""
     name = "vm-ingress"
     found = ovn.nt("GET", "/security-groups", token=token, params={"name": name})
     if found["security_groups"]:
@@ -669,16 +673,15 @@ def vm_port(ovn, token, chassis, net, group, name):
         token=token,
     )
     if port["security_groups"] != [group["id"]]:
-        ovn.nt("PUT", f"/ports/{port['id']}", token=token,
-               json={"port": {"security_groups": [group["id"]]}})
+        body = {"port": {"security_groups": [group["id"]]}}
+        ovn.nt("PUT", f"/ports/{port['id']}", token=token, json=body)
     port = ovn.nt("GET", f"/ports/{port['id']}")["port"]
     if port["binding:host_id"] != chassis or port["binding:vif_type"] != "ovs":
         # Set anew, since ML2 binds a port again only when something of it changes.
         if port["binding:host_id"] == chassis:
             ovn.nt("PUT", f"/ports/{port['id']}", json={"port": {"binding:host_id": ""}})
-        port = ovn.nt("PUT", f"/ports/{port['id']}", json={"port": {"binding:host_id": chassis}})[
-            "port"
-        ]
+        body = {"port": {"binding:host_id": chassis}}
+        port = ovn.nt("PUT", f"/ports/{port['id']}", json=body)["port"]
     if port["binding:vif_type"] != "ovs":
         sys.exit(
             f"dev-cloud-setup: port {name} ({port['id']}) of the OVN Neutron is "
