@@ -9,10 +9,16 @@ a second router with a gateway, a network not attached to any router and a route
 gateway. With Nova, a flavor and an image (as admin) and servers booted by the projects'
 members (see `SERVERS`). Writes clouds.yaml and resources.json.
 
+With --neutron-ovn, a second Neutron on ML2/OVN: `identity` puts it in the catalog as the
+network service of region RegionOVN (next to the identity and port-forwarding endpoints), and
+`network` creates in it what `ovn_network` says, under the key `ovn` of resources.json, with
+clouds `<name>-ovn` in that region. Without, RegionOVN is taken out of the catalog.
+
 Idempotent: everything is looked up by name before it is created.
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -43,6 +49,8 @@ FLAVOR = "praas-tiny"
 IMAGE = "praas-tiny"
 # Nova's API as the servers are read and booted here (networks are required from 2.37 on).
 COMPUTE_VERSION = {"OpenStack-API-Version": "compute 2.79"}
+# The region of the OVN Neutron; the rest of the catalog is in RegionOne.
+OVN_REGION = "RegionOVN"
 
 
 class Cloud:
@@ -148,6 +156,15 @@ def identity(cloud, args):
         cloud.grant(user, service, roles["admin"])
         cloud.grant(user, service, roles["service"])
     register(cloud, "network", "neutron", args.neutron)
+    if args.neutron_ovn:
+        if not any(r["id"] == OVN_REGION for r in cloud.ks("GET", "/regions")["regions"]):
+            cloud.ks("POST", "/regions", json={"region": {"id": OVN_REGION}})
+        register(cloud, "network", "neutron", args.neutron_ovn, OVN_REGION)
+        # So that a client of RegionOVN finds Keystone and PRaaS too.
+        register(cloud, "identity", "keystone", args.keystone, OVN_REGION)
+        register(cloud, "port-forwarding", "praas", args.praas, OVN_REGION)
+    else:
+        unregister_region(cloud, OVN_REGION)
     compute = {"compute": ("nova", args.nova), "placement": ("placement", args.placement),
                "image": ("glance", args.glance)}
     for service_type, (name, url) in compute.items():
@@ -170,9 +187,9 @@ def identity(cloud, args):
                 cloud.grant(user, project, roles["reader"])
 
 
-def register(cloud, service_type, name, url):
+def register(cloud, service_type, name, url, region="RegionOne"):
     """The service of `service_type` in the catalog, with a public, internal and admin endpoint
-    at `url` in RegionOne (those missing are added)."""
+    at `url` in `region` (those missing are added)."""
     found = cloud.ks("GET", "/services", params={"type": service_type})["services"]
     if not found:
         found = [
@@ -185,7 +202,7 @@ def register(cloud, service_type, name, url):
     endpoints = cloud.ks("GET", "/endpoints", params={"service_id": found[0]["id"]})[
         "endpoints"
     ]
-    have = {e["interface"] for e in endpoints}
+    have = {e["interface"] for e in endpoints if e["region_id"] == region}
     for interface in ("public", "internal", "admin"):
         if interface not in have:
             cloud.ks(
@@ -196,7 +213,7 @@ def register(cloud, service_type, name, url):
                         "service_id": found[0]["id"],
                         "interface": interface,
                         "url": url,
-                        "region_id": "RegionOne",
+                        "region_id": region,
                     }
                 },
             )
@@ -209,6 +226,15 @@ def unregister(cloud, service_type):
         for endpoint in endpoints["endpoints"]:
             cloud.ks("DELETE", f"/endpoints/{endpoint['id']}")
         cloud.ks("DELETE", f"/services/{service['id']}")
+
+
+def unregister_region(cloud, region):
+    """No endpoint in `region`, and no such region."""
+    for endpoint in cloud.ks("GET", "/endpoints")["endpoints"]:
+        if endpoint["region_id"] == region:
+            cloud.ks("DELETE", f"/endpoints/{endpoint['id']}")
+    if any(r["id"] == region for r in cloud.ks("GET", "/regions")["regions"]):
+        cloud.ks("DELETE", f"/regions/{region}")
 
 
 def application_credential(cloud, args):
@@ -404,10 +430,12 @@ def network(cloud, args):
         resources["image"] = {"id": image["id"], "name": image["name"]}
         for p, entry in resources["projects"].items():
             entry["servers"] = servers(cloud, p, entry, flavor, image)
+    if args.neutron_ovn:
+        resources["ovn"] = ovn_network(cloud, args)
 
     clouds = {"clouds": {}}
 
-    def cloud_entry(user, project):
+    def cloud_entry(user, project, region="RegionOne"):
         return {
             "auth": {
                 "auth_url": args.keystone.rsplit("/v3", 1)[0],
@@ -417,7 +445,7 @@ def network(cloud, args):
                 "user_domain_name": "Default",
                 "project_domain_name": "Default",
             },
-            "region_name": "RegionOne",
+            "region_name": region,
             "interface": "public",
             "identity_api_version": 3,
         }
@@ -450,6 +478,15 @@ def network(cloud, args):
     for p in ("a", "b"):
         for role in ("member", "reader"):
             clouds["clouds"][f"{p}-{role}"] = cloud_entry(f"{p}-{role}", f"praas-{p}")
+    if args.neutron_ovn:
+        # The same users, in the region of the OVN Neutron.
+        ovn_users = [("openstack", "praas", "service"), ("admin", "admin", "admin")] + [
+            (f"{p}-{role}", f"{p}-{role}", f"praas-{p}")
+            for p in ("a", "b")
+            for role in ("member", "reader")
+        ]
+        for name, user, project in ovn_users:
+            clouds["clouds"][f"{name}-ovn"] = cloud_entry(user, project, OVN_REGION)
     # JSON is YAML: no YAML library needed here.
     with open(os.path.join(args.state, "clouds.yaml"), "w") as f:
         json.dump(clouds, f, indent=2)
@@ -458,6 +495,204 @@ def network(cloud, args):
     with open(path + ".new", "w") as f:
         json.dump(resources, f, indent=2)
     os.replace(path + ".new", path)
+
+
+def ovn_network(cloud, args):
+    """In the OVN Neutron: an external flat network on physnet1, and per project a geneve
+    network and subnet behind a router with a gateway, a security group and two VM ports
+    bound to the chassis `args.ovn_chassis`. Its `resources.json` entry."""
+    ovn = copy.copy(cloud)
+    ovn.neutron = args.neutron_ovn
+    public = ovn.neutron_find_or_create(
+        "networks",
+        "network",
+        {
+            "name": "public",
+            "router:external": True,
+            "provider:network_type": "flat",
+            "provider:physical_network": "physnet1",
+            "shared": False,
+        },
+    )
+    # Router gateways from .100 to .199: the rest of the range is left to the tests' clients.
+    public_subnet = ovn.neutron_find_or_create(
+        "subnets",
+        "subnet",
+        {
+            "name": "public-subnet",
+            "network_id": public["id"],
+            "ip_version": 4,
+            "cidr": "203.0.113.0/24",
+            "gateway_ip": "203.0.113.1",
+            "allocation_pools": [{"start": "203.0.113.100", "end": "203.0.113.199"}],
+            "enable_dhcp": False,
+        },
+    )
+    result = {
+        "neutron": args.neutron_ovn,
+        "region": OVN_REGION,
+        "exchange": "neutron_ovn",
+        "chassis": args.ovn_chassis,
+        "external_network": {
+            "id": public["id"],
+            "subnet_id": public_subnet["id"],
+            "cidr": public_subnet["cidr"],
+            "gateway_ip": public_subnet["gateway_ip"],
+            "physical_network": "physnet1",
+        },
+        "projects": {},
+    }
+    for index, p in enumerate(("a", "b")):
+        token = ovn.token(f"{p}-member", f"praas-{p}")
+        project = ovn.ks("GET", "/projects", params={"name": f"praas-{p}"})["projects"][0]
+        net = ovn.neutron_find_or_create("networks", "network", {"name": f"net-{p}"}, token=token)
+        # Apart from the ML2 cloud's 10.10-10.20: the test harness may build both side by side.
+        cidr = f"10.{110 + index * 10}.0.0/24"
+        subnet = ovn.neutron_find_or_create(
+            "subnets",
+            "subnet",
+            {
+                "name": f"subnet-{p}",
+                "network_id": net["id"],
+                "ip_version": 4,
+                "cidr": cidr,
+                "enable_dhcp": False,
+            },
+            token=token,
+        )
+        router = ovn.neutron_find_or_create(
+            "routers",
+            "router",
+            {"name": f"router-{p}", "external_gateway_info": {"network_id": public["id"]}},
+            token=token,
+        )
+        interfaces = ovn.nt(
+            "GET",
+            "/ports",
+            token=token,
+            params={"device_id": router["id"], "network_id": net["id"]},
+        )["ports"]
+        if not interfaces:
+            ovn.nt(
+                "PUT",
+                f"/routers/{router['id']}/add_router_interface",
+                token=token,
+                json={"subnet_id": subnet["id"]},
+            )
+            interfaces = ovn.nt(
+                "GET",
+                "/ports",
+                token=token,
+                params={"device_id": router["id"], "network_id": net["id"]},
+            )["ports"]
+        router = ovn.nt("GET", f"/routers/{router['id']}", token=token)["router"]
+        # The gateway port is the admin's to see (it belongs to no project).
+        gateway = ovn.nt(
+            "GET",
+            "/ports",
+            params={"device_id": router["id"], "device_owner": "network:router_gateway"},
+        )["ports"][0]
+        group = vm_security_group(ovn, token, p)
+        vms = [
+            vm_port(ovn, token, args.ovn_chassis, net, group, f"vm-{p}{n}") for n in (1, 2)
+        ]
+        network = ovn.nt("GET", f"/networks/{net['id']}")["network"]
+        result["projects"][p] = {
+            "project_id": project["id"],
+            "network_id": net["id"],
+            "segmentation_id": network["provider:segmentation_id"],
+            "subnet_id": subnet["id"],
+            "cidr": cidr,
+            "router_id": router["id"],
+            "router_gateway_ip": gateway["fixed_ips"][0]["ip_address"],
+            "router_gateway_port_id": gateway["id"],
+            "router_gateway_mac": gateway["mac_address"],
+            "router_interface_ip": subnet["gateway_ip"],
+            "router_interface_port_id": interfaces[0]["id"],
+            "router_interface_mac": interfaces[0]["mac_address"],
+            "security_group_id": group["id"],
+            "vms": vms,
+        }
+    return result
+
+
+def vm_security_group(ovn, token, p):
+    """Project `p`'s security group `vm-ingress`, which lets any TCP, UDP and ICMP over IPv4
+    in (and, as every new group, anything out).
+
+    Rather than ports without port security: so the NB holds what a real cloud's VM ports
+    have (port_security addresses, the group's Port_Group and ACLs, neutron_pg_drop), and
+    forwarded traffic passes the ACLs a user's would."""
+    name = "vm-ingress"
+    found = ovn.nt("GET", "/security-groups", token=token, params={"name": name})
+    if found["security_groups"]:
+        group = found["security_groups"][0]
+    else:
+        body = {"name": name, "description": "TCP, UDP and ICMP in from anywhere"}
+        group = ovn.nt("POST", "/security-groups", token=token, json={"security_group": body})[
+            "security_group"
+        ]
+    have = {
+        (r["direction"], r["ethertype"], r["protocol"])
+        for r in ovn.nt(
+            "GET", "/security-group-rules", token=token, params={"security_group_id": group["id"]}
+        )["security_group_rules"]
+    }
+    for protocol in ("tcp", "udp", "icmp"):
+        if ("ingress", "IPv4", protocol) not in have:
+            ovn.nt(
+                "POST",
+                "/security-group-rules",
+                token=token,
+                json={
+                    "security_group_rule": {
+                        "security_group_id": group["id"],
+                        "direction": "ingress",
+                        "ethertype": "IPv4",
+                        "protocol": protocol,
+                        "remote_ip_prefix": "0.0.0.0/0",
+                    }
+                },
+            )
+    return group
+
+
+def vm_port(ovn, token, chassis, net, group, name):
+    """A VM port `name` on `net` in security group `group`, made by the project's member and
+    bound to `chassis` by the admin (only an admin may set binding:host_id)."""
+    port = ovn.neutron_find_or_create(
+        "ports",
+        "port",
+        {
+            "name": name,
+            "network_id": net["id"],
+            "device_id": name,
+            "device_owner": "compute:nova",
+            "security_groups": [group["id"]],
+        },
+        token=token,
+    )
+    if port["security_groups"] != [group["id"]]:
+        body = {"port": {"security_groups": [group["id"]]}}
+        ovn.nt("PUT", f"/ports/{port['id']}", token=token, json=body)
+    port = ovn.nt("GET", f"/ports/{port['id']}")["port"]
+    if port["binding:host_id"] != chassis or port["binding:vif_type"] != "ovs":
+        # Set anew, since ML2 binds a port again only when something of it changes.
+        if port["binding:host_id"] == chassis:
+            ovn.nt("PUT", f"/ports/{port['id']}", json={"port": {"binding:host_id": ""}})
+        body = {"port": {"binding:host_id": chassis}}
+        port = ovn.nt("PUT", f"/ports/{port['id']}", json=body)["port"]
+    if port["binding:vif_type"] != "ovs":
+        sys.exit(
+            f"dev-cloud-setup: port {name} ({port['id']}) of the OVN Neutron is "
+            f"{port['binding:vif_type']} on {chassis}: Neutron binds only to a chassis it has "
+            "seen alive, of that hostname (the ovn-controller of scripts/ovn)"
+        )
+    return {
+        "port_id": port["id"],
+        "ip": port["fixed_ips"][0]["ip_address"],
+        "mac": port["mac_address"],
+    }
 
 
 def routed_network(cloud, token, public, name, cidr):
@@ -649,6 +884,8 @@ def main():
     parser.add_argument("--nova", help="Nova's API (v2.1); none: a cloud without Nova")
     parser.add_argument("--placement")
     parser.add_argument("--glance")
+    parser.add_argument("--neutron-ovn", help="the OVN Neutron's API; none: no OVN Neutron")
+    parser.add_argument("--ovn-chassis", default="praas-chassis-1")
     args = parser.parse_args()
     if args.nova and not (args.placement and args.glance):
         parser.error("--nova needs --placement and --glance")
