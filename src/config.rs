@@ -29,8 +29,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::dataplane::ovn::ApplyWait;
 use crate::dataplane::Driver;
 use crate::model::{Limit, ModelError, PortRange, MAX_QUOTA_LIMIT};
+use crate::ovsdb::{Remote, TlsFiles};
 use crate::util::{redacted, TransportUrlError};
 
 /// Where the service looks for its configuration when no path is given.
@@ -73,6 +75,7 @@ pub struct Config {
     pub openstack: OpenStackSection,
     pub notifications: NotificationsSection,
     pub quota: QuotaSection,
+    pub ovn: OvnSection,
 }
 
 impl Default for Config {
@@ -144,6 +147,13 @@ impl Config {
                 mappings_per_project: Limit::Unlimited,
                 external_ports_per_project: Limit::Unlimited,
             },
+            ovn: OvnSection {
+                ovn_nb_connection: Vec::new(),
+                tls: TlsFiles::default(),
+                ovsdb_timeout: 0,
+                wait_for: ApplyWait::None,
+                apply_timeout: 0,
+            },
         }
     }
 }
@@ -161,6 +171,39 @@ impl Default for NotificationsSection {
     /// The table's defaults, as for [`Config::default`].
     fn default() -> Self {
         Config::default().notifications
+    }
+}
+
+/// `[ovn]`: OVN's northbound database, for `[dataplane] driver = ovn` (ML2/OVN clouds). The
+/// connection and TLS keys have the names and syntax of Neutron's `[ovn]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OvnSection {
+    /// `tcp:IP:PORT`, `ssl:IP:PORT` or `unix:PATH`; several, comma-separated, for a cluster.
+    pub ovn_nb_connection: Vec<Remote>,
+    /// `ovn_nb_private_key`, `ovn_nb_certificate`, `ovn_nb_ca_cert` (PEM) for `ssl:`.
+    pub tls: TlsFiles,
+    /// Seconds one request to the database may take (default 10).
+    pub ovsdb_timeout: u64,
+    /// What "applied" means before a mapping is ACTIVE: `hv` (every chassis), `sb`, `none`.
+    pub wait_for: ApplyWait,
+    /// Seconds to wait for OVN to report a change applied (default 30).
+    pub apply_timeout: u64,
+}
+
+impl Default for OvnSection {
+    /// The table's defaults, as for [`Config::default`].
+    fn default() -> Self {
+        Config::default().ovn
+    }
+}
+
+impl OvnSection {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.ovsdb_timeout)
+    }
+
+    pub fn apply_period(&self) -> Duration {
+        Duration::from_secs(self.apply_timeout)
     }
 }
 
@@ -550,6 +593,11 @@ pub enum ValueError {
     TransportUrl(TransportUrlError),
     #[error("expected an exchange name")]
     NoExchange,
+    /// The OVSDB client's message, which says what is wrong with the remote.
+    #[error("{0}")]
+    OvsdbRemote(String),
+    #[error("expected hv (every chassis), sb (the southbound database) or none")]
+    NotAWait,
     #[error(
         "expected -1 (unlimited) or a whole number from 0 to {}",
         MAX_QUOTA_LIMIT
@@ -754,6 +802,10 @@ static SECTIONS: &[Section] = &[
     Section {
         name: "quota",
         keys: QUOTA,
+    },
+    Section {
+        name: "ovn",
+        keys: OVN,
     },
 ];
 
@@ -993,7 +1045,9 @@ static DATAPLANE: &[Key] = &[
         doc: "
             How rules are programmed into the router namespaces of this node:
               nftables  our own table with one DNAT map per namespace (constant lookup time)
-              iptables  the original's custom-PREROUTING / custom-POSTROUTING chains",
+              iptables  the original's custom-PREROUTING / custom-POSTROUTING chains
+              ovn       load balancers in OVN's northbound database, for ML2/OVN clouds (see [ovn]);
+                        one agent anywhere serves every router, no agent on the network nodes",
         set: |c, v| {
             c.dataplane.driver = v.to_ascii_lowercase().parse().map_err(ValueError::Driver)?;
             Ok(())
@@ -1190,6 +1244,93 @@ static QUOTA: &[Key] = &[
         doc: "",
         set: |c, v| {
             c.quota.external_ports_per_project = parse_limit(v)?;
+            Ok(())
+        },
+    },
+];
+
+static OVN: &[Key] = &[
+    Key {
+        name: "ovn_nb_connection",
+        default: Is("tcp:127.0.0.1:6641"),
+        doc: "
+            OVN's northbound database, as in Neutron's ml2_conf.ini: tcp:IP:PORT, ssl:IP:PORT or
+            unix:PATH; the members of a clustered database separated by commas. Read only with
+            [dataplane] driver = ovn.",
+        set: |c, v| {
+            c.ovn.ovn_nb_connection = Remote::parse_list(v)
+                .map_err(|e| ValueError::OvsdbRemote(e.to_string()))?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ovn_nb_private_key",
+        default: Unset {
+            example: "/etc/praas/ovn/key.pem",
+        },
+        doc: "
+            For an ssl: connection: this client's private key and certificate (both, or neither
+            when the server does not ask for one), and the CA certificate that signed the
+            server's (required). PEM files, as Neutron's options of the same names.",
+        set: |c, v| {
+            c.ovn.tls.private_key = parse_optional_path(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ovn_nb_certificate",
+        default: Unset {
+            example: "/etc/praas/ovn/cert.pem",
+        },
+        doc: "",
+        set: |c, v| {
+            c.ovn.tls.certificate = parse_optional_path(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ovn_nb_ca_cert",
+        default: Unset {
+            example: "/etc/praas/ovn/ca.pem",
+        },
+        doc: "",
+        set: |c, v| {
+            c.ovn.tls.ca_cert = parse_optional_path(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "ovsdb_timeout",
+        default: Is("10"),
+        doc: "
+            Seconds one request to the northbound database may take before the connection is
+            given up and made again. 1 to 86400.",
+        set: |c, v| {
+            c.ovn.ovsdb_timeout = parse_seconds(v)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "wait_for",
+        default: Is("hv"),
+        doc: "
+            When a change counts as applied, so that its mappings become ACTIVE (as ovn-nbctl --wait):
+              hv    every chassis has applied it (NB_Global.hv_cfg)
+              sb    northd has written it to the southbound database (NB_Global.sb_cfg)
+              none  committed in the northbound database",
+        set: |c, v| {
+            c.ovn.wait_for = v.parse().map_err(|_| ValueError::NotAWait)?;
+            Ok(())
+        },
+    },
+    Key {
+        name: "apply_timeout",
+        default: Is("30"),
+        doc: "
+            Seconds to wait for that; a change not applied by then leaves its mappings in ERROR,
+            and is tried again. 1 to 86400.",
+        set: |c, v| {
+            c.ovn.apply_timeout = parse_seconds(v)?;
             Ok(())
         },
     },
@@ -1702,7 +1843,7 @@ mod tests {
             ),
             (
                 "[dataplane]\ndriver = x",
-                "unknown dataplane driver \"x\" (expected nftables or iptables)",
+                "unknown dataplane driver \"x\" (expected nftables, iptables or ovn)",
             ),
             (
                 "[dataplane]\nenabled = x",
@@ -1721,6 +1862,24 @@ mod tests {
             (
                 "[quota]\nmappings_per_project = -5",
                 "expected -1 (unlimited) or a whole number from 0 to 2147483647",
+            ),
+            (
+                "[ovn]\novn_nb_connection = 127.0.0.1:6641",
+                "invalid OVSDB remote \"127.0.0.1:6641\": unknown scheme (expected \
+                 tcp:HOST:PORT, ssl:HOST:PORT or unix:PATH)",
+            ),
+            (
+                "[ovn]\novn_nb_connection = ptcp:6641",
+                "invalid OVSDB remote \"ptcp:6641\": that is a listening address (for the \
+                 server); a client connects to tcp:, ssl: or unix:",
+            ),
+            (
+                "[ovn]\nwait_for = chassis-ish",
+                "expected hv (every chassis), sb (the southbound database) or none",
+            ),
+            (
+                "[ovn]\novn_nb_ca_cert = ca.pem",
+                "expected an absolute path",
             ),
         ] {
             match parse(text) {
@@ -1779,7 +1938,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "line 1: unknown section [DEFAULT] (known sections: [praas], [database], \
-             [dataplane], [openstack], [notifications], [quota])"
+             [dataplane], [openstack], [notifications], [quota], [ovn])"
         );
         assert!(matches!(
             parse("[Praas]\nport_app = 1\n"),
