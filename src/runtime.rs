@@ -9,6 +9,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,9 @@ use crate::api::health::{self, Readiness};
 use crate::api::{self, AppState, Authenticator, RoleNames};
 use crate::config::{Allocation, AuthStrategy, Config};
 use crate::dataplane::conntrack::Conntrack;
-use crate::dataplane::sync::RouterSync;
-use crate::dataplane::DataplaneError;
+use crate::dataplane::ovn::{Northbound, OvnBackend};
+use crate::dataplane::sync::{FlowCleaner, RouterSync};
+use crate::dataplane::{DataplaneError, Driver};
 use crate::metrics::http::HttpMetrics;
 use crate::metrics::Metrics;
 use crate::monitor::notifications::{self, EventCounts, Subscription};
@@ -31,9 +33,10 @@ use crate::openstack::{
     clouds, CachedDirectory, NamespaceDirectory, NeutronDirectory, OpenStackError, RouterDirectory,
     Session,
 };
-use crate::placement::LocalNamespaces;
+use crate::placement::ovn::OvnRouters;
+use crate::placement::{LocalNamespaces, Placement};
 use crate::service::MappingService;
-use crate::store::{Migration, Policy, Quotas, Store, StoreError, Strategy};
+use crate::store::{LeaseRole, Migration, Policy, Quotas, Store, StoreError, Strategy};
 use crate::util::{redacted, Chain};
 
 /// What a process runs.
@@ -272,28 +275,136 @@ pub fn serve_service(
     }))
 }
 
-/// The agent of this node, on the configured dataplane driver.
-pub fn agent(cfg: &Config, store: Arc<Store>) -> Result<Agent, RuntimeError> {
-    let backend = cfg
-        .dataplane
-        .driver
-        .backend()
-        .map_err(RuntimeError::Dataplane)?;
-    let sync = Arc::new(RouterSync::new(Arc::from(backend), Arc::new(Conntrack)));
-    let agent = Agent::new(
-        store,
-        sync,
-        Arc::new(LocalNamespaces::default()),
-        cfg.dataplane.resync_period(),
-    )
-    .reporting(cfg.praas.host_name(), cfg.praas.report_period());
-    Ok(match cfg.dataplane.usage_period() {
+/// The agent of this node, on the configured dataplane driver. With the OVN driver it comes
+/// with the task that keeps the OVN worker lease (to be run beside it): only the holder
+/// programs the routers.
+pub fn agent(
+    cfg: &Config,
+    store: Arc<Store>,
+) -> Result<(Agent, Option<OvnLeaseKeeper>), RuntimeError> {
+    let (sync, placement, keeper): (_, Arc<dyn Placement>, _) = match cfg.dataplane.driver {
+        Driver::Ovn => {
+            let nb = Arc::new(Northbound::new(
+                cfg.ovn.ovn_nb_connection.clone(),
+                cfg.ovn.tls.clone(),
+                cfg.ovn.request_timeout(),
+            ));
+            let backend = Arc::new(OvnBackend::new(
+                nb.clone(),
+                cfg.ovn.wait_for,
+                cfg.ovn.apply_period(),
+            ));
+            let active = Arc::new(AtomicBool::new(false));
+            // ct_flush on our load balancers has OVN delete the flows of a removed forward.
+            let sync = Arc::new(RouterSync::new(backend.clone(), Arc::new(NoFlowCleaner)));
+            let keeper = OvnLeaseKeeper {
+                store: store.clone(),
+                backend,
+                active: active.clone(),
+                holder: format!("{}:{}", cfg.praas.host_name(), std::process::id()),
+            };
+            (
+                sync,
+                Arc::new(OvnRouters::new(nb, active)) as _,
+                Some(keeper),
+            )
+        }
+        driver => {
+            let backend = driver.backend().map_err(RuntimeError::Dataplane)?;
+            let sync = Arc::new(RouterSync::new(Arc::from(backend), Arc::new(Conntrack)));
+            (sync, Arc::new(LocalNamespaces::default()) as _, None)
+        }
+    };
+    let agent = Agent::new(store, sync, placement, cfg.dataplane.resync_period())
+        .reporting(cfg.praas.host_name(), cfg.praas.report_period());
+    let agent = match cfg.dataplane.usage_period() {
         Some(every) => agent.counting_usage(
             every,
             usize::try_from(cfg.dataplane.usage_series_limit).unwrap_or(usize::MAX),
         ),
         None => agent,
-    })
+    };
+    Ok((agent, keeper))
+}
+
+/// How often the OVN worker renews its lease; it runs three times as long.
+pub const OVN_LEASE_RENEWAL: Duration = Duration::from_secs(5);
+
+/// Keeps the OVN worker lease for this agent: while held, the agent serves every router of the
+/// northbound database and load balancers of ours whose router is gone are deleted; on
+/// standby it serves none.
+pub struct OvnLeaseKeeper {
+    store: Arc<Store>,
+    backend: Arc<OvnBackend>,
+    active: Arc<AtomicBool>,
+    holder: String,
+}
+
+impl OvnLeaseKeeper {
+    /// Renews (or waits for) the lease every [`OVN_LEASE_RENEWAL`] until `stop`, then gives it
+    /// up so that a standby takes over at once.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        loop {
+            let held = match self
+                .store
+                .acquire_lease_of(LeaseRole::OvnWorker, &self.holder, OVN_LEASE_RENEWAL * 3)
+                .await
+            {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::warn!(error = %crate::util::Chain(&e), "cannot renew the OVN worker lease; standing by");
+                    false
+                }
+            };
+            if self.active.swap(held, Ordering::AcqRel) != held {
+                if held {
+                    tracing::info!(holder = %self.holder, "took the OVN worker lease: programming every router");
+                } else {
+                    tracing::info!(holder = %self.holder, "lost the OVN worker lease: standing by");
+                }
+            }
+            if held {
+                let backend = self.backend.clone();
+                match tokio::task::spawn_blocking(move || backend.remove_orphans()).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(
+                        routers = n,
+                        "removed the load balancers of routers that are gone"
+                    ),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %crate::util::Chain(&e), "cannot remove the load balancers of routers that are gone")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "orphan cleanup task failed"),
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(OVN_LEASE_RENEWAL) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        if self.active.swap(false, Ordering::AcqRel) {
+            if let Err(e) = self
+                .store
+                .release_lease_of(LeaseRole::OvnWorker, &self.holder)
+                .await
+            {
+                tracing::warn!(error = %crate::util::Chain(&e), "cannot give the OVN worker lease up");
+            }
+        }
+    }
+}
+
+/// OVN deletes the flows of removed forwards itself (`ct_flush` on our load balancers).
+struct NoFlowCleaner;
+
+impl FlowCleaner for NoFlowCleaner {
+    fn delete_flows(
+        &self,
+        _namespace: &crate::model::RouterNamespace,
+        _stale: &[(crate::dataplane::ExternalKey, crate::dataplane::Target)],
+    ) -> Result<usize, crate::dataplane::DataplaneError> {
+        Ok(0)
+    }
 }
 
 /// The monitor, reading Neutron with `session`.
@@ -381,7 +492,14 @@ pub async fn start(cfg: &Config, role: Role) -> Result<Running, RuntimeError> {
 
     let mut agent_counters = None;
     if role.agent() && cfg.dataplane.enabled {
-        let mut agent = agent(cfg, store.clone())?;
+        let (mut agent, ovn_lease) = agent(cfg, store.clone())?;
+        if let Some(keeper) = ovn_lease {
+            let stop = stopping.subscribe();
+            tasks.spawn(async move {
+                keeper.run(stop).await;
+                Ok(())
+            });
+        }
         agent_counters = Some(agent.counters());
         agent.counters().register(metrics.registry());
         if let Some(usage) = agent.usage_metrics() {

@@ -8,6 +8,8 @@
 //! routers they do not serve, or the active replica of an HA router (whose `qrouter-`
 //! namespace exists on every replica, while only the active one holds the gateway address).
 
+pub mod ovn;
+
 use std::collections::BTreeSet;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -25,6 +27,8 @@ pub enum PlacementError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read the routers of OVN's northbound database")]
+    Ovn(#[source] Box<crate::dataplane::ovn::NorthboundError>),
 }
 
 /// The routers a node serves.

@@ -206,6 +206,24 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// Who a lease elects: one of several processes acts, the others stand by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseRole {
+    /// The monitor that reads Neutron.
+    Monitor,
+    /// The agent that programs OVN's northbound database (`[dataplane] driver = ovn`).
+    OvnWorker,
+}
+
+impl LeaseRole {
+    fn row(self) -> i64 {
+        match self {
+            LeaseRole::Monitor => 1,
+            LeaseRole::OvnWorker => 2,
+        }
+    }
+}
+
 /// The mapping store.
 pub struct Store {
     pool: AnyPool,
@@ -1041,13 +1059,30 @@ impl Store {
     /// Takes or renews the monitor lease for `holder` until `ttl` from now; false while another
     /// holder's lease runs. One statement, so two monitors can never both win.
     pub async fn acquire_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        self.acquire_lease_of(LeaseRole::Monitor, holder, ttl).await
+    }
+
+    /// Gives the monitor lease up (at shutdown), so that a standby takes over at once.
+    pub async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
+        self.release_lease_of(LeaseRole::Monitor, holder).await
+    }
+
+    /// Takes or renews the lease of `role` for `holder` until `ttl` from now; false while
+    /// another holder's lease runs. One statement, so two holders can never both win.
+    pub async fn acquire_lease_of(
+        &self,
+        role: LeaseRole,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
         let now = Utc::now().timestamp_millis();
         let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
         let done = sqlx::query(
-            "UPDATE monitor_lease SET holder = ?, expires_at = ? WHERE id = 1 AND (holder = ? OR expires_at < ?)",
+            "UPDATE monitor_lease SET holder = ?, expires_at = ? WHERE id = ? AND (holder = ? OR expires_at < ?)",
         )
         .bind(holder)
         .bind(until)
+        .bind(role.row())
         .bind(holder)
         .bind(now)
         .execute(&self.pool)
@@ -1055,9 +1090,24 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Gives the lease up (at shutdown), so that a standby takes over at once.
-    pub async fn release_lease(&self, holder: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE monitor_lease SET expires_at = 0 WHERE id = 1 AND holder = ?")
+    /// Who holds the lease of `role` now; `None` when nobody does (never taken, given up or
+    /// run out).
+    pub async fn lease_of(&self, role: LeaseRole) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT holder, expires_at FROM monitor_lease WHERE id = ?")
+            .bind(role.row())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (holder, expires): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+        Ok((!holder.is_empty() && expires > Utc::now().timestamp_millis()).then_some(holder))
+    }
+
+    /// Gives the lease of `role` up, so that a standby takes over at once.
+    pub async fn release_lease_of(&self, role: LeaseRole, holder: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE monitor_lease SET expires_at = 0 WHERE id = ? AND holder = ?")
+            .bind(role.row())
             .bind(holder)
             .execute(&self.pool)
             .await?;

@@ -146,7 +146,7 @@ impl Cloud {
 
     /// The agent of `praas all-in-one` on `store` (nftables).
     pub fn agent(&self, store: Arc<Store>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(runtime::agent(&self.config(), store).unwrap().run())
+        tokio::spawn(runtime::agent(&self.config(), store).unwrap().0.run())
     }
 }
 

@@ -116,6 +116,38 @@ fn unsupported(namespace: &RouterNamespace, rules: &RuleSet) -> Result<(), Datap
     })
 }
 
+impl OvnBackend {
+    /// Deletes the load balancers of ours whose logical router is gone (Neutron deleted the
+    /// router: OVN keeps load balancers, a root table, when nothing references them). Returns
+    /// how many routers were cleaned.
+    pub fn remove_orphans(&self) -> Result<usize, DataplaneError> {
+        let orphans = self
+            .nb
+            .read(|replica| {
+                let routers = plan::neutron_routers(replica);
+                plan::routers_with_ours(replica)
+                    .into_iter()
+                    .filter(|id| !routers.contains(id))
+                    .map(|id| {
+                        let ops = plan::removal(replica, &id);
+                        (id, ops)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .map_err(|e| Self::error(&RouterNamespace::named("northbound"), e))?;
+        let count = orphans.len();
+        for (id, ops) in orphans {
+            let namespace = RouterNamespace::for_router(&id, NamespaceKind::OvnRouter);
+            tracing::info!(router = %namespace, "router gone from OVN: removing its load balancers");
+            // Nothing to wait for: no chassis serves a router that is gone.
+            self.nb
+                .transact(ops, ApplyWait::None, self.apply_timeout)
+                .map_err(|e| Self::error(&namespace, e))?;
+        }
+        Ok(count)
+    }
+}
+
 impl Backend for OvnBackend {
     fn name(&self) -> &'static str {
         "ovn"
