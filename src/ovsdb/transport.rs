@@ -58,27 +58,25 @@ pub(super) fn open(remote: &Remote, tls: &TlsFiles) -> Result<Halves, OvsdbError
     match remote {
         Remote::Unix { path } => {
             let stream = UnixStream::connect(path).map_err(connect_error)?;
-            let reader = stream.try_clone().map_err(connect_error)?;
-            let closer = stream.try_clone().map_err(connect_error)?;
-            Ok(Halves {
-                reader: Box::new(reader),
-                writer: Box::new(stream),
-                shutdown: Box::new(move || {
-                    let _ = closer.shutdown(Shutdown::Both);
-                }),
-            })
+            split(
+                stream,
+                |s| s.try_clone(),
+                |s| {
+                    let _ = s.shutdown(Shutdown::Both);
+                },
+            )
+            .map_err(connect_error)
         }
         Remote::Tcp { host, port } => {
             let stream = tcp(host, *port).map_err(connect_error)?;
-            let reader = stream.try_clone().map_err(connect_error)?;
-            let closer = stream.try_clone().map_err(connect_error)?;
-            Ok(Halves {
-                reader: Box::new(reader),
-                writer: Box::new(stream),
-                shutdown: Box::new(move || {
-                    let _ = closer.shutdown(Shutdown::Both);
-                }),
-            })
+            split(
+                stream,
+                |s| s.try_clone(),
+                |s| {
+                    let _ = s.shutdown(Shutdown::Both);
+                },
+            )
+            .map_err(connect_error)
         }
         Remote::Ssl { host, port } => {
             let tls_error = |source| OvsdbError::Tls {
@@ -107,6 +105,21 @@ pub(super) fn open(remote: &Remote, tls: &TlsFiles) -> Result<Halves, OvsdbError
             })
         }
     }
+}
+
+/// The halves of a plain socket: clones of one descriptor.
+fn split<S: Read + Write + Send + Sync + 'static>(
+    stream: S,
+    clone: impl Fn(&S) -> io::Result<S>,
+    shutdown: fn(&S),
+) -> io::Result<Halves> {
+    let reader = clone(&stream)?;
+    let closer = clone(&stream)?;
+    Ok(Halves {
+        reader: Box::new(reader),
+        writer: Box::new(stream),
+        shutdown: Box::new(move || shutdown(&closer)),
+    })
 }
 
 fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
