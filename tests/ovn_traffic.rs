@@ -397,8 +397,8 @@ fn port_ranges_map_one_to_one_and_many_to_one() {
 ///
 /// Both halves are needed, as seen by breaking the driver: without `ct_flush`, or with the load
 /// balancer on the router only (OVN 23.03 gives ovn-controller only the load balancers of
-/// logical switches), the entry stays and the established connection keeps working until
-/// conntrack's idle timeout.
+/// logical switches), the entry stays; without `ct_flush` the established connection was seen
+/// to keep working (until conntrack's idle timeout).
 #[test]
 fn a_removed_mapping_stops_new_connections_and_cuts_established_ones() {
     let Some(site) = Site::new("ovn_traffic::removed_mapping", 3, 1) else {
