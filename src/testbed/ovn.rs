@@ -130,12 +130,27 @@ pub struct OvnEnv {
     pub ovs_db: String,
     /// The chassis' name (its system-id).
     pub chassis: String,
+    /// The state directory: the daemons' pid files, control sockets and logs.
+    pub rundir: PathBuf,
     /// How long `scripts/ovn up` took, when this process started the environment.
     started_in: Option<Duration>,
+    /// Whether dropping this brings the environment down.
+    owner: bool,
 }
 
 /// The environment this process uses, while some test holds it.
-static SHARED: Mutex<Weak<OvnEnv>> = Mutex::new(Weak::new());
+static SHARED: Mutex<Shared> = Mutex::new(Shared {
+    env: Weak::new(),
+    owned: false,
+});
+
+struct Shared {
+    env: Weak<OvnEnv>,
+    /// This process brought the environment up and has not brought it down yet. A test that
+    /// starts while the last one's drop has not yet taken the lock finds it running, and takes
+    /// over bringing it down (the pending drop then leaves it alone).
+    owned: bool,
+}
 
 impl OvnEnv {
     /// `scripts/ovn` of this source tree.
@@ -147,7 +162,7 @@ impl OvnEnv {
     /// when this process started it, it is brought down once the last of them drops it.
     pub fn start() -> Result<Arc<OvnEnv>, OvnError> {
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(env) = shared.upgrade() {
+        if let Some(env) = shared.env.upgrade() {
             return Ok(env);
         }
         let script = Self::script();
@@ -174,8 +189,10 @@ impl OvnEnv {
         };
         let mut env = Self::from_settings(&run(&[&script, "env"])?)?;
         env.started_in = started_in;
+        env.owner = started_in.is_some() || shared.owned;
+        shared.owned = env.owner;
         let env = Arc::new(env);
-        *shared = Arc::downgrade(&env);
+        shared.env = Arc::downgrade(&env);
         Ok(env)
     }
 
@@ -197,7 +214,9 @@ impl OvnEnv {
             sb_socket: get("PRAAS_OVN_SB_SOCK")?.into(),
             ovs_db: get("PRAAS_OVS_DB")?,
             chassis: get("PRAAS_OVN_CHASSIS")?,
+            rundir: get("OVS_RUNDIR")?.into(),
             started_in: None,
+            owner: false,
         })
     }
 
@@ -231,6 +250,26 @@ impl OvnEnv {
         run(&all)
     }
 
+    /// The connection tracking table of the userspace datapath (`ovs-appctl
+    /// dpctl/dump-conntrack`), one entry a line: where OVN's NAT and load balancing keep
+    /// their connections, every zone in one table.
+    pub fn conntrack(&self) -> Result<Vec<String>, OvnError> {
+        let pid_file = self.rundir.join("ovs-vswitchd.pid");
+        let pid = std::fs::read_to_string(&pid_file).map_err(|source| OvnError::Spawn {
+            command: format!("reading {}", pid_file.display()),
+            source,
+        })?;
+        let target = self
+            .rundir
+            .join(format!("ovs-vswitchd.{}.ctl", pid.trim()))
+            .to_string_lossy()
+            .into_owned();
+        Ok(run(&["ovs-appctl", "-t", &target, "dpctl/dump-conntrack"])?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Waits until the chassis has bound logical switch port `port` (its VM is attached).
     pub fn wait_port_up(&self, port: &str) -> Result<(), OvnError> {
         self.nbctl(&["wait-until", "Logical_Switch_Port", port, "up=true"])
@@ -240,12 +279,19 @@ impl OvnEnv {
 
 impl Drop for OvnEnv {
     fn drop(&mut self) {
-        if self.started_in.is_some() {
-            let script = Self::script();
-            if let Err(e) = run(&[&script.to_string_lossy(), "down"]) {
-                eprintln!("OVN environment: {e}");
-            }
+        if !self.owner {
+            return;
         }
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.env.strong_count() > 0 {
+            // Taken over by a test that started meanwhile.
+            return;
+        }
+        let script = Self::script();
+        if let Err(e) = run(&[&script.to_string_lossy(), "down"]) {
+            eprintln!("OVN environment: {e}");
+        }
+        shared.owned = false;
     }
 }
 

@@ -1,0 +1,684 @@
+//! Real traffic through the OVN driver: the checks of `netns_dataplane.rs` (the netfilter
+//! drivers) run again on OVN. Each test builds a Neutron-like router with ovn-nbctl in the
+//! one-chassis environment (`scripts/ovn`), programs forwards through [`RouterSync`] and the real
+//! [`OvnBackend`] exactly as the agent does (waiting until the chassis reports each change
+//! applied, `hv_cfg`), and checks with TCP and UDP connections between namespaces.
+//!
+//! ```text
+//!  client ns 203.0.113.(120+n) ── br-ex ── neutron-<id>-ext (localnet physnet1)
+//!                                               │ lrp-<id>-gw 203.0.113.(20+n), on the chassis
+//!                                          neutron-<id>  (SNAT 10.n.0.0/24, our load balancers)
+//!                                               │ lrp-<id>-int 10.n.0.1
+//!                         VM ns 10.n.0.1x ── neutron-<id>-net
+//! ```
+//!
+//! The tests run in parallel in one process: each has its own slot `n`, hence its own names,
+//! addresses and MACs (the environment is shared). Needs root and the OVN packages; skipped with
+//! a reason otherwise (and failed under CI).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use praas::dataplane::ovn::{ApplyWait, Northbound, OvnBackend};
+use praas::dataplane::sync::{Check, FlowCleaner, RouterSync, SyncMode, SyncOutcome};
+use praas::dataplane::{
+    DataplaneError, ExternalKey, Forward, NamespaceKind, PortRange, Protocol, RouterNamespace,
+    RuleSet, Target,
+};
+use praas::ovsdb::{Remote, TlsFiles};
+use praas::testbed::ovn::{self, OvnEnv, OvnNamespace};
+use praas::testbed::simnode::{kernel_tests_enabled, Connection, Server, SimNode};
+
+/// OVN flushes conntrack itself (`options:ct_flush` of our load balancers): nothing to delete
+/// from the agent.
+struct NoFlows;
+
+impl FlowCleaner for NoFlows {
+    fn delete_flows(
+        &self,
+        _: &RouterNamespace,
+        _: &[(ExternalKey, Target)],
+    ) -> Result<usize, DataplaneError> {
+        Ok(0)
+    }
+}
+
+/// How long a sync may wait for the chassis to apply a change.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One test's router, its networks, VMs and external client. Fields drop in order: the
+/// namespaces first, then the northbound rows, then (if this was its last user) the environment.
+struct Site {
+    test: &'static str,
+    client: OvnNamespace,
+    vms: Vec<OvnNamespace>,
+    sync: RouterSync,
+    router: RouterNamespace,
+    gateway: Ipv4Addr,
+    rows: Rows,
+    env: Arc<OvnEnv>,
+}
+
+/// The northbound rows of one site, deleted again when dropped (also when the test fails).
+struct Rows {
+    env: Arc<OvnEnv>,
+    router_id: String,
+}
+
+impl Rows {
+    fn router(&self) -> String {
+        format!("neutron-{}", self.router_id)
+    }
+    fn tenant_switch(&self) -> String {
+        format!("neutron-{}-net", self.router_id)
+    }
+    fn external_switch(&self) -> String {
+        format!("neutron-{}-ext", self.router_id)
+    }
+    fn vm_port(&self, vm: usize) -> String {
+        format!("{}-vm{vm}", self.router_id)
+    }
+    fn lb(&self, protocol: &str) -> String {
+        format!("praas-{}-{protocol}", self.router_id)
+    }
+
+    fn delete(&self) {
+        let (router, tenant, external) =
+            (self.router(), self.tenant_switch(), self.external_switch());
+        let (tcp, udp) = (self.lb("tcp"), self.lb("udp"));
+        let mut args: Vec<&str> = Vec::new();
+        for (command, name) in [
+            ("lr-del", &router),
+            ("ls-del", &tenant),
+            ("ls-del", &external),
+            ("lb-del", &tcp),
+            ("lb-del", &udp),
+        ] {
+            if !args.is_empty() {
+                args.push("--");
+            }
+            args.extend(["--if-exists", command, name.as_str()]);
+        }
+        if let Err(e) = self.env.nbctl(&args) {
+            eprintln!("deleting the test's northbound rows: {e}");
+        }
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+fn mac(slot: u8, host: u8) -> String {
+    format!("fa:16:3e:7a:{slot:02x}:{host:02x}")
+}
+
+impl Site {
+    /// Slot `slot` (1..=15, one per test) with `vms` VMs, or `None` when the test is skipped.
+    fn new(test: &'static str, slot: u8, vms: usize) -> Option<Site> {
+        if !kernel_tests_enabled(test) || !ovn::tests_enabled(test) {
+            return None;
+        }
+        let env = OvnEnv::start().expect("scripts/ovn up");
+        let rows = Rows {
+            env: env.clone(),
+            router_id: format!("traffic{slot}"),
+        };
+        // What an earlier run may have left.
+        rows.delete();
+        let gateway = Ipv4Addr::new(203, 0, 113, 20 + slot);
+        let client_ip = Ipv4Addr::new(203, 0, 113, 120 + slot);
+        let subnet = format!("10.{slot}.0.0/24");
+        let internal_gateway = Ipv4Addr::new(10, slot, 0, 1);
+        let (router, tenant, external) =
+            (rows.router(), rows.tenant_switch(), rows.external_switch());
+        let id = &rows.router_id;
+        let (lrp_int, lrp_gw) = (format!("lrp-{id}-int"), format!("lrp-{id}-gw"));
+        let (int_rp, ext_rp, localnet) = (
+            format!("{id}-int-rp"),
+            format!("{id}-ext-rp"),
+            format!("{id}-ext-localnet"),
+        );
+        let (int_mac, gw_mac) = (mac(slot, 1), mac(slot, 2));
+        let (int_cidr, gw_cidr) = (format!("{internal_gateway}/24"), format!("{gateway}/24"));
+        let (int_peer, ext_peer) = (
+            format!("router-port={lrp_int}"),
+            format!("router-port={lrp_gw}"),
+        );
+        let subnet_config = format!("other_config:subnet={subnet}");
+        let gateway_text = gateway.to_string();
+        let vm_ports: Vec<(String, String, Ipv4Addr)> = (0..vms)
+            .map(|i| {
+                let ip = Ipv4Addr::new(10, slot, 0, 10 + i as u8);
+                let port = rows.vm_port(i);
+                let addresses = format!("{} {ip}", mac(slot, 0x10 + i as u8));
+                (port, addresses, ip)
+            })
+            .collect();
+        let mut commands: Vec<Vec<&str>> = vec![
+            // The tenant network, as Neutron's OVN driver writes it.
+            vec!["ls-add", &tenant],
+            vec!["set", "Logical_Switch", &tenant, &subnet_config],
+            // The router, on the tenant network.
+            vec!["lr-add", &router],
+            vec!["lrp-add", &router, &lrp_int, &int_mac, &int_cidr],
+            vec!["lsp-add", &tenant, &int_rp],
+            vec!["lsp-set-type", &int_rp, "router"],
+            vec!["lsp-set-addresses", &int_rp, "router"],
+            vec!["lsp-set-options", &int_rp, &int_peer],
+            // The external network: physnet1 (br-ex) through a localnet port.
+            vec!["ls-add", &external],
+            vec!["lsp-add", &external, &localnet],
+            vec!["lsp-set-type", &localnet, "localnet"],
+            vec!["lsp-set-addresses", &localnet, "unknown"],
+            vec!["lsp-set-options", &localnet, "network_name=physnet1"],
+            // The router's gateway on it, on the chassis; SNAT of the tenant subnet.
+            vec!["lrp-add", &router, &lrp_gw, &gw_mac, &gw_cidr],
+            vec!["lrp-set-gateway-chassis", &lrp_gw, &env.chassis, "1"],
+            vec!["lsp-add", &external, &ext_rp],
+            vec!["lsp-set-type", &ext_rp, "router"],
+            vec!["lsp-set-addresses", &ext_rp, "router"],
+            vec!["lsp-set-options", &ext_rp, &ext_peer],
+            vec!["lr-nat-add", &router, "snat", &gateway_text, &subnet],
+        ];
+        for (port, addresses, _) in &vm_ports {
+            commands.push(vec!["lsp-add", &tenant, port]);
+            commands.push(vec!["lsp-set-addresses", port, addresses]);
+        }
+        let mut args = vec!["--wait=hv"];
+        for (i, command) in commands.iter().enumerate() {
+            if i > 0 {
+                args.push("--");
+            }
+            args.extend(command);
+        }
+        env.nbctl(&args)
+            .expect("the topology in the northbound database");
+
+        let client = OvnNamespace::external(&env, format!("{client_ip}/24").parse().unwrap(), None)
+            .expect("external client namespace on br-ex");
+        let vms: Vec<OvnNamespace> = vm_ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, _, ip))| {
+                OvnNamespace::vm(
+                    &env,
+                    port,
+                    &mac(slot, 0x10 + i as u8),
+                    format!("{ip}/24").parse().unwrap(),
+                    internal_gateway,
+                )
+                .expect("VM namespace on br-int")
+            })
+            .collect();
+        for (port, _, _) in &vm_ports {
+            env.wait_port_up(port).expect("the VM's port bound");
+        }
+
+        let northbound = Northbound::new(
+            vec![Remote::parse(&env.nb).expect("the environment's northbound remote")],
+            TlsFiles::default(),
+            Duration::from_secs(5),
+        );
+        let backend = OvnBackend::new(Arc::new(northbound), ApplyWait::Chassis, APPLY_TIMEOUT);
+        let sync = RouterSync::new(Arc::new(backend), Arc::new(NoFlows));
+        Some(Site {
+            test,
+            client,
+            vms,
+            sync,
+            router: RouterNamespace::for_router(&rows.router_id, NamespaceKind::OvnRouter),
+            gateway,
+            rows,
+            env,
+        })
+    }
+
+    fn gw(&self, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.gateway, port)
+    }
+
+    fn vm_ip(&self, vm: usize) -> Ipv4Addr {
+        self.vms[vm].ip
+    }
+
+    /// A forward from the gateway; ports as `"4000"` or `"4000:4002"`.
+    fn forward(&self, id: &str, protocol: Protocol, ext: &str, vm: usize, int: &str) -> Forward {
+        Forward {
+            id: id.into(),
+            protocol,
+            external_ip: self.gateway,
+            external_ports: ext.parse::<PortRange>().unwrap(),
+            internal_ip: self.vm_ip(vm),
+            internal_ports: int.parse::<PortRange>().unwrap(),
+            allowed_cidrs: vec![],
+            masquerade: false,
+        }
+    }
+
+    /// Syncs the router to exactly `forwards`.
+    fn sync(&self, forwards: &[Forward]) -> SyncOutcome {
+        self.sync
+            .sync(&self.router, &RuleSet::from_forwards(forwards).unwrap())
+            .unwrap_or_else(|e| panic!("{}: sync: {}", self.test, praas::util::Chain(&e)))
+    }
+
+    /// The conntrack entries of this site (its gateway address appears in each).
+    fn conntrack(&self) -> Vec<String> {
+        let gateway = format!("={},", self.gateway);
+        self.env
+            .conntrack()
+            .expect("dpctl/dump-conntrack")
+            .into_iter()
+            .filter(|l| l.contains(&gateway))
+            .collect()
+    }
+
+    fn print_conntrack(&self, when: &str) {
+        let entries = self.conntrack();
+        eprintln!(
+            "{}: conntrack {when} ({} entries with the gateway address):",
+            self.test,
+            entries.len()
+        );
+        for entry in entries {
+            eprintln!("    {entry}");
+        }
+    }
+}
+
+/// `f` until it succeeds, at most `attempts` times: the router resolves the client's address
+/// (ARP) on the first packet it sends there, and drops that packet.
+fn eventually<T>(what: &str, attempts: u32, f: impl Fn() -> std::io::Result<T>) -> T {
+    let mut last = None;
+    for attempt in 1..=attempts {
+        match f() {
+            Ok(v) => {
+                if attempt > 1 {
+                    eprintln!("{what}: answered at attempt {attempt}");
+                }
+                return v;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!(
+        "{what}: no answer after {attempts} attempts: {:?}",
+        last.unwrap()
+    );
+}
+
+fn connect(ns: &OvnNamespace, dst: SocketAddrV4) -> std::io::Result<Connection> {
+    SimNode::connect(&ns.namespace, None, dst)
+}
+
+fn serve_tcp(ns: &OvnNamespace, ports: impl IntoIterator<Item = u16>) -> Vec<Server> {
+    ports
+        .into_iter()
+        .map(|p| ns.serve_tcp(p).expect("tcp server"))
+        .collect()
+}
+
+#[test]
+fn tcp_and_udp_reach_the_vm_through_the_gateway_with_the_client_address_and_nothing_else_does() {
+    let Some(site) = Site::new("ovn_traffic::tcp_and_udp", 1, 1) else {
+        return;
+    };
+    let _tcp = site.vms[0].serve_tcp(22).unwrap();
+    let _udp = site.vms[0].serve_udp(53).unwrap();
+    let out = site.sync(&[
+        site.forward("ssh", Protocol::Tcp, "4000", 0, "22"),
+        site.forward("dns", Protocol::Udp, "4001", 0, "53"),
+    ]);
+    assert_eq!(out.mode, SyncMode::Full);
+
+    let client = &site.client;
+    let answer = eventually("tcp to the forward", 3, || {
+        client.tcp_exchange(site.gw(4000), "hello")
+    });
+    assert_eq!(answer, format!("from={} hello", client.ip));
+    let answer = eventually("udp to the forward", 3, || {
+        client.udp_exchange(site.gw(4001), "q")
+    });
+    assert_eq!(answer, format!("from={} q", client.ip));
+    // Not mapped: nothing answers on another port or on the other protocol.
+    assert!(client.tcp_exchange(site.gw(4001), "x").is_err());
+    assert!(client.tcp_exchange(site.gw(4002), "x").is_err());
+    assert!(client.udp_exchange(site.gw(4000), "x").is_err());
+    assert!(client.udp_exchange(site.gw(4002), "x").is_err());
+}
+
+#[test]
+fn port_ranges_map_one_to_one_and_many_to_one() {
+    let Some(site) = Site::new("ovn_traffic::port_ranges", 2, 1) else {
+        return;
+    };
+    let _ssh = site.vms[0].serve_tcp(22).unwrap();
+    site.sync(&[
+        site.forward("shift", Protocol::Tcp, "4010:4012", 0, "8010:8012"),
+        site.forward("fan-in", Protocol::Tcp, "4020:4021", 0, "22"),
+    ]);
+    let client = &site.client;
+    eventually("the fan-in forward", 3, || {
+        client.tcp_exchange(site.gw(4020), "r")
+    });
+    client.tcp_exchange(site.gw(4021), "r").unwrap();
+    // One to one: with only 8010+k listening, exactly 4010+k reaches it (the VM refuses the
+    // other ports itself).
+    for k in 0..3u16 {
+        let _one = site.vms[0].serve_tcp(8010 + k).unwrap();
+        for j in 0..3u16 {
+            let answer = client.tcp_exchange(site.gw(4010 + j), "r");
+            assert_eq!(
+                answer.is_ok(),
+                j == k,
+                "gateway port {} with only VM port {} listening: {answer:?}",
+                4010 + j,
+                8010 + k
+            );
+        }
+    }
+    let _all = serve_tcp(&site.vms[0], 8010..=8012);
+    assert!(client.tcp_exchange(site.gw(4013), "r").is_err());
+    assert!(client.tcp_exchange(site.gw(4009), "r").is_err());
+    assert!(client.tcp_exchange(site.gw(4022), "r").is_err());
+}
+
+/// Established connections are cut by ovn-controller, not by the agent: our load balancers
+/// carry `options:ct_flush=true`, and when a VIP goes, ovn-controller (OVN 23.03) sends OVS a
+/// conntrack flush for its 5-tuple (`Flushing CT for 5-tuple: vip=…, backend=…` in its debug
+/// log) before it reports the change applied; the entry is gone from every zone when sync
+/// returns. The client's next segment is then new to the router's conntrack, finds no load
+/// balancer, is addressed to the router itself and is dropped: the client sees a timeout, not
+/// a reset, and nothing more reaches the VM.
+///
+/// Both halves are needed, as seen by breaking the driver: without `ct_flush`, or with the load
+/// balancer on the router only (OVN 23.03 gives ovn-controller only the load balancers of
+/// logical switches), the entry stays; without `ct_flush` the established connection was seen
+/// to keep working (until conntrack's idle timeout).
+#[test]
+fn a_removed_mapping_stops_new_connections_and_cuts_established_ones() {
+    let Some(site) = Site::new("ovn_traffic::removed_mapping", 3, 1) else {
+        return;
+    };
+    let _tcp = site.vms[0].serve_tcp(22).unwrap();
+    let keep = site.forward("keep", Protocol::Tcp, "4001", 0, "22");
+    site.sync(&[
+        site.forward("gone", Protocol::Tcp, "4000", 0, "22"),
+        keep.clone(),
+    ]);
+    let client = &site.client;
+    let mut established = eventually("the forward", 3, || connect(client, site.gw(4000)));
+    let mut other = connect(client, site.gw(4001)).unwrap();
+    let me = format!("from={} ", client.ip);
+    assert_eq!(
+        established.exchange("before").unwrap(),
+        format!("{me}before")
+    );
+    assert_eq!(other.exchange("before").unwrap(), format!("{me}before"));
+    site.print_conntrack("before the removal");
+
+    let out = site.sync(&[keep]);
+    assert_eq!((out.mode, out.removed), (SyncMode::Incremental, 1));
+    site.print_conntrack("after the removal");
+    let entries = site.conntrack();
+    assert!(
+        !entries.iter().any(|e| e.contains("dport=4000)")),
+        "the removed forward's connection is still tracked: {entries:#?}"
+    );
+    assert!(
+        entries.iter().any(|e| e.contains("dport=4001)")),
+        "the other forward's connection is no longer tracked: {entries:#?}"
+    );
+    let after = established.exchange("after");
+    eprintln!(
+        "{}: established connection after the removal: {after:?}",
+        site.test
+    );
+    assert!(
+        after.is_err(),
+        "an established connection outlived its mapping: {after:?}"
+    );
+    assert!(client.tcp_exchange(site.gw(4000), "new").is_err());
+    // The other mapping's connection is untouched.
+    assert_eq!(other.exchange("still").unwrap(), format!("{me}still"));
+}
+
+/// The old connection's conntrack entry is flushed by ovn-controller (`ct_flush`, see above) as
+/// the VIP's backend changes. The client's next segment is then new to the router's
+/// conntrack and is balanced to the new target, which does not know the connection and answers
+/// with a reset.
+#[test]
+fn a_repointed_mapping_serves_new_connections_from_the_new_target_and_cuts_the_old_one() {
+    let Some(site) = Site::new("ovn_traffic::repointed_mapping", 4, 2) else {
+        return;
+    };
+    // Each VM listens on one port only: an answer says which target was reached.
+    let _old = site.vms[0].serve_tcp(22).unwrap();
+    let _new = site.vms[1].serve_tcp(8022).unwrap();
+    site.sync(&[site.forward("ssh", Protocol::Tcp, "4000", 0, "22")]);
+    let client = &site.client;
+    let mut old = eventually("the forward", 3, || connect(client, site.gw(4000)));
+    old.exchange("x").unwrap();
+
+    let out = site.sync(&[site.forward("ssh", Protocol::Tcp, "4000", 1, "8022")]);
+    assert_eq!(
+        (out.mode, out.added, out.removed),
+        (SyncMode::Incremental, 1, 1)
+    );
+    site.print_conntrack("after re-pointing");
+    let old_backend = format!("reply=(src={},", site.vm_ip(0));
+    let entries = site.conntrack();
+    assert!(
+        !entries.iter().any(|e| e.contains(&old_backend)),
+        "the old target's connection is still tracked: {entries:#?}"
+    );
+    let after = old.exchange("y");
+    eprintln!("{}: old connection after re-pointing: {after:?}", site.test);
+    assert!(after.is_err(), "the old connection survived: {after:?}");
+    assert_eq!(
+        client.tcp_exchange(site.gw(4000), "z").unwrap(),
+        format!("from={} z", client.ip)
+    );
+}
+
+#[test]
+fn hairpin_lets_a_vm_reach_itself_and_a_neighbour_through_the_gateway_address() {
+    let Some(site) = Site::new("ovn_traffic::hairpin", 5, 2) else {
+        return;
+    };
+    let _tcp = site.vms[0].serve_tcp(22).unwrap();
+    let _udp = site.vms[0].serve_udp(53).unwrap();
+    site.sync(&[
+        site.forward("ssh", Protocol::Tcp, "4000", 0, "22"),
+        site.forward("dns", Protocol::Udp, "4001", 0, "53"),
+    ]);
+    for (who, vm) in [
+        ("a neighbour", &site.vms[1]),
+        ("the VM itself", &site.vms[0]),
+    ] {
+        let answer = eventually(&format!("tcp hairpin from {who}"), 3, || {
+            vm.tcp_exchange(site.gw(4000), "hi")
+        });
+        eprintln!("{}: tcp from {who} ({}): {answer}", site.test, vm.ip);
+        assert!(answer.ends_with(" hi"), "{answer}");
+        let answer = eventually(&format!("udp hairpin from {who}"), 3, || {
+            vm.udp_exchange(site.gw(4001), "q")
+        });
+        eprintln!("{}: udp from {who} ({}): {answer}", site.test, vm.ip);
+        assert!(answer.ends_with(" q"), "{answer}");
+    }
+    // Not mapped is not forwarded from inside either.
+    assert!(site.vms[1].tcp_exchange(site.gw(4002), "x").is_err());
+}
+
+#[test]
+fn the_routers_snat_keeps_working_next_to_our_forwards() {
+    let Some(site) = Site::new("ovn_traffic::snat", 6, 1) else {
+        return;
+    };
+    let _tcp = site.vms[0].serve_tcp(22).unwrap();
+    site.sync(&[site.forward("ssh", Protocol::Tcp, "4000", 0, "22")]);
+    let (client, vm) = (&site.client, &site.vms[0]);
+    let _out_tcp = client.serve_tcp(9000).unwrap();
+    let _out_udp = client.serve_udp(9000).unwrap();
+    let outside = SocketAddrV4::new(client.ip, 9000);
+    let answer = eventually("tcp from the VM", 3, || vm.tcp_exchange(outside, "out"));
+    assert_eq!(answer, format!("from={} out", site.gateway));
+    let answer = eventually("udp from the VM", 3, || vm.udp_exchange(outside, "out"));
+    assert_eq!(answer, format!("from={} out", site.gateway));
+    // Both directions, interleaved.
+    for i in 0..10 {
+        let msg = format!("m{i}");
+        assert_eq!(
+            client.tcp_exchange(site.gw(4000), &msg).unwrap(),
+            format!("from={} {msg}", client.ip)
+        );
+        assert_eq!(
+            vm.tcp_exchange(outside, &msg).unwrap(),
+            format!("from={} {msg}", site.gateway)
+        );
+    }
+}
+
+/// Checks as the agent does each second, until `check` reports drift or 2 s have passed. Other
+/// tests' changes in the shared database move the fingerprint too (the replica's generation is
+/// the whole database's): those checks say `Intact`, and the loop goes on.
+fn check_until_drifted(site: &Site) -> (Check, Duration) {
+    let start = Instant::now();
+    loop {
+        match site.sync.check(&site.router).unwrap() {
+            Check::Unchanged | Check::Intact if start.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            other => return (other, start.elapsed()),
+        }
+    }
+}
+
+#[test]
+fn a_load_balancer_of_ours_deleted_by_someone_else_is_seen_and_traffic_flows_again_after_sync() {
+    let Some(site) = Site::new("ovn_traffic::drift", 7, 1) else {
+        return;
+    };
+    let _tcp = site.vms[0].serve_tcp(22).unwrap();
+    let _udp = site.vms[0].serve_udp(53).unwrap();
+    let forwards = [
+        site.forward("ssh", Protocol::Tcp, "4000", 0, "22"),
+        site.forward("dns", Protocol::Udp, "4001", 0, "53"),
+    ];
+    site.sync(&forwards);
+    let client = &site.client;
+    eventually("the forward", 3, || client.tcp_exchange(site.gw(4000), "a"));
+    assert!(matches!(
+        site.sync.check(&site.router).unwrap(),
+        Check::Unchanged | Check::Intact
+    ));
+
+    // Deleted as an operator would, and applied on the chassis before we look.
+    let deleted = Instant::now();
+    site.env
+        .nbctl(&["--wait=hv", "lb-del", &site.rows.lb("tcp")])
+        .unwrap();
+    let applied = deleted.elapsed();
+    let (check, seen) = check_until_drifted(&site);
+    assert!(
+        matches!(check, Check::Drifted(_)),
+        "not seen within 2 s: {check:?}"
+    );
+    // Not timed: the forward is really gone until the next sync.
+    assert!(client.tcp_exchange(site.gw(4000), "gone").is_err());
+    let repaired = Instant::now();
+    let out = site.sync(&forwards);
+    let synced = repaired.elapsed();
+    assert_eq!(out.mode, SyncMode::Full);
+    let answer = client.tcp_exchange(site.gw(4000), "b");
+    let working = repaired.elapsed();
+    assert_eq!(answer.unwrap(), format!("from={} b", client.ip));
+    eprintln!(
+        "{}: lb-del applied on the chassis in {applied:.2?}; drift seen {seen:.2?} later; sync \
+         {synced:.2?}; forward working again {:.2?} after the delete (the probe of the broken \
+         forward not counted)",
+        site.test,
+        applied + seen + working
+    );
+    assert_eq!(
+        client.udp_exchange(site.gw(4001), "q").unwrap(),
+        format!("from={} q", client.ip)
+    );
+    assert!(matches!(
+        site.sync.check(&site.router).unwrap(),
+        Check::Unchanged | Check::Intact
+    ));
+}
+
+#[test]
+fn a_forward_works_as_soon_as_sync_returns() {
+    let Some(site) = Site::new("ovn_traffic::timing", 8, 1) else {
+        return;
+    };
+    let _tcp = site.vms[0].serve_tcp(22).unwrap();
+    let client = &site.client;
+    // The router learns the client's MAC on the first exchange, outside the measurement.
+    let mut forwards = vec![site.forward("warm", Protocol::Tcp, "4999", 0, "22")];
+    site.sync(&forwards);
+    eventually("the first forward", 3, || {
+        client.tcp_exchange(site.gw(4999), "w")
+    });
+
+    const TRIALS: u16 = 20;
+    let mut syncs = Vec::new();
+    let mut firsts = Vec::new();
+    let mut retried = 0;
+    for i in 0..TRIALS {
+        forwards.push(site.forward(
+            &format!("t{i}"),
+            Protocol::Tcp,
+            &(5000 + i).to_string(),
+            0,
+            "22",
+        ));
+        let start = Instant::now();
+        let out = site.sync(&forwards);
+        syncs.push(start.elapsed());
+        assert_eq!(out.mode, SyncMode::Incremental);
+        let returned = Instant::now();
+        let deadline = returned + Duration::from_secs(5);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match client.tcp_exchange(site.gw(5000 + i), "t") {
+                Ok(answer) => {
+                    assert_eq!(answer, format!("from={} t", client.ip));
+                    break;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("{}: trial {i} attempt {attempts}: {e}", site.test);
+                }
+                Err(e) => panic!("trial {i}: no answer 5 s after sync returned: {e}"),
+            }
+        }
+        firsts.push(returned.elapsed());
+        if attempts > 1 {
+            retried += 1;
+        }
+    }
+    syncs.sort();
+    firsts.sort();
+    let (p50, max) = (firsts[firsts.len() / 2], firsts[firsts.len() - 1]);
+    eprintln!(
+        "{}: {TRIALS} trials: sync (waiting for hv_cfg) p50 {:.2?} max {:.2?}; sync return -> \
+         first forwarded TCP exchange p50 {p50:.2?} max {max:.2?}; {retried} needed a retry",
+        site.test,
+        syncs[syncs.len() / 2],
+        syncs[syncs.len() - 1],
+    );
+    assert_eq!(retried, 0, "the forward was not working when sync returned");
+    assert!(
+        max < Duration::from_millis(500),
+        "first exchange took {max:?}"
+    );
+}
