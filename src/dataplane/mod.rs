@@ -98,7 +98,7 @@ pub enum DataplaneError {
     #[error("logical router {router} is not in OVN's northbound database")]
     RouterMissing { router: String },
 
-    #[error("the {backend} driver cannot program {what} yet (router {namespace})")]
+    #[error("the {backend} driver cannot program {what} (router {namespace})")]
     Unsupported {
         backend: &'static str,
         namespace: String,

@@ -9,6 +9,8 @@
 //!   transactions that wait until OVN reports them applied (`nb_cfg` → `hv_cfg`).
 //! - [`plan`]: pure functions from the replica and a rule set to the one transaction that
 //!   makes the router's load balancers match it; only rows marked as ours are touched.
+//! - [`policy`]: allowed sources, as router policies of ours that drop other sources of a
+//!   restricted forward at the gateway port (written in the same transaction).
 //!
 //! Reading back is reading the replica, which the monitor keeps current: a load balancer of
 //! ours deleted, edited or detached by someone else moves the replica's generation (the
@@ -16,6 +18,7 @@
 
 pub mod northbound;
 pub mod plan;
+pub mod policy;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -74,17 +77,18 @@ impl OvnBackend {
     /// Writes `rules` for the router of `namespace` in one transaction.
     fn program(&self, namespace: &RouterNamespace, rules: &RuleSet) -> Result<(), DataplaneError> {
         let router_id = router_id(namespace)?;
-        unsupported(namespace, rules)?;
         let ops = self
             .nb
             .read(|replica| {
-                plan::router_view(replica, router_id)
-                    .map(|view| plan::plan(router_id, &view, rules))
+                plan::router_view(replica, router_id).map(|view| {
+                    unsupported(namespace, rules, &view)?;
+                    Ok(plan::plan(router_id, &view, rules))
+                })
             })
             .map_err(|e| Self::error(namespace, e))?
             .ok_or_else(|| DataplaneError::RouterMissing {
                 router: namespace.to_string(),
-            })?;
+            })??;
         self.commit(namespace, ops)
     }
 }
@@ -99,13 +103,21 @@ fn router_id(namespace: &RouterNamespace) -> Result<&str, DataplaneError> {
     }
 }
 
-/// What this driver cannot program yet is refused, never programmed in part: a forward
-/// without its source restriction would be open to everyone.
-fn unsupported(namespace: &RouterNamespace, rules: &RuleSet) -> Result<(), DataplaneError> {
-    let what = if !rules.restricted.is_empty() {
-        "allowed sources"
-    } else if !rules.masqueraded.is_empty() {
-        "masquerade"
+/// What this driver cannot program is refused, never programmed in part.
+///
+/// Masquerade: OVN 23.03 has no way to source-NAT the connections of one load balancer on a
+/// router with a distributed gateway port (Neutron's routers): `lb_force_snat_ip` works only
+/// on gateway routers and would apply to every load balancer of the router, Neutron's and
+/// Octavia's too. Allowed sources need a gateway port to be enforced at.
+fn unsupported(
+    namespace: &RouterNamespace,
+    rules: &RuleSet,
+    view: &plan::RouterView,
+) -> Result<(), DataplaneError> {
+    let what = if !rules.masqueraded.is_empty() {
+        MASQUERADE_REFUSED
+    } else if !rules.restricted.is_empty() && view.gateway_ports.is_empty() {
+        "allowed sources on a router without an external gateway"
     } else {
         return Ok(());
     };
@@ -115,6 +127,11 @@ fn unsupported(namespace: &RouterNamespace, rules: &RuleSet) -> Result<(), Datap
         what,
     })
 }
+
+/// Why masquerade is refused, in the words an operator reads in the mapping's error.
+pub const MASQUERADE_REFUSED: &str = "masquerade (the VM seeing the router as the source): \
+    OVN 23.03 cannot source-NAT one forward on a Neutron router without changing every load \
+    balancer of the router";
 
 impl OvnBackend {
     /// Deletes the load balancers of ours whose logical router is gone (Neutron deleted the

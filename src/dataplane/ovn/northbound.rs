@@ -24,7 +24,8 @@ pub type Row = Map<String, Value>;
 /// The columns the driver reads, per table.
 fn monitored() -> Value {
     json!({
-        "Logical_Router": {"columns": ["name", "load_balancer", "ports"]},
+        "Logical_Router": {"columns": ["name", "load_balancer", "ports", "policies"]},
+        "Logical_Router_Policy": {"columns": ["priority", "match", "action", "external_ids"]},
         "Logical_Router_Port": {"columns": ["name", "networks", "gateway_chassis", "ha_chassis_group", "options"]},
         "Logical_Switch": {"columns": ["name", "load_balancer", "ports"]},
         "Logical_Switch_Port": {"columns": ["name", "type", "options"]},

@@ -14,6 +14,7 @@ use std::net::SocketAddrV4;
 use serde_json::{json, Value};
 
 use super::northbound::{reference_set, Replica, Row};
+use super::policy::{self, OurPolicy};
 use crate::dataplane::{ExternalKey, Protocol, RuleSet, Target};
 use crate::ovsdb::value;
 
@@ -65,6 +66,10 @@ pub struct RouterView {
     pub ours: Vec<OurLb>,
     /// Other routers and switches that reference one of ours: (table, uuid, which of ours).
     pub elsewhere: Vec<(&'static str, String, BTreeSet<String>)>,
+    /// The router's gateway ports, by name (where allowed sources are enforced).
+    pub gateway_ports: Vec<String>,
+    /// Our `Logical_Router_Policy` rows on the router (allowed sources).
+    pub policies: Vec<OurPolicy>,
 }
 
 fn is_ours(row: &Row, router_id: &str) -> bool {
@@ -97,20 +102,14 @@ pub fn router_view(replica: &Replica, router_id: &str) -> Option<RouterView> {
         .filter(|(_, row)| row.get("name").and_then(Value::as_str) == Some(name.as_str()))
         .min_by(|a, b| a.0.cmp(b.0))?;
     // Router ports that lead to tenant networks: not the gateway port.
-    let tenant_ports: BTreeSet<String> = reference_set(router, "ports")
+    let (gateway_ports, tenant_ports): (Vec<&Row>, Vec<&Row>) = reference_set(router, "ports")
         .iter()
         .filter_map(|p| replica.row("Logical_Router_Port", p))
-        .filter(|lrp| {
-            let gateway = !reference_set(lrp, "gateway_chassis").is_empty()
-                || !reference_set(lrp, "ha_chassis_group").is_empty()
-                || lrp
-                    .get("options")
-                    .map(value::string_map)
-                    .is_some_and(|o| o.contains_key("redirect-chassis"));
-            !gateway
-        })
-        .filter_map(|lrp| lrp.get("name").and_then(Value::as_str).map(str::to_string))
-        .collect();
+        .partition(|lrp| policy::is_gateway_port(lrp));
+    let port_name = |lrp: &&Row| lrp.get("name").and_then(Value::as_str).map(str::to_string);
+    let tenant_ports: BTreeSet<String> = tenant_ports.iter().filter_map(port_name).collect();
+    let mut gateway_ports: Vec<String> = gateway_ports.iter().filter_map(port_name).collect();
+    gateway_ports.sort();
     // Switch ports of type router that peer with those router ports.
     let peers: BTreeSet<&String> = replica
         .rows("Logical_Switch_Port")
@@ -187,6 +186,8 @@ pub fn router_view(replica: &Replica, router_id: &str) -> Option<RouterView> {
         tenant_switches,
         ours,
         elsewhere,
+        policies: policy::ours_on(replica, router, router_id),
+        gateway_ports,
     })
 }
 
@@ -248,6 +249,7 @@ pub fn rules_of(view: &RouterView) -> RuleSet {
         }
     }
     rules.counted = RuleSet::counted_of(&rules.forwards);
+    policy::read_into(&mut rules, &view.policies, &view.gateway_ports);
     rules
 }
 
@@ -373,6 +375,13 @@ pub fn plan(router_id: &str, view: &RouterView, rules: &RuleSet) -> Vec<Value> {
         }
     };
     attach("Logical_Router", &view.uuid, &view.load_balancers, &mut ops);
+    ops.extend(policy::plan(
+        router_id,
+        &view.uuid,
+        &view.gateway_ports,
+        &view.policies,
+        rules,
+    ));
     for (switch, lbs) in &view.tenant_switches {
         attach("Logical_Switch", switch, lbs, &mut ops);
     }
@@ -398,8 +407,19 @@ pub fn removal(replica: &Replica, router_id: &str) -> Vec<Value> {
         .map(|(uuid, _)| uuid.clone())
         .collect();
     let mut ops = Vec::new();
-    if ours.is_empty() {
-        return ops;
+    // Policies live only as long as a router references them: gone with the router.
+    let name = router_name(router_id);
+    for (uuid, router) in replica.rows("Logical_Router") {
+        if router.get("name").and_then(Value::as_str) == Some(name.as_str()) {
+            let policies = policy::ours_on(replica, router, router_id);
+            ops.extend(policy::plan(
+                router_id,
+                uuid,
+                &[],
+                &policies,
+                &RuleSet::default(),
+            ));
+        }
     }
     for table in ["Logical_Router", "Logical_Switch"] {
         for (uuid, row) in replica.rows(table) {
