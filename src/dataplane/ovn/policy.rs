@@ -4,22 +4,25 @@
 //!
 //! The router pipeline runs its policies (`lr_in_policy`) after un-SNAT and DNAT
 //! (`lr_in_dnat`, where the load balancer's `ct_lb_mark` picks the VM), so a policy sees the
-//! packet already sent to the VM and the connection tracker's original tuple beside it. One
-//! policy per run of consecutive external ports with the same allowed list:
+//! packet already sent to the VM. OVN 23.03's match language has no field for the
+//! connection's original destination (ovn-controller refuses `ct_nw_dst`), so a policy names
+//! the forward by its backend. One policy per run of consecutive external ports of one VM with
+//! the same allowed list whose VM ports are consecutive too (or all one port):
 //!
 //! ```text
-//! inport == "<gateway port>" && ip4 && ct_mark.natted == 1 && ct_nw_dst == <gateway>
-//!   && tcp && ct_tp_dst >= <first> && ct_tp_dst <= <last> && ip4.src != {<allowed>}   → drop
+//! inport == "<gateway port>" && ip4 && ct_mark.natted == 1 && ip4.dst == <vm>
+//!   && tcp && tcp.dst >= <first> && tcp.dst <= <last> && ip4.src != {<allowed>}   → drop
 //! ```
 //!
 //! - `inport`: only traffic that arrived through the router's gateway port. A VM of the
 //!   router's own networks reaching the forward (hairpin) is load-balanced on its tenant switch
 //!   and enters the router, if at all, through a tenant port: the allowed list does not apply
 //!   to it (see `docs/design.md`).
-//! - `ct_mark.natted == 1`: the connection was load-balanced (OVN's `ct_lb_mark` sets it);
-//!   `ct_nw_dst` / `ct_tp_dst` are its original destination, the gateway address and the
-//!   forwarded port, so the policy matches exactly the forward's key, not other traffic to the
-//!   same VM (the router's SNAT replies, a floating IP).
+//! - `ct_mark.natted == 1`: the connection was load-balanced (OVN's `ct_lb_mark` sets it), so
+//!   replies to the VM's own connections through the router's SNAT are not matched. A VM
+//!   socket belongs to one mapping per router, so the backend names the forward; a load
+//!   balancer of someone else's (Neutron's floating-IP port forwarding) to the same VM socket
+//!   would be restricted too.
 //! - Priority [`POLICY_PRIORITY`], the highest: no other policy can let a refused source
 //!   through.
 //!
@@ -55,14 +58,23 @@ pub struct Guard {
     pub gateway: Ipv4Addr,
     pub first: u16,
     pub last: u16,
+    pub vm: Ipv4Addr,
+    pub vm_first: u16,
+    pub vm_last: u16,
     pub allowed: Vec<Ipv4Net>,
 }
 
 impl Guard {
     fn forward_id(&self) -> String {
         format!(
-            "{} {} {}-{}",
-            self.protocol, self.gateway, self.first, self.last
+            "{} {} {}-{} {} {}-{}",
+            self.protocol,
+            self.gateway,
+            self.first,
+            self.last,
+            self.vm,
+            self.vm_first,
+            self.vm_last
         )
     }
 
@@ -85,7 +97,10 @@ impl Guard {
         let gateway = words.next()?.parse().ok()?;
         let (first, last) = words.next()?.split_once('-')?;
         let (first, last) = (first.parse().ok()?, last.parse().ok()?);
-        if words.next().is_some() || first > last {
+        let vm = words.next()?.parse().ok()?;
+        let (vm_first, vm_last) = words.next()?.split_once('-')?;
+        let (vm_first, vm_last) = (vm_first.parse().ok()?, vm_last.parse().ok()?);
+        if words.next().is_some() || first > last || vm_first > vm_last {
             return None;
         }
         let allowed: Vec<Ipv4Net> = ids
@@ -102,6 +117,9 @@ impl Guard {
             gateway,
             first,
             last,
+            vm,
+            vm_first,
+            vm_last,
             allowed,
         })
     }
@@ -118,15 +136,15 @@ impl Guard {
                     .join(", ")
             ),
         };
-        let ports = if self.first == self.last {
-            format!("ct_tp_dst == {}", self.first)
+        let p = self.protocol;
+        let ports = if self.vm_first == self.vm_last {
+            format!("{p}.dst == {}", self.vm_first)
         } else {
-            format!("ct_tp_dst >= {} && ct_tp_dst <= {}", self.first, self.last)
+            format!("{p}.dst >= {} && {p}.dst <= {}", self.vm_first, self.vm_last)
         };
         format!(
-            "inport == {inport} && ip4 && ct_mark.natted == 1 && ct_nw_dst == {} && {} && {ports} && ip4.src != {{{}}}",
-            self.gateway,
-            self.protocol,
+            "inport == {inport} && ip4 && ct_mark.natted == 1 && ip4.dst == {} && {p} && {ports} && ip4.src != {{{}}}",
+            self.vm,
             self.allowed
                 .iter()
                 .map(ToString::to_string)
@@ -148,14 +166,25 @@ pub fn guards(rules: &RuleSet) -> Vec<Guard> {
     // ExternalKey orders by gateway, protocol, port: runs are neighbours.
     let mut out: Vec<Guard> = Vec::new();
     for (key, mut nets) in allowed {
+        let Some(target) = rules.forwards.get(&key) else {
+            continue;
+        };
         nets.sort();
         if let Some(last) = out.last_mut() {
+            let next = |port: u16| u32::from(port) + 1;
+            let shifted = u32::from(last.vm_last)
+                == u32::from(last.vm_first) + u32::from(last.last - last.first)
+                && next(last.vm_last) == u32::from(target.port);
+            let fanned = last.vm_first == last.vm_last && last.vm_last == target.port;
             if last.gateway == key.ip
                 && last.protocol == key.protocol
+                && last.vm == target.ip
                 && last.allowed == nets
-                && u32::from(last.last) + 1 == u32::from(key.port)
+                && next(last.last) == u32::from(key.port)
+                && (shifted || fanned)
             {
                 last.last = key.port;
+                last.vm_last = target.port;
                 continue;
             }
         }
@@ -164,6 +193,9 @@ pub fn guards(rules: &RuleSet) -> Vec<Guard> {
             gateway: key.ip,
             first: key.port,
             last: key.port,
+            vm: target.ip,
+            vm_first: target.port,
+            vm_last: target.port,
             allowed: nets,
         });
     }
@@ -331,25 +363,30 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_ports_with_one_allowed_list_share_one_guard_and_others_get_their_own() {
+    fn consecutive_ports_of_one_vm_with_one_allowed_list_share_one_guard_and_others_get_their_own() {
+        let list = ["198.51.100.0/24", "192.0.2.7/32"];
         let rules = RuleSet::from_forwards(&[
-            forward("a", (4000, 4009), (4000, 4009), &["198.51.100.0/24", "192.0.2.7/32"]),
-            forward("b", (4010, 4010), (22, 22), &["198.51.100.0/24", "192.0.2.7/32"]),
-            forward("c", (4011, 4011), (23, 23), &["192.0.2.0/24"]),
-            forward("d", (5000, 5000), (24, 24), &[]),
+            forward("shift", (4000, 4009), (8000, 8009), &list),
+            forward("next", (4010, 4010), (8010, 8010), &list),
+            forward("fan-in", (4011, 4013), (22, 22), &list),
+            forward("other-list", (4014, 4014), (23, 23), &["192.0.2.0/24"]),
+            forward("open", (5000, 5000), (24, 24), &[]),
         ])
         .unwrap();
         let gw = ["lrp-gw".to_string()];
         let texts: Vec<String> = guards(&rules).iter().map(|g| g.match_text(&gw)).collect();
+        let head = "inport == \"lrp-gw\" && ip4 && ct_mark.natted == 1 && ip4.dst == 10.0.0.5 && tcp";
+        let list = "ip4.src != {192.0.2.7/32, 198.51.100.0/24}";
         assert_eq!(
             texts,
             [
-                "inport == \"lrp-gw\" && ip4 && ct_mark.natted == 1 && ct_nw_dst == 203.0.113.10 && tcp \
-                 && ct_tp_dst >= 4000 && ct_tp_dst <= 4010 && ip4.src != {192.0.2.7/32, 198.51.100.0/24}",
-                "inport == \"lrp-gw\" && ip4 && ct_mark.natted == 1 && ct_nw_dst == 203.0.113.10 && tcp \
-                 && ct_tp_dst == 4011 && ip4.src != {192.0.2.0/24}",
+                format!("{head} && tcp.dst >= 8000 && tcp.dst <= 8010 && {list}"),
+                format!("{head} && tcp.dst == 22 && {list}"),
+                format!("{head} && tcp.dst == 23 && ip4.src != {{192.0.2.0/24}}"),
             ]
         );
+        let ranges: Vec<(u16, u16)> = guards(&rules).iter().map(|g| (g.first, g.last)).collect();
+        assert_eq!(ranges, [(4000, 4010), (4011, 4013), (4014, 4014)]);
     }
 
     fn policy_row(guard: &Guard, gw: &[String]) -> OurPolicy {
