@@ -408,3 +408,144 @@ fn a_missing_router_a_lost_server_and_an_unapplied_change_are_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("masquerade"), "{err}");
 }
+
+/// `(match, action)` of the policies on `neutron-r1` carrying `praas:router_id=r1`, and the
+/// number of all policies in the database.
+fn policies(nb: &NorthboundServer) -> (Vec<(String, String)>, usize) {
+    let ours = nb
+        .nbctl(&[
+            "--format=csv",
+            "--data=bare",
+            "--no-headings",
+            "--columns=match,action",
+            "find",
+            "Logical_Router_Policy",
+            "external_ids:\"praas:router_id\"=r1",
+        ])
+        .unwrap();
+    let mut ours: Vec<(String, String)> = ours
+        .lines()
+        .filter_map(|l| l.rsplit_once(','))
+        .map(|(m, a)| (m.trim_matches('"').replace("\"\"", "\""), a.to_string()))
+        .collect();
+    ours.sort();
+    let all = nb
+        .nbctl(&[
+            "--data=bare",
+            "--no-headings",
+            "--columns=_uuid",
+            "list",
+            "Logical_Router_Policy",
+        ])
+        .unwrap();
+    (ours, all.split_whitespace().count())
+}
+
+fn uuid_of_our_policy(nb: &NorthboundServer) -> String {
+    nb.nbctl(&[
+        "--data=bare",
+        "--no-headings",
+        "--columns=_uuid",
+        "find",
+        "Logical_Router_Policy",
+        "external_ids:\"praas:router_id\"=r1",
+    ])
+    .unwrap()
+    .split_whitespace()
+    .next()
+    .expect("a policy of ours")
+    .to_string()
+}
+
+#[test]
+fn allowed_sources_are_router_policies_of_ours_repaired_and_removed_beside_an_operators() {
+    let Some(nb) = NorthboundServer::start_for("ovn_northbound::allowed_sources") else {
+        return;
+    };
+    topology(&nb);
+    // An operator's own policy on the router.
+    nb.nbctl(&[
+        "lr-policy-add",
+        "neutron-r1",
+        "100",
+        "ip4.src == 10.0.0.0/24",
+        "allow",
+    ])
+    .unwrap();
+    let ovn = Arc::new(backend(&nb, ApplyWait::None, Duration::from_secs(1)));
+    let sync = RouterSync::new(ovn.clone(), Arc::new(NoFlows));
+    let vm = Ipv4Addr::new(10, 0, 0, 5);
+    let mut ssh = forward("a", Protocol::Tcp, (4000, 4001), vm, (8000, 8001));
+    ssh.allowed_cidrs = vec!["198.51.100.0/24".parse().unwrap()];
+    let mut dns = forward("b", Protocol::Udp, (4002, 4002), vm, (53, 53));
+    dns.allowed_cidrs = vec!["192.0.2.7/32".parse().unwrap()];
+    let rules = RuleSet::from_forwards(&[ssh.clone(), dns.clone()]).unwrap();
+    sync.sync(&router(), &rules).unwrap();
+    let (ours, all) = policies(&nb);
+    let head = "inport == \"lrp-gw\" && ip4 && ct_mark.natted == 1 && ip4.dst == 10.0.0.5";
+    assert_eq!(
+        ours,
+        [
+            (
+                format!("{head} && tcp && tcp.dst >= 8000 && tcp.dst <= 8001 && ip4.src != {{198.51.100.0/24}}"),
+                "drop".to_string()
+            ),
+            (
+                format!("{head} && udp && udp.dst == 53 && ip4.src != {{192.0.2.7/32}}"),
+                "drop".to_string()
+            ),
+        ]
+    );
+    assert_eq!(all, 3, "ours and the operator's");
+    assert_eq!(ovn.read_back(&router()).unwrap(), Some(rules.clone()));
+    assert_eq!(sync.check(&router()).unwrap(), Check::Unchanged);
+
+    // Deleted or edited by someone else: seen within 2 s, rewritten by the next sync.
+    for what in ["deleted", "its match edited", "its action edited"] {
+        let uuid = uuid_of_our_policy(&nb);
+        match what {
+            "deleted" => nb.nbctl(&["lr-policy-del", "neutron-r1", &uuid]),
+            "its match edited" => nb.nbctl(&[
+                "set",
+                "Logical_Router_Policy",
+                &uuid,
+                "match=\"ip4.src == 192.0.2.0/24\"",
+            ]),
+            _ => nb.nbctl(&["set", "Logical_Router_Policy", &uuid, "action=allow"]),
+        }
+        .unwrap();
+        let (check, took) = check_until_moved(&sync);
+        assert!(matches!(check, Check::Drifted(_)), "{what}: {check:?}");
+        assert!(took < Duration::from_secs(2), "{what}: seen after {took:?}");
+        sync.sync(&router(), &rules).unwrap();
+        assert_eq!(policies(&nb).0, ours, "{what}: repaired");
+        assert_eq!(policies(&nb).1, 3, "{what}");
+        assert_eq!(sync.check(&router()).unwrap(), Check::Unchanged, "{what}");
+    }
+
+    // A changed list replaces only the policy it concerns; an open forward has none.
+    dns.allowed_cidrs = vec![];
+    let open = RuleSet::from_forwards(&[ssh.clone(), dns.clone()]).unwrap();
+    sync.sync(&router(), &open).unwrap();
+    assert_eq!(policies(&nb).0, ours[..1]);
+    assert_eq!(ovn.read_back(&router()).unwrap(), Some(open));
+
+    // Masquerade is refused with its reason, and nothing is written.
+    dns.masquerade = true;
+    let masqueraded = RuleSet::from_forwards(&[ssh.clone(), dns]).unwrap();
+    let e = ovn.full_sync(&router(), &masqueraded).unwrap_err();
+    assert!(
+        e.to_string().contains("OVN 23.03 cannot source-NAT one forward"),
+        "{e}"
+    );
+    assert_eq!(policies(&nb).0, ours[..1]);
+
+    // Removal takes ours and leaves the operator's.
+    sync.remove(&router()).unwrap();
+    assert_eq!(policies(&nb), (vec![], 1));
+
+    // Policies are not a root table: they go with their router.
+    sync.sync(&router(), &rules).unwrap();
+    nb.nbctl(&["lr-del", "neutron-r1"]).unwrap();
+    assert_eq!(policies(&nb), (vec![], 0));
+}
