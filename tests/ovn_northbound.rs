@@ -535,7 +535,8 @@ fn allowed_sources_are_router_policies_of_ours_repaired_and_removed_beside_an_op
     let masqueraded = RuleSet::from_forwards(&[ssh.clone(), dns]).unwrap();
     let e = ovn.full_sync(&router(), &masqueraded).unwrap_err();
     assert!(
-        e.to_string().contains("OVN 23.03 cannot source-NAT one forward"),
+        e.to_string()
+            .contains("OVN 23.03 cannot source-NAT one forward"),
         "{e}"
     );
     assert_eq!(policies(&nb).0, ours[..1]);

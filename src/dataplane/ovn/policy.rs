@@ -140,7 +140,10 @@ impl Guard {
         let ports = if self.vm_first == self.vm_last {
             format!("{p}.dst == {}", self.vm_first)
         } else {
-            format!("{p}.dst >= {} && {p}.dst <= {}", self.vm_first, self.vm_last)
+            format!(
+                "{p}.dst >= {} && {p}.dst <= {}",
+                self.vm_first, self.vm_last
+            )
         };
         format!(
             "inport == {inport} && ip4 && ct_mark.natted == 1 && ip4.dst == {} && {p} && {ports} && ip4.src != {{{}}}",
@@ -239,7 +242,11 @@ pub fn is_gateway_port(lrp: &Row) -> bool {
 pub fn ours_on(replica: &Replica, router: &Row, router_id: &str) -> Vec<OurPolicy> {
     let mut ours: Vec<OurPolicy> = reference_set(router, "policies")
         .iter()
-        .filter_map(|uuid| replica.row("Logical_Router_Policy", uuid).map(|r| (uuid, r)))
+        .filter_map(|uuid| {
+            replica
+                .row("Logical_Router_Policy", uuid)
+                .map(|r| (uuid, r))
+        })
         .filter(|(_, row)| {
             row.get("external_ids")
                 .map(value::string_map)
@@ -317,7 +324,8 @@ pub fn plan(
     for (i, guard) in wanted.difference(&have).enumerate() {
         let named = format!("policy_{i}");
         let (forward, allowed) = (guard.forward_id(), guard.allowed_id());
-        ops.push(json!({"op": "insert", "table": "Logical_Router_Policy", "uuid-name": named,
+        ops.push(
+            json!({"op": "insert", "table": "Logical_Router_Policy", "uuid-name": named,
             "row": {
                 "priority": POLICY_PRIORITY,
                 "match": guard.match_text(gateway_ports),
@@ -327,7 +335,8 @@ pub fn plan(
                     (FORWARD_KEY, forward.as_str()),
                     (ALLOWED_KEY, allowed.as_str()),
                 ]),
-            }}));
+            }}),
+        );
         add.push(value::named_uuid(&named));
     }
     let mut mutations = Vec::new();
@@ -363,7 +372,8 @@ mod tests {
     }
 
     #[test]
-    fn consecutive_ports_of_one_vm_with_one_allowed_list_share_one_guard_and_others_get_their_own() {
+    fn consecutive_ports_of_one_vm_with_one_allowed_list_share_one_guard_and_others_get_their_own()
+    {
         let list = ["198.51.100.0/24", "192.0.2.7/32"];
         let rules = RuleSet::from_forwards(&[
             forward("shift", (4000, 4009), (8000, 8009), &list),
@@ -375,7 +385,8 @@ mod tests {
         .unwrap();
         let gw = ["lrp-gw".to_string()];
         let texts: Vec<String> = guards(&rules).iter().map(|g| g.match_text(&gw)).collect();
-        let head = "inport == \"lrp-gw\" && ip4 && ct_mark.natted == 1 && ip4.dst == 10.0.0.5 && tcp";
+        let head =
+            "inport == \"lrp-gw\" && ip4 && ct_mark.natted == 1 && ip4.dst == 10.0.0.5 && tcp";
         let list = "ip4.src != {192.0.2.7/32, 198.51.100.0/24}";
         assert_eq!(
             texts,
@@ -435,7 +446,13 @@ mod tests {
             ])
         );
         // Nothing restricted: ours go.
-        let ops = plan("r1", "lr1", &gw, &[policy_row(&guard, &gw)], &RuleSet::default());
+        let ops = plan(
+            "r1",
+            "lr1",
+            &gw,
+            &[policy_row(&guard, &gw)],
+            &RuleSet::default(),
+        );
         assert_eq!(
             ops,
             [
