@@ -739,9 +739,11 @@ fn allowed_sources_let_listed_clients_through_and_refuse_others_from_outside() {
             .collect();
         let mut ssh = site.forward("ssh", Protocol::Tcp, "4000", 0, "22");
         let mut dns = site.forward("dns", Protocol::Udp, "4001", 0, "53");
+        let mut ntp = site.forward("ntp", Protocol::Udp, "4002", 0, "123");
         ssh.allowed_cidrs = cidrs.clone();
-        dns.allowed_cidrs = cidrs;
-        vec![ssh, dns]
+        dns.allowed_cidrs = cidrs.clone();
+        ntp.allowed_cidrs = cidrs;
+        vec![ssh, dns, ntp]
     };
     let client = &site.client;
     let (tcp, udp) = (site.gw(4000), site.gw(4001));
@@ -749,7 +751,7 @@ fn allowed_sources_let_listed_clients_through_and_refuse_others_from_outside() {
     // Only the first client is allowed.
     site.sync(&restricted(&[client.ip]));
     let policies = our_policies(&site);
-    assert_eq!(policies.len(), 2, "one policy per protocol: {policies:?}");
+    assert_eq!(policies.len(), 3, "one policy per VM socket: {policies:?}");
     let answer = eventually("tcp from the allowed client", 3, || {
         client.tcp_exchange(tcp, "a")
     });
@@ -764,6 +766,26 @@ fn allowed_sources_let_listed_clients_through_and_refuse_others_from_outside() {
     refused("udp from the other client", 3, || {
         other.udp_exchange(udp, "b")
     });
+    // The VM's own outbound traffic through the router's SNAT, from the restricted VM port to
+    // a source that is not allowed: its answers come back (`ct_mark.natted` is not set on
+    // them), so the policy refuses only forwarded connections.
+    let _echo = other.serve_udp(7000).unwrap();
+    let vm_socket = praas::dataplane::netns::run_in_path(
+        &praas::dataplane::netns::path_of(&site.vms[0].namespace),
+        || std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 123)),
+    )
+    .unwrap()
+    .unwrap();
+    vm_socket
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let answer = eventually("udp from the restricted VM port through SNAT", 3, || {
+        vm_socket.send_to(b"s", SocketAddrV4::new(other.ip, 7000))?;
+        let mut buf = [0u8; 256];
+        let (n, _) = vm_socket.recv_from(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim_end().to_string())
+    });
+    assert_eq!(answer, format!("from={} s", site.gateway));
     // Hairpin: not restricted (the VMs are not on the list).
     for vm in &site.vms {
         let answer = eventually("tcp hairpin", 3, || vm.tcp_exchange(tcp, "h"));
@@ -802,7 +824,7 @@ fn allowed_sources_let_listed_clients_through_and_refuse_others_from_outside() {
 
     // Restricted again, then the mapping removed: the policies go with the load balancers.
     site.sync(&restricted(&[client.ip]));
-    assert_eq!(our_policies(&site).len(), 2);
+    assert_eq!(our_policies(&site).len(), 3);
     site.sync.remove(&site.router).unwrap();
     assert_eq!(our_policies(&site), Vec::<(String, String)>::new());
 }
