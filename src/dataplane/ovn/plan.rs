@@ -598,4 +598,69 @@ mod tests {
         );
         assert_eq!(neutron_routers(&r).into_iter().collect::<Vec<_>>(), ["r1"]);
     }
+
+    #[test]
+    fn a_restricted_forward_is_its_load_balancer_and_a_policy_in_one_transaction_and_removal_takes_both(
+    ) {
+        let mut restricted = rules();
+        let key = *restricted.forwards.keys().next().unwrap();
+        restricted.restricted.insert(key);
+        restricted
+            .allowed
+            .insert((key, "198.51.100.0/24".parse().unwrap()));
+        let r = replica(base());
+        let view = router_view(&r, "r1").unwrap();
+        assert_eq!(view.gateway_ports, ["lrp-gw"]);
+        let ops = plan("r1", &view, &restricted);
+        let kinds: Vec<(&str, &str)> = ops
+            .iter()
+            .map(|op| (op["op"].as_str().unwrap(), op["table"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("insert", "Load_Balancer"),
+                ("mutate", "Logical_Router"),
+                ("insert", "Logical_Router_Policy"),
+                ("mutate", "Logical_Router"),
+                ("mutate", "Logical_Switch"),
+            ]
+        );
+        assert_eq!(
+            ops[2]["row"]["match"],
+            "inport == \"lrp-gw\" && ip4 && ct_mark.natted == 1 && ip4.dst == 10.0.0.5 && tcp \
+             && tcp.dst == 22 && ip4.src != {198.51.100.0/24}"
+        );
+        assert_eq!(
+            ops[3]["mutations"],
+            json!([["policies", "insert", ["set", [["named-uuid", "policy_0"]]]]])
+        );
+
+        // As the database would hold it: read back whole, nothing to do, removal drops it.
+        let mut rows = base();
+        rows["Load_Balancer"]["a"] = json!({"name": "praas-r1-tcp", "protocol": "tcp",
+            "options": ["map", [["ct_flush", "true"]]],
+            "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
+            "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"]]]});
+        rows["Logical_Router"]["lr1"]["load_balancer"] =
+            json!(["set", [["uuid", "pf"], ["uuid", "a"]]]);
+        rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["uuid", "a"]);
+        rows["Logical_Router"]["lr1"]["policies"] =
+            json!(["set", [["uuid", "p1"], ["uuid", "theirs"]]]);
+        rows["Logical_Router_Policy"] = json!({
+            "p1": {"priority": 32767, "action": "drop", "match": ops[2]["row"]["match"],
+                   "external_ids": ops[2]["row"]["external_ids"]},
+            "theirs": {"priority": 100, "action": "allow", "match": "ip4", "external_ids": ["map", []]}});
+        let r = replica(rows);
+        let view = router_view(&r, "r1").unwrap();
+        assert_eq!(rules_of(&view), restricted);
+        assert!(plan("r1", &view, &restricted).is_empty());
+        let ops = removal(&r, "r1");
+        assert!(
+            ops.contains(&json!({"op": "mutate", "table": "Logical_Router",
+                "where": [["_uuid", "==", ["uuid", "lr1"]]],
+                "mutations": [["policies", "delete", ["set", [["uuid", "p1"]]]]]})),
+            "{ops:#?}"
+        );
+    }
 }
