@@ -140,9 +140,11 @@ impl OvnRouter {
             cloud,
             reqwest::Method::POST,
             "subnets",
-            Some(json!({"subnet": {"name": name, "network_id": id, "ip_version": 4,
+            Some(
+                json!({"subnet": {"name": name, "network_id": id, "ip_version": 4,
                 "cidr": interface.trunc().to_string(), "gateway_ip": interface.addr().to_string(),
-                "enable_dhcp": false}})),
+                "enable_dhcp": false}}),
+            ),
         )
         .await;
         let subnet_id = s(&subnet["subnet"]["id"]);
@@ -170,8 +172,10 @@ impl OvnRouter {
             cloud,
             reqwest::Method::POST,
             "ports",
-            Some(json!({"port": {"network_id": net.id, "name": name, "device_id": name,
-                "device_owner": "compute:nova", "security_groups": [self.group]}})),
+            Some(
+                json!({"port": {"network_id": net.id, "name": name, "device_id": name,
+                "device_owner": "compute:nova", "security_groups": [self.group]}}),
+            ),
         )
         .await;
         let id = s(&port["port"]["id"]);
@@ -248,7 +252,14 @@ async fn remove_router(cloud: &Cloud, id: &str, nets: &[(String, String)], group
             let port = s(&p["id"]);
             neutron_try(cloud, ADMIN, M::DELETE, &format!("ports/{port}"), None).await;
         }
-        neutron_try(cloud, ADMIN, M::DELETE, &format!("networks/{network}"), None).await;
+        neutron_try(
+            cloud,
+            ADMIN,
+            M::DELETE,
+            &format!("networks/{network}"),
+            None,
+        )
+        .await;
     }
     if let Some(group) = group {
         neutron_try(
@@ -281,19 +292,34 @@ async fn remove_leftovers(cloud: &Cloud) {
     let routers = neutron_call(cloud, ADMIN, M::GET, "routers", None).await;
     let networks = neutron_call(cloud, ADMIN, M::GET, "networks", None).await;
     let groups = neutron_call(cloud, ADMIN, M::GET, "security-groups", None).await;
-    for r in routers["routers"].as_array().unwrap().iter().filter(|r| named(r)) {
+    for r in routers["routers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| named(r))
+    {
         let name = s(&r["name"]);
         let nets: Vec<(String, String)> = networks["networks"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|n| n["name"].as_str().is_some_and(|n| n.starts_with(&name)))
-            .map(|n| (s(&n["id"]), n["subnets"][0].as_str().unwrap_or_default().into()))
+            .map(|n| {
+                (
+                    s(&n["id"]),
+                    n["subnets"][0].as_str().unwrap_or_default().into(),
+                )
+            })
             .collect();
         remove_router(cloud, &s(&r["id"]), &nets, None).await;
     }
     // Networks whose router went first.
-    for n in networks["networks"].as_array().unwrap().iter().filter(|n| named(n)) {
+    for n in networks["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| named(n))
+    {
         remove_router(cloud, "none", &[(s(&n["id"]), String::new())], None).await;
     }
     for g in groups["security_groups"]
@@ -463,25 +489,48 @@ impl Site {
                 &format!("name={lb}"),
             ])
             .unwrap();
+        // Where it is attached, by uuid (the `*-lb-list` commands shorten names).
         text += &self
             .env
-            .nbctl(&["lr-lb-list", &format!("neutron-{}", self.router().id)])
+            .nbctl(&[
+                "--columns=name,load_balancer",
+                "list",
+                "Logical_Router",
+                &format!("neutron-{}", self.router().id),
+            ])
             .unwrap();
         for net in &self.router().nets {
-            text += &self
-                .env
-                .nbctl(&["ls-lb-list", &format!("neutron-{}", net.id)])
-                .unwrap();
+            text += &self.switch_lbs(net);
         }
         text
     }
 
+    /// The `load_balancer` column of the switch of `net`.
+    fn switch_lbs(&self, net: &Net) -> String {
+        self.env
+            .nbctl(&[
+                "--columns=name,load_balancer",
+                "list",
+                "Logical_Switch",
+                &format!("neutron-{}", net.id),
+            ])
+            .unwrap()
+    }
+
     /// Whether our load balancer is attached to the switch of `net`.
     fn attached_to(&self, net: &Net) -> bool {
-        self.env
-            .nbctl(&["ls-lb-list", &format!("neutron-{}", net.id)])
-            .unwrap()
-            .contains(&self.lb())
+        let uuid = self
+            .env
+            .nbctl(&[
+                "--bare",
+                "--columns=_uuid",
+                "find",
+                "Load_Balancer",
+                &format!("name={}", self.lb()),
+            ])
+            .unwrap();
+        let uuid = uuid.trim();
+        !uuid.is_empty() && self.switch_lbs(net).contains(uuid)
     }
 
     /// A probe: one TCP exchange from the client to `gateway:port` answers, from the client's
@@ -621,7 +670,10 @@ async fn the_monitor_follows_the_ovn_neutron_into_the_northbound_database() {
     );
     let out = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("printf '{}' | ip -n {ns} -batch -", batch.replace('\n', "\\n")))
+        .arg(format!(
+            "printf '{}' | ip -n {ns} -batch -",
+            batch.replace('\n', "\\n")
+        ))
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -637,7 +689,10 @@ async fn the_monitor_follows_the_ovn_neutron_into_the_northbound_database() {
     )
     .await;
     assert_eq!(site.vips(), format!("{gateway}:{port}={new_ip}:22"));
-    eprintln!("{test}: fixed IP {} -> {new_ip} followed, answering {took:?} after the monitor's cycle", vm.ip);
+    eprintln!(
+        "{test}: fixed IP {} -> {new_ip} followed, answering {took:?} after the monitor's cycle",
+        vm.ip
+    );
 
     // The gateway address changes (the admin picks one), and is followed.
     let public = s(&site.cloud.resources["ovn"]["external_network"]["id"]);
@@ -654,8 +709,10 @@ async fn the_monitor_follows_the_ovn_neutron_into_the_northbound_database() {
             ADMIN,
             reqwest::Method::PUT,
             &path,
-            Some(json!({"router": {"external_gateway_info": {"network_id": public,
-                "external_fixed_ips": [{"subnet_id": subnet, "ip_address": ip.to_string()}]}}})),
+            Some(
+                json!({"router": {"external_gateway_info": {"network_id": public,
+                "external_fixed_ips": [{"subnet_id": subnet, "ip_address": ip.to_string()}]}}}),
+            ),
         )
         .await;
         if status.is_success() {
@@ -674,7 +731,11 @@ async fn the_monitor_follows_the_ovn_neutron_into_the_northbound_database() {
     )
     .await;
     eprintln!("{test}: gateway {gateway} -> {new_gateway} followed in {took:?}");
-    assert!(!site.vips().contains(&gateway.to_string()), "{}", site.vips());
+    assert!(
+        !site.vips().contains(&gateway.to_string()),
+        "{}",
+        site.vips()
+    );
 
     // The gateway is cleared: the mapping is held DOWN and leaves OVN; it comes back with it.
     member(
@@ -722,9 +783,11 @@ async fn the_monitor_follows_the_ovn_neutron_into_the_northbound_database() {
     let report = monitor.cycle(lease).await.unwrap();
     assert_eq!(report.deleted, 1, "{report:?}");
     assert!(site.store.get(&id).await.unwrap().is_none());
-    until(Duration::from_secs(10), "the VIP gone with the port", || {
-        site.vips().is_empty()
-    })
+    until(
+        Duration::from_secs(10),
+        "the VIP gone with the port",
+        || site.vips().is_empty(),
+    )
     .await;
     site.finish().await;
 }
