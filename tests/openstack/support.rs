@@ -111,6 +111,29 @@ impl Cloud {
         None
     }
 
+    /// The Neutron on ML2/OVN (the key `ovn` of resources.json), or `None` (with the reason
+    /// printed) when the dev cloud runs without it (`PRAAS_CLOUD_OVN=0`) or it does not
+    /// answer; under CI that fails instead.
+    pub fn ovn(&self, test: &str) -> Option<&Value> {
+        let ovn = &self.resources["ovn"];
+        let up = ovn["neutron"]
+            .as_str()
+            .is_some_and(|url| std::net::TcpStream::connect(authority(url)).is_ok());
+        if up {
+            return Some(ovn);
+        }
+        let why = format!(
+            "the dev cloud at {} runs no Neutron on ML2/OVN (scripts/ovn up, then \
+             PRAAS_CLOUD_OVN=1 scripts/dev-cloud up)",
+            self.dir.display()
+        );
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: CI must run it: {why}");
+        }
+        praas::testbed::simnode::skipped(test, &why);
+        None
+    }
+
     /// The API with Keystone authentication and Neutron checks, on a fresh SQLite store.
     pub async fn app(&self) -> Router {
         self.app_and_store().await.0
@@ -130,7 +153,12 @@ impl Cloud {
     }
 
     pub async fn app_and_store(&self) -> (Router, Arc<Store>) {
-        let cfg = self.config();
+        self.app_and_store_with(&self.config()).await
+    }
+
+    /// The API and its store as `cfg` configures them (from [`Cloud::config`]).
+    pub async fn app_and_store_with(&self, cfg: &Config) -> (Router, Arc<Store>) {
+        let cfg = cfg.clone();
         let session = runtime::session(&cfg).unwrap();
         let store = runtime::open_store(&cfg).await.unwrap();
         let (directory, _) = runtime::directory(&cfg, session.as_ref());
@@ -222,10 +250,14 @@ pub async fn neutron_try(
     body: Option<Value>,
 ) -> (reqwest::StatusCode, Value) {
     let token = cloud.token(user).await;
-    let url = format!(
-        "{}/v2.0/{path}",
-        cloud.resources["neutron"].as_str().unwrap()
-    );
+    // The clouds `<user>-ovn` of clouds.yaml are the same users in the region of the Neutron
+    // on ML2/OVN.
+    let neutron = if user.ends_with("-ovn") {
+        &cloud.resources["ovn"]["neutron"]
+    } else {
+        &cloud.resources["neutron"]
+    };
+    let url = format!("{}/v2.0/{path}", neutron.as_str().unwrap());
     let mut req = reqwest::Client::new()
         .request(method, &url)
         .header("X-Auth-Token", token);
