@@ -27,9 +27,9 @@ fn ovn_cloud(test: &str) -> Option<(PathBuf, Value)> {
             .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
             .is_some_and(|authority| std::net::TcpStream::connect(authority).is_ok())
     };
-    let up = resources.as_ref().is_some_and(|r| {
-        answers(r["keystone"].as_str()) && answers(r["ovn"]["neutron"].as_str())
-    });
+    let up = resources
+        .as_ref()
+        .is_some_and(|r| answers(r["keystone"].as_str()) && answers(r["ovn"]["neutron"].as_str()));
     if up {
         return Some((dir, resources.unwrap()));
     }
@@ -87,7 +87,10 @@ fn the_ovn_demo_forwards_tcp_and_udp_through_ovn_then_cuts_them_and_leaves_nothi
     let child = child.wait_with_output().unwrap();
     let out = String::from_utf8_lossy(&child.stdout);
     let err = String::from_utf8_lossy(&child.stderr);
-    eprintln!("{out}\n{err}\n{TEST}: the demo took {:?}", started.elapsed());
+    eprintln!(
+        "{out}\n{err}\n{TEST}: the demo took {:?}",
+        started.elapsed()
+    );
     assert!(child.status.success(), "the demo failed: {err}");
 
     // What it showed.
@@ -131,7 +134,12 @@ fn the_ovn_demo_forwards_tcp_and_udp_through_ovn_then_cuts_them_and_leaves_nothi
     );
     let env = OvnEnv::start().unwrap();
     let ports = env
-        .nbctl(&["--bare", "--columns=external_ids", "list", "Logical_Switch_Port"])
+        .nbctl(&[
+            "--bare",
+            "--columns=external_ids",
+            "list",
+            "Logical_Switch_Port",
+        ])
         .unwrap();
     assert!(
         !ports.contains(&format!("praas-demo-vm0-{pid}"))
