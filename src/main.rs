@@ -98,6 +98,11 @@ enum Command {
         /// authentication and Neutron checks, the node built from Neutron's allocation.
         #[arg(long)]
         cloud_dir: Option<PathBuf>,
+        /// Run on the one-chassis OVN of `scripts/ovn` under the dev cloud's OVN Neutron
+        /// (`PRAAS_CLOUD_OVN=1 scripts/dev-cloud up`; needs --cloud-dir): VMs bound to project
+        /// A's Neutron ports, the OVN driver programming its router.
+        #[arg(long, conflicts_with = "driver", requires = "cloud_dir")]
+        ovn: bool,
     },
 }
 
@@ -149,7 +154,11 @@ fn main() -> ExitCode {
         let _ = init_logging(None);
     }
     let result = match cli.command {
-        Command::Demo { driver, cloud_dir } => demo::run(driver, cloud_dir.as_deref()),
+        Command::Demo {
+            driver,
+            cloud_dir,
+            ovn,
+        } => demo::run(driver, cloud_dir.as_deref(), ovn),
         Command::AllInOne { config_file } => serve(config_file, Role::AllInOne),
         Command::Server { config_file } => serve(config_file, Role::Server),
         Command::Agent { config_file } => serve(config_file, Role::Agent),

@@ -1,4 +1,4 @@
-//! `praas demo`: the all-in-one on a simulated network node, with real connections.
+//! The L3-agent demo: the all-in-one on a simulated network node, with real connections.
 //!
 //! With `--cloud-dir` (what `scripts/demo` passes after `scripts/dev-cloud up`) it runs on real
 //! parts: the node is the one an L3 agent would build for project A's router as Neutron
@@ -7,143 +7,45 @@
 //! API runs without authentication.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use praas::config::{AuthStrategy, Config};
 use praas::dataplane::Driver;
-use praas::openstack::{clouds, Session};
 use praas::runtime::{self, Role};
 use praas::testbed::simnode::{SimLayout, SimNode, SimNodeOptions, UPSTREAM_IP};
-use serde_json::{json, Value};
+use serde_json::json;
 
-/// The dev cloud's project A, as `scripts/dev-cloud` wrote it down.
-struct Cloud {
-    dir: PathBuf,
-    resources: Value,
-}
+use super::{Client, Cloud};
 
-impl Cloud {
-    fn load(dir: &Path) -> Result<Cloud> {
-        let path = dir.join("resources.json");
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {} (run scripts/dev-cloud up)", path.display()))?;
-        Ok(Cloud {
-            dir: dir.to_path_buf(),
-            resources: serde_json::from_str(&text)?,
-        })
-    }
-
-    fn a(&self, key: &str) -> Result<String> {
-        self.resources["projects"]["a"][key]
+/// The node an L3 agent would build for project A's router, as Neutron allocated it.
+fn layout(cloud: &Cloud) -> Result<SimLayout> {
+    let res = &cloud.resources;
+    let external: ipnet::Ipv4Net = res["external_network"]["cidr"]
+        .as_str()
+        .context("no external cidr")?
+        .parse()?;
+    let tenant: ipnet::Ipv4Net = cloud.a("cidr")?.parse()?;
+    let vms = res["projects"]["a"]["vms"].as_array().context("no VMs")?;
+    Ok(SimLayout {
+        router_id: cloud.a("router_id")?,
+        gateway: ipnet::Ipv4Net::new(
+            cloud.a("router_gateway_ip")?.parse()?,
+            external.prefix_len(),
+        )?,
+        upstream: res["external_network"]["gateway_ip"]
             .as_str()
-            .map(str::to_string)
-            .with_context(|| format!("resources.json has no projects.a.{key}"))
-    }
-
-    fn session(&self, cloud: &str) -> Result<Arc<Session>> {
-        let config = clouds::load(&self.dir.join("clouds.yaml"), cloud)?;
-        Ok(Arc::new(Session::new(config, Duration::from_secs(10))?))
-    }
-
-    fn layout(&self) -> Result<SimLayout> {
-        let external: ipnet::Ipv4Net = self.resources["external_network"]["cidr"]
-            .as_str()
-            .context("no external cidr")?
-            .parse()?;
-        let tenant: ipnet::Ipv4Net = self.a("cidr")?.parse()?;
-        let vms = self.resources["projects"]["a"]["vms"]
-            .as_array()
-            .context("no VMs")?;
-        Ok(SimLayout {
-            router_id: self.a("router_id")?,
-            gateway: ipnet::Ipv4Net::new(
-                self.a("router_gateway_ip")?.parse()?,
-                external.prefix_len(),
-            )?,
-            upstream: self.resources["external_network"]["gateway_ip"]
-                .as_str()
-                .context("no external gateway")?
-                .parse()?,
-            internal: ipnet::Ipv4Net::new(
-                self.a("router_interface_ip")?.parse()?,
-                tenant.prefix_len(),
-            )?,
-            vm_ips: vms
-                .iter()
-                .map(|v| v["ip"].as_str().unwrap_or_default().parse())
-                .collect::<Result<_, _>>()?,
-        })
-    }
-}
-
-/// Calls the demo's API as one user.
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    /// A Keystone token, or `None` under noauth.
-    token: Option<String>,
-}
-
-impl Client {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        target: &str,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
-        let mut req = self.http.request(method, format!("{}{target}", self.base));
-        req = match &self.token {
-            Some(t) => req.header("X-Auth-Token", t),
-            None => req
-                .header("X-Project-Id", "demo")
-                .header("X-Roles", "member,reader"),
-        };
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    fn curl_auth(&self) -> &'static str {
-        if self.token.is_some() {
-            " -H \"X-Auth-Token: $TOKEN\""
-        } else {
-            ""
-        }
-    }
-
-    async fn wait_active(&self, id: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (_, v) = self
-                .call(reqwest::Method::GET, &format!("/v1/mappings/{id}"), None)
-                .await?;
-            match v["mapping"]["status"].as_str() {
-                Some("ACTIVE") => return Ok(()),
-                Some("ERROR") => bail!("mapping failed: {}", v["mapping"]["status_reason"]),
-                _ if Instant::now() > deadline => bail!("mapping not active after 10 s: {v}"),
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-}
-
-pub fn run(driver: Driver, cloud_dir: Option<&Path>) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the demo builds network namespaces and needs root");
-    }
-    let cloud = cloud_dir.map(Cloud::load).transpose()?;
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(demo(driver, cloud))
+            .context("no external gateway")?
+            .parse()?,
+        internal: ipnet::Ipv4Net::new(
+            cloud.a("router_interface_ip")?.parse()?,
+            tenant.prefix_len(),
+        )?,
+        vm_ips: vms
+            .iter()
+            .map(|v| v["ip"].as_str().unwrap_or_default().parse())
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 async fn exchange(client_ns: &str, dst: SocketAddrV4, msg: &'static str) -> Result<String> {
@@ -151,8 +53,8 @@ async fn exchange(client_ns: &str, dst: SocketAddrV4, msg: &'static str) -> Resu
     Ok(tokio::task::spawn_blocking(move || SimNode::tcp_exchange(&ns, None, dst, msg)).await??)
 }
 
-async fn demo(driver: Driver, cloud: Option<Cloud>) -> Result<()> {
-    let layout = cloud.as_ref().map(Cloud::layout).transpose()?;
+pub(super) async fn demo(driver: Driver, cloud: Option<Cloud>) -> Result<()> {
+    let layout = cloud.as_ref().map(layout).transpose()?;
     match &layout {
         Some(l) => println!(
             "Building the network node an L3 agent would build for project A's router {} \
