@@ -20,6 +20,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
 use praas::dataplane::ovn::{ApplyWait, Northbound, OvnBackend};
 use praas::dataplane::sync::{Check, FlowCleaner, RouterSync, SyncMode, SyncOutcome};
 use praas::dataplane::{
@@ -28,6 +29,7 @@ use praas::dataplane::{
 };
 use praas::ovsdb::{Remote, TlsFiles};
 use praas::testbed::ovn::{self, OvnEnv, OvnNamespace};
+use praas::testbed::ovn_router::{NeutronRouter, RouterLayout};
 use praas::testbed::simnode::{kernel_tests_enabled, Connection, Server, SimNode};
 
 /// OVN flushes conntrack itself (`options:ct_flush` of our load balancers): nothing to delete
@@ -56,64 +58,8 @@ struct Site {
     sync: RouterSync,
     router: RouterNamespace,
     gateway: Ipv4Addr,
-    rows: Rows,
+    rows: NeutronRouter,
     env: Arc<OvnEnv>,
-}
-
-/// The northbound rows of one site, deleted again when dropped (also when the test fails).
-struct Rows {
-    env: Arc<OvnEnv>,
-    router_id: String,
-}
-
-impl Rows {
-    fn router(&self) -> String {
-        format!("neutron-{}", self.router_id)
-    }
-    fn tenant_switch(&self) -> String {
-        format!("neutron-{}-net", self.router_id)
-    }
-    fn external_switch(&self) -> String {
-        format!("neutron-{}-ext", self.router_id)
-    }
-    fn vm_port(&self, vm: usize) -> String {
-        format!("{}-vm{vm}", self.router_id)
-    }
-    fn lb(&self, protocol: &str) -> String {
-        format!("praas-{}-{protocol}", self.router_id)
-    }
-
-    fn delete(&self) {
-        let (router, tenant, external) =
-            (self.router(), self.tenant_switch(), self.external_switch());
-        let (tcp, udp) = (self.lb("tcp"), self.lb("udp"));
-        let mut args: Vec<&str> = Vec::new();
-        for (command, name) in [
-            ("lr-del", &router),
-            ("ls-del", &tenant),
-            ("ls-del", &external),
-            ("lb-del", &tcp),
-            ("lb-del", &udp),
-        ] {
-            if !args.is_empty() {
-                args.push("--");
-            }
-            args.extend(["--if-exists", command, name.as_str()]);
-        }
-        if let Err(e) = self.env.nbctl(&args) {
-            eprintln!("deleting the test's northbound rows: {e}");
-        }
-    }
-}
-
-impl Drop for Rows {
-    fn drop(&mut self) {
-        self.delete();
-    }
-}
-
-fn mac(slot: u8, host: u8) -> String {
-    format!("fa:16:3e:7a:{slot:02x}:{host:02x}")
 }
 
 impl Site {
@@ -123,100 +69,29 @@ impl Site {
             return None;
         }
         let env = OvnEnv::start().expect("scripts/ovn up");
-        let rows = Rows {
-            env: env.clone(),
-            router_id: format!("traffic{slot}"),
-        };
-        // What an earlier run may have left.
-        rows.delete();
         let gateway = Ipv4Addr::new(203, 0, 113, 20 + slot);
         let client_ip = Ipv4Addr::new(203, 0, 113, 120 + slot);
-        let subnet = format!("10.{slot}.0.0/24");
-        let internal_gateway = Ipv4Addr::new(10, slot, 0, 1);
-        let (router, tenant, external) =
-            (rows.router(), rows.tenant_switch(), rows.external_switch());
-        let id = &rows.router_id;
-        let (lrp_int, lrp_gw) = (format!("lrp-{id}-int"), format!("lrp-{id}-gw"));
-        let (int_rp, ext_rp, localnet) = (
-            format!("{id}-int-rp"),
-            format!("{id}-ext-rp"),
-            format!("{id}-ext-localnet"),
-        );
-        let (int_mac, gw_mac) = (mac(slot, 1), mac(slot, 2));
-        let (int_cidr, gw_cidr) = (format!("{internal_gateway}/24"), format!("{gateway}/24"));
-        let (int_peer, ext_peer) = (
-            format!("router-port={lrp_int}"),
-            format!("router-port={lrp_gw}"),
-        );
-        let subnet_config = format!("other_config:subnet={subnet}");
-        let gateway_text = gateway.to_string();
-        let vm_ports: Vec<(String, String, Ipv4Addr)> = (0..vms)
-            .map(|i| {
-                let ip = Ipv4Addr::new(10, slot, 0, 10 + i as u8);
-                let port = rows.vm_port(i);
-                let addresses = format!("{} {ip}", mac(slot, 0x10 + i as u8));
-                (port, addresses, ip)
-            })
-            .collect();
-        let mut commands: Vec<Vec<&str>> = vec![
-            // The tenant network, as Neutron's OVN driver writes it.
-            vec!["ls-add", &tenant],
-            vec!["set", "Logical_Switch", &tenant, &subnet_config],
-            // The router, on the tenant network.
-            vec!["lr-add", &router],
-            vec!["lrp-add", &router, &lrp_int, &int_mac, &int_cidr],
-            vec!["lsp-add", &tenant, &int_rp],
-            vec!["lsp-set-type", &int_rp, "router"],
-            vec!["lsp-set-addresses", &int_rp, "router"],
-            vec!["lsp-set-options", &int_rp, &int_peer],
-            // The external network: physnet1 (br-ex) through a localnet port.
-            vec!["ls-add", &external],
-            vec!["lsp-add", &external, &localnet],
-            vec!["lsp-set-type", &localnet, "localnet"],
-            vec!["lsp-set-addresses", &localnet, "unknown"],
-            vec!["lsp-set-options", &localnet, "network_name=physnet1"],
-            // The router's gateway on it, on the chassis; SNAT of the tenant subnet.
-            vec!["lrp-add", &router, &lrp_gw, &gw_mac, &gw_cidr],
-            vec!["lrp-set-gateway-chassis", &lrp_gw, &env.chassis, "1"],
-            vec!["lsp-add", &external, &ext_rp],
-            vec!["lsp-set-type", &ext_rp, "router"],
-            vec!["lsp-set-addresses", &ext_rp, "router"],
-            vec!["lsp-set-options", &ext_rp, &ext_peer],
-            vec!["lr-nat-add", &router, "snat", &gateway_text, &subnet],
-        ];
-        for (port, addresses, _) in &vm_ports {
-            commands.push(vec!["lsp-add", &tenant, port]);
-            commands.push(vec!["lsp-set-addresses", port, addresses]);
-        }
-        let mut args = vec!["--wait=hv"];
-        for (i, command) in commands.iter().enumerate() {
-            if i > 0 {
-                args.push("--");
-            }
-            args.extend(command);
-        }
-        env.nbctl(&args)
-            .expect("the topology in the northbound database");
-
+        let rows = NeutronRouter::build(
+            &env,
+            RouterLayout {
+                router_id: format!("traffic{slot}"),
+                slot,
+                gateway: Ipv4Net::new(gateway, 24).unwrap(),
+                internal: Ipv4Net::new(Ipv4Addr::new(10, slot, 0, 1), 24).unwrap(),
+                vms: (0..vms)
+                    .map(|i| Ipv4Addr::new(10, slot, 0, 10 + i as u8))
+                    .collect(),
+            },
+        )
+        .expect("the topology in the northbound database");
         let client = OvnNamespace::external(&env, format!("{client_ip}/24").parse().unwrap(), None)
             .expect("external client namespace on br-ex");
-        let vms: Vec<OvnNamespace> = vm_ports
-            .iter()
-            .enumerate()
-            .map(|(i, (port, _, ip))| {
-                OvnNamespace::vm(
-                    &env,
-                    port,
-                    &mac(slot, 0x10 + i as u8),
-                    format!("{ip}/24").parse().unwrap(),
-                    internal_gateway,
-                )
-                .expect("VM namespace on br-int")
+        let vms: Vec<OvnNamespace> = (0..vms)
+            .map(|i| {
+                rows.attach_vm(i)
+                    .expect("VM namespace on br-int, its port bound")
             })
             .collect();
-        for (port, _, _) in &vm_ports {
-            env.wait_port_up(port).expect("the VM's port bound");
-        }
 
         let northbound = Northbound::new(
             vec![Remote::parse(&env.nb).expect("the environment's northbound remote")],
@@ -230,7 +105,7 @@ impl Site {
             client,
             vms,
             sync,
-            router: RouterNamespace::for_router(&rows.router_id, NamespaceKind::OvnRouter),
+            router: RouterNamespace::for_router(&rows.layout.router_id, NamespaceKind::OvnRouter),
             gateway,
             rows,
             env,
@@ -701,7 +576,10 @@ fn our_policies(site: &Site) -> Vec<(String, String)> {
             "--columns=match,action",
             "find",
             "Logical_Router_Policy",
-            &format!("external_ids:\"praas:router_id\"={}", site.rows.router_id),
+            &format!(
+                "external_ids:\"praas:router_id\"={}",
+                site.rows.layout.router_id
+            ),
         ])
         .expect("ovn-nbctl find");
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();

@@ -3,13 +3,15 @@
 //! records its calls ([`fake_dataplane`]), fixed router and port facts ([`StaticDirectory`]),
 //! a node whose namespaces the test decides ([`StaticPlacement`]), a recorder of audit
 //! events ([`audit`]), a private OVN northbound database ([`ovsdb_server`]) and a one-chassis
-//! OVN with namespaces attached to it ([`ovn`]).
+//! OVN with namespaces attached to it ([`ovn`]) and a router in it as Neutron writes it
+//! ([`ovn_router`]).
 //! Nothing in the product's roles uses these.
 
 pub mod audit;
 mod directory;
 pub mod fake_dataplane;
 pub mod ovn;
+pub mod ovn_router;
 pub mod ovsdb_server;
 mod placement;
 pub mod simnode;
