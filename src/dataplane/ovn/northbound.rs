@@ -332,14 +332,36 @@ impl Northbound {
         let start = Instant::now();
         self.wait_until(self.timeout, |r| r.nb_cfg().is_some_and(|v| v >= wanted))
             .map_err(|()| NorthboundError::NotVisible(self.timeout))?;
-        // As `ovn-nbctl --wait`: northd writes hv_cfg from the chassis' reports and sb_cfg once
-        // its southbound transaction commits; both must have reached the change.
+        self.wait_applied_to(wanted, wait, start, apply_timeout)?;
+        Ok(results)
+    }
+
+    /// Waits until OVN reports applied, as `wait` says, every change committed so far that the
+    /// replica has seen (its `nb_cfg`): for a caller that committed with [`ApplyWait::None`]
+    /// and waits apart, as the OVN benchmark does to time the commit and the chassis apart.
+    pub fn wait_applied(&self, wait: ApplyWait, timeout: Duration) -> Result<(), NorthboundError> {
+        let Some(wanted) = self.read(Replica::nb_cfg)? else {
+            return Ok(());
+        };
+        self.wait_applied_to(wanted, wait, Instant::now(), timeout)
+    }
+
+    /// Waits until OVN reports change `wanted` applied as `wait` says, at most `timeout` from
+    /// `since`. As `ovn-nbctl --wait`: northd writes hv_cfg from the chassis' reports and sb_cfg
+    /// once its southbound transaction commits; both must have reached the change.
+    fn wait_applied_to(
+        &self,
+        wanted: i64,
+        wait: ApplyWait,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<(), NorthboundError> {
         let what = match wait {
-            ApplyWait::None => return Ok(results),
+            ApplyWait::None => return Ok(()),
             ApplyWait::Southbound => "sb_cfg",
             ApplyWait::Chassis => "hv_cfg",
         };
-        let left = apply_timeout.saturating_sub(start.elapsed());
+        let left = timeout.saturating_sub(since.elapsed());
         if self
             .wait_until(left, |r| applied(r, wait) >= wanted)
             .is_err()
@@ -355,10 +377,10 @@ impl Northbound {
                     wait,
                 ),
                 wanted,
-                timeout: apply_timeout,
+                timeout,
             });
         }
-        Ok(results)
+        Ok(())
     }
 
     fn drop_connection(&self, conn: &Arc<Connection>) {
