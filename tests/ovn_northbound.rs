@@ -1,6 +1,7 @@
 //! The OVN driver against a real OVN northbound database (a private `ovsdb-server`, no northd,
 //! no chassis): the rows it writes, the rows it leaves alone, repair after someone else's edit,
-//! removal, and a lost connection. Needs OVN's tools, not root.
+//! removal, a lost connection, and a clustered (raft) database used through its leader while
+//! leadership moves. Needs OVN's tools, not root.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -13,13 +14,30 @@ use praas::dataplane::{
     RouterNamespace, RuleSet, Target,
 };
 use praas::ovsdb::{Remote, TlsFiles};
-use praas::testbed::ovsdb_server::NorthboundServer;
+use praas::testbed::ovsdb_server::{NorthboundCluster, NorthboundServer, OvsdbServerError};
 
 const GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
+/// A northbound database the test can run `ovn-nbctl` against: one server or a cluster.
+trait Nbctl {
+    fn nbctl(&self, args: &[&str]) -> Result<String, OvsdbServerError>;
+}
+
+impl Nbctl for NorthboundServer {
+    fn nbctl(&self, args: &[&str]) -> Result<String, OvsdbServerError> {
+        NorthboundServer::nbctl(self, args)
+    }
+}
+
+impl Nbctl for NorthboundCluster {
+    fn nbctl(&self, args: &[&str]) -> Result<String, OvsdbServerError> {
+        NorthboundCluster::nbctl(self, args)
+    }
+}
+
 /// A Neutron-like router: `neutron-r1` with a gateway port on `ext` and an interface on
 /// `int`, as Neutron's OVN driver writes them (lrp-<port>, router-type switch ports).
-fn topology(nb: &NorthboundServer) {
+fn topology(nb: &impl Nbctl) {
     let cmds: &[&[&str]] = &[
         &["ls-add", "neutron-int"],
         &["ls-add", "neutron-ext"],
@@ -105,7 +123,7 @@ fn router() -> RouterNamespace {
 }
 
 /// `name -> vips` of every load balancer, as `ovn-nbctl` lists them.
-fn lbs(nb: &NorthboundServer) -> Vec<(String, String)> {
+fn lbs(nb: &impl Nbctl) -> Vec<(String, String)> {
     let out = nb
         .nbctl(&[
             "--format=csv",
@@ -549,4 +567,101 @@ fn allowed_sources_are_router_policies_of_ours_repaired_and_removed_beside_an_op
     sync.sync(&router(), &rules).unwrap();
     nb.nbctl(&["lr-del", "neutron-r1"]).unwrap();
     assert_eq!(policies(&nb), (vec![], 0));
+}
+
+#[test]
+fn a_clustered_database_is_used_through_its_leader_and_followed_when_leadership_moves() {
+    let Some(mut cluster) = NorthboundCluster::start_for("ovn_northbound::clustered_leader") else {
+        return;
+    };
+    topology(&cluster);
+    let leader = cluster.leader().expect("a leader");
+    // The followers first, as an operator may list them: they are passed over.
+    let order: Vec<usize> = (0..3).filter(|&i| i != leader).chain([leader]).collect();
+    let northbound = Arc::new(Northbound::new(
+        order
+            .iter()
+            .map(|&i| Remote::parse(&cluster.remote(i)).unwrap())
+            .collect(),
+        TlsFiles::default(),
+        Duration::from_secs(5),
+    ));
+    let backend = OvnBackend::new(northbound.clone(), ApplyWait::None, Duration::from_secs(5));
+    let sync = RouterSync::new(Arc::new(backend), Arc::new(NoFlows));
+    let vm = Ipv4Addr::new(10, 0, 0, 5);
+    let forwards: Vec<Forward> = (0..3)
+        .map(|i| {
+            forward(
+                &format!("m{i}"),
+                Protocol::Tcp,
+                (4000 + i, 4000 + i),
+                vm,
+                (22, 22),
+            )
+        })
+        .collect();
+    let sync_to = |n: usize| sync.sync(&router(), &RuleSet::from_forwards(&forwards[..n]).unwrap());
+    let our_vips = |cluster: &NorthboundCluster| {
+        lbs(cluster)
+            .into_iter()
+            .find(|(name, _)| name == "praas-r1-tcp")
+            .map(|(_, vips)| vips)
+            .unwrap_or_default()
+    };
+
+    sync_to(1).expect("a change through the leader");
+    assert_eq!(
+        northbound.connected_to(),
+        Some(cluster.remote(leader)),
+        "connected to the leader, not to the followers listed first"
+    );
+    assert!(our_vips(&cluster).contains("203.0.113.10:4000"));
+
+    // Leadership moves while the old leader keeps running: its _Server row says so, the
+    // connection is given up, and the next change goes to the new leader.
+    let new = cluster
+        .transfer_leadership()
+        .expect("leadership transferred");
+    let t = Instant::now();
+    while northbound.connected_to() == Some(cluster.remote(leader)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still using member {leader} 5 s after it stopped leading"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!(
+        "clustered: the former leader given up {:?} after the transfer",
+        t.elapsed()
+    );
+    sync_to(2).expect("a change after the transfer");
+    assert_eq!(northbound.connected_to(), Some(cluster.remote(new)));
+    let vips = our_vips(&cluster);
+    assert!(vips.contains("203.0.113.10:4000") && vips.contains("203.0.113.10:4001"));
+
+    // The leader crashes: once the other two elect one, a change (the agent's next pass)
+    // goes through it.
+    cluster.kill(new);
+    let t = Instant::now();
+    let newer = cluster
+        .wait_leader(Duration::from_secs(20))
+        .expect("a leader elected among the other two");
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match sync_to(3) {
+            Ok(_) => break,
+            Err(e) if t.elapsed() < Duration::from_secs(20) => {
+                eprintln!("clustered: attempt {attempts}: {}", praas::util::Chain(&e));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("no change went through 20 s after the crash: {e}"),
+        }
+    }
+    eprintln!(
+        "clustered: a change went through {:?} after the leader crashed ({attempts} attempts)",
+        t.elapsed()
+    );
+    assert_eq!(northbound.connected_to(), Some(cluster.remote(newer)));
+    assert!(our_vips(&cluster).contains("203.0.113.10:4002"));
 }

@@ -8,6 +8,7 @@
 //! `hv_cfg` reaches it, every chassis has applied it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,13 +162,29 @@ struct Shared {
 
 /// A connection to the northbound database with its replica; connects again on demand after
 /// the connection is lost.
+///
+/// A clustered (raft) northbound database is used through its leader only, as `ovn-nbctl` and
+/// Neutron do: a follower cut off from the cluster would serve stale rows. Each server's
+/// `_Server` database says whether it is the leader; a remote that is not is passed over, and a
+/// connection whose server stops being the leader is given up, so that the next use connects
+/// to the new one.
 pub struct Northbound {
     remotes: Vec<Remote>,
     tls: TlsFiles,
     timeout: Duration,
-    connection: Mutex<Option<Arc<Connection>>>,
+    connection: Mutex<Option<Live>>,
     shared: Arc<Shared>,
 }
+
+/// The open connection and whether its server has since stopped being usable (a clustered
+/// database's leader no more).
+struct Live {
+    conn: Arc<Connection>,
+    demoted: Arc<AtomicBool>,
+}
+
+/// The monitor of `_Server.Database`, apart from the northbound one on the same connection.
+const SERVER_MONITOR: &str = "praas-server";
 
 impl Northbound {
     pub fn new(remotes: Vec<Remote>, tls: TlsFiles, timeout: Duration) -> Northbound {
@@ -195,19 +212,27 @@ impl Northbound {
     /// filled again from it).
     fn connection(&self) -> Result<Arc<Connection>, NorthboundError> {
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(conn) = slot.as_ref() {
-            if conn.closed().is_none() {
+        if let Some(live) = slot.as_ref() {
+            let conn = &live.conn;
+            if conn.closed().is_none() && !live.demoted.load(Ordering::SeqCst) {
                 return Ok(conn.clone());
             }
-            warn!(remote = conn.remote(), reason = ?conn.closed(), "lost the OVN northbound connection; connecting again");
+            if conn.closed().is_some() {
+                warn!(remote = conn.remote(), reason = ?conn.closed(), "lost the OVN northbound connection; connecting again");
+            } else {
+                warn!(
+                    remote = conn.remote(),
+                    "the OVN northbound server is no longer the cluster's leader; connecting again"
+                );
+            }
             *slot = None;
         }
         let mut last = None;
         for remote in &self.remotes {
             match self.open(remote) {
-                Ok(conn) => {
-                    let conn = Arc::new(conn);
-                    *slot = Some(conn.clone());
+                Ok(live) => {
+                    let conn = live.conn.clone();
+                    *slot = Some(live);
                     return Ok(conn);
                 }
                 Err(e) => {
@@ -225,14 +250,24 @@ impl Northbound {
         })
     }
 
-    fn open(&self, remote: &Remote) -> Result<Connection, OvsdbError> {
+    /// The remote of the open connection, if one is open.
+    pub fn connected_to(&self) -> Option<String> {
+        let slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref()
+            .filter(|live| live.conn.closed().is_none() && !live.demoted.load(Ordering::SeqCst))
+            .map(|live| live.conn.remote().to_string())
+    }
+
+    fn open(&self, remote: &Remote) -> Result<Live, OvsdbError> {
         let shared = self.shared.clone();
         // Notifications that arrive before the initial contents are applied after them: the
         // monitor's reply and its first update cannot be reordered by the server, but the
         // reply is handled on this thread and the update on the reader's.
         let started = Arc::new(Mutex::new(false));
         let early: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
-        let (started_cb, early_cb) = (started.clone(), early.clone());
+        let demoted = Arc::new(AtomicBool::new(false));
+        let (started_cb, early_cb, demoted_cb) = (started.clone(), early.clone(), demoted.clone());
+        let remote_text = remote.to_string();
         let conn = Connection::open(
             remote,
             &self.tls,
@@ -241,6 +276,15 @@ impl Northbound {
                 let Some(updates) = params.get(1) else {
                     return;
                 };
+                if params.get(0).and_then(Value::as_str) == Some(SERVER_MONITOR) {
+                    if let Some(why) =
+                        ServerRole::from_updates(updates).and_then(ServerRole::unusable)
+                    {
+                        warn!(remote = %remote_text, why, "giving up the OVN northbound connection");
+                        demoted_cb.store(true, Ordering::SeqCst);
+                    }
+                    return;
+                }
                 if !*started_cb.lock().unwrap_or_else(|e| e.into_inner()) {
                     early_cb
                         .lock()
@@ -253,6 +297,25 @@ impl Northbound {
                 shared.changed.notify_all();
             }),
         )?;
+        // Leader only: what this server says of the northbound database, before reading it.
+        match conn.monitor(
+            "_Server",
+            SERVER_MONITOR,
+            json!({"Database": {"columns": ["name", "model", "connected", "leader"]}}),
+        ) {
+            Ok(initial) => {
+                if let Some(why) = ServerRole::from_updates(&initial).and_then(ServerRole::unusable)
+                {
+                    return Err(OvsdbError::Remote {
+                        remote: remote.to_string(),
+                        reason: why.into(),
+                    });
+                }
+            }
+            // An ovsdb-server older than 2.9 has no _Server database: never clustered.
+            Err(OvsdbError::Rpc { ref error, .. }) if error == "unknown database" => {}
+            Err(e) => return Err(e),
+        }
         let initial = conn.monitor(DATABASE, "praas", monitored())?;
         {
             let mut replica = self
@@ -275,7 +338,10 @@ impl Northbound {
             self.shared.changed.notify_all();
         }
         info!(%remote, "connected to the OVN northbound database");
-        Ok(conn)
+        Ok(Live {
+            conn: Arc::new(conn),
+            demoted,
+        })
     }
 
     /// Connects if needed; an error says why the database cannot be used now.
@@ -385,7 +451,10 @@ impl Northbound {
 
     fn drop_connection(&self, conn: &Arc<Connection>) {
         let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+        if slot
+            .as_ref()
+            .is_some_and(|live| Arc::ptr_eq(&live.conn, conn))
+        {
             *slot = None;
         }
     }
@@ -427,6 +496,49 @@ fn applied(replica: &Replica, wait: ApplyWait) -> i64 {
     match wait {
         ApplyWait::Chassis => sb.min(replica.hv_cfg().unwrap_or(-1)),
         ApplyWait::Southbound | ApplyWait::None => sb,
+    }
+}
+
+/// What a server's `_Server.Database` row says of the northbound database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ServerRole {
+    /// `standalone`, `clustered` or `relay`.
+    model: String,
+    /// A clustered server: whether it is connected to the cluster, and its leader.
+    connected: bool,
+    leader: bool,
+}
+
+impl ServerRole {
+    /// The northbound database's row in a `_Server` monitor's initial contents or update, if
+    /// it is there.
+    fn from_updates(updates: &Value) -> Option<ServerRole> {
+        let rows = updates.get("Database")?.as_object()?;
+        rows.values().find_map(|change| {
+            let row = change.get("new")?;
+            if row.get("name")?.as_str()? != DATABASE {
+                return None;
+            }
+            let flag = |column: &str| row.get(column).and_then(Value::as_bool);
+            Some(ServerRole {
+                model: row.get("model")?.as_str()?.to_string(),
+                connected: flag("connected").unwrap_or(false),
+                leader: flag("leader").unwrap_or(false),
+            })
+        })
+    }
+
+    /// Why a server in this role must not be used, or `None`.
+    fn unusable(self) -> Option<&'static str> {
+        if self.model != "clustered" {
+            None
+        } else if !self.connected {
+            Some("this member of the clustered northbound database is cut off from its cluster")
+        } else if !self.leader {
+            Some("not the leader of the clustered northbound database (PRaaS uses the leader)")
+        } else {
+            None
+        }
     }
 }
 
