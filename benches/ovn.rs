@@ -9,7 +9,7 @@
 //! The workload: `forwards` TCP ports forwarded to VMs, 20 ports a VM. Three layouts of it,
 //! each on a router of its own built as Neutron's OVN driver builds one:
 //! - **PRaaS**: the real driver (`OvnBackend` under `RouterSync`, as the agent runs it): every
-//!   port a VIP `gateway:port` of the one load balancer `praas-<router>-tcp`.
+//!   port a VIP `gateway:port` of the VM's load balancer `praas-<router>-tcp-<vm>` (20 VIPs).
 //! - **Neutron PF**: Neutron's OVN port forwarding as its driver writes it: one floating IP a
 //!   VM, one load balancer per floating IP and protocol (`pf-floatingip-<fip>-tcp`, 20 VIPs),
 //!   each attached to the router and to the tenant switch.

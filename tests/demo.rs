@@ -102,8 +102,8 @@ fn the_ovn_demo_forwards_tcp_and_udp_through_ovn_then_cuts_them_and_leaves_nothi
     let expect = [
         format!("tcp  {gateway}:4022 -> "),
         format!("udp  {gateway}:"),
-        format!("name                : praas-{router_id}-tcp"),
-        format!("name                : praas-{router_id}-udp"),
+        format!("name                : praas-{router_id}-tcp-"),
+        format!("name                : praas-{router_id}-udp-"),
         format!("vips                : {{\"{gateway}:4022\"="),
         "options             : {ct_flush=\"true\"}".into(),
         format!("vm0 answered \"from={client} hello\""),

@@ -8,7 +8,7 @@
 //! ```text
 //!  client ns 203.0.113.(60+n) ── br-ex ── Neutron's external network (physnet1)
 //!                                              │ gateway 203.0.113.1xx (Neutron's choice)
-//!                                         neutron-<router>  + praas-<router>-tcp
+//!                                         neutron-<router>  + praas-<router>-tcp-<vm>
 //!                                              │ 10.130.n.1
 //!                        VM ns 10.130.n.x ── neutron-<network>  (a port Neutron bound to the chassis)
 //! ```
@@ -272,16 +272,18 @@ async fn remove_router(cloud: &Cloud, id: &str, nets: &[(String, String)], group
         .await;
     }
     if let Ok(env) = OvnEnv::start() {
-        let (tcp, udp) = (format!("praas-{id}-tcp"), format!("praas-{id}-udp"));
-        let _ = env.nbctl(&[
-            "--if-exists",
-            "lb-del",
-            &tcp,
-            "--",
-            "--if-exists",
-            "lb-del",
-            &udp,
-        ]);
+        let ours = env
+            .nbctl(&[
+                "--bare",
+                "--columns=_uuid",
+                "find",
+                "Load_Balancer",
+                &format!("external_ids:\"praas:router_id\"={id}"),
+            ])
+            .unwrap_or_default();
+        for lb in ours.split_whitespace() {
+            let _ = env.nbctl(&["--if-exists", "lb-del", lb]);
+        }
     }
 }
 
@@ -457,36 +459,63 @@ impl Site {
         }
     }
 
-    fn lb(&self) -> String {
-        format!("praas-{}-tcp", self.router().id)
+    /// The `find` condition for our TCP load balancers of the router (one per VM).
+    fn ours_condition(&self) -> [String; 2] {
+        [
+            format!("external_ids:\"praas:router_id\"={}", self.router().id),
+            "protocol=tcp".into(),
+        ]
     }
 
-    /// The `vips` of our TCP load balancer of the router ("" if there is none).
+    /// The `vips` of our TCP load balancers of the router, in one line ("" if there is none).
     fn vips(&self) -> String {
-        self.env
+        let [router, protocol] = self.ours_condition();
+        let out = self
+            .env
             .nbctl(&[
                 "--data=bare",
                 "--no-headings",
                 "--columns=vips",
                 "find",
                 "Load_Balancer",
-                &format!("name={}", self.lb()),
+                &router,
+                &protocol,
             ])
-            .unwrap()
-            .trim()
-            .to_string()
+            .unwrap();
+        let mut vips: Vec<&str> = out.split_whitespace().collect();
+        vips.sort();
+        vips.join(" ")
     }
 
-    /// Our load balancer's row and where it is attached, as ovn-nbctl shows them.
+    /// The uuids of our TCP load balancers of the router.
+    fn our_uuids(&self) -> Vec<String> {
+        let [router, protocol] = self.ours_condition();
+        self.env
+            .nbctl(&[
+                "--bare",
+                "--columns=_uuid",
+                "find",
+                "Load_Balancer",
+                &router,
+                &protocol,
+            ])
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Our load balancers' rows and where they are attached, as ovn-nbctl shows them.
     fn ours(&self) -> String {
-        let lb = self.lb();
+        let [router, protocol] = self.ours_condition();
         let mut text = self
             .env
             .nbctl(&[
                 "--columns=_uuid,name,protocol,vips,external_ids,options",
                 "find",
                 "Load_Balancer",
-                &format!("name={lb}"),
+                &router,
+                &protocol,
             ])
             .unwrap();
         // Where it is attached, by uuid (the `*-lb-list` commands shorten names).
@@ -517,20 +546,11 @@ impl Site {
             .unwrap()
     }
 
-    /// Whether our load balancer is attached to the switch of `net`.
+    /// Whether our load balancers (there is at least one) are attached to the switch of `net`.
     fn attached_to(&self, net: &Net) -> bool {
-        let uuid = self
-            .env
-            .nbctl(&[
-                "--bare",
-                "--columns=_uuid",
-                "find",
-                "Load_Balancer",
-                &format!("name={}", self.lb()),
-            ])
-            .unwrap();
-        let uuid = uuid.trim();
-        !uuid.is_empty() && self.switch_lbs(net).contains(uuid)
+        let uuids = self.our_uuids();
+        let lbs = self.switch_lbs(net);
+        !uuids.is_empty() && uuids.iter().all(|uuid| lbs.contains(uuid))
     }
 
     /// A probe: one TCP exchange from the client to `gateway:port` answers, from the client's
@@ -817,7 +837,8 @@ async fn neutron_sync_leaves_our_rows_and_a_new_router_interface_gets_them() {
     )
     .await;
     let before = site.ours();
-    assert!(before.contains(&site.lb()), "{before}");
+    let lb = format!("praas-{}-tcp-{}", site.router().id, vm.ip);
+    assert!(before.contains(&lb), "{before}");
 
     // The sync, with the OVN Neutron's own configuration.
     let venv = std::env::var("PRAAS_CLOUD_VENV").unwrap_or_else(|_| {

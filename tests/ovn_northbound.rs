@@ -197,22 +197,26 @@ fn forwards_become_our_load_balancers_on_the_router_and_its_tenant_switches_only
                 "203.0.113.20:22=10.0.0.7:22".to_string()
             ),
             (
-                "praas-r1-tcp".to_string(),
+                "praas-r1-tcp-10.0.0.5".to_string(),
                 "203.0.113.10:4000=10.0.0.5:22".to_string()
             ),
             (
-                "praas-r1-udp".to_string(),
+                "praas-r1-udp-10.0.0.5".to_string(),
                 "203.0.113.10:4001=10.0.0.5:5001 203.0.113.10:4002=10.0.0.5:5002".to_string()
             ),
         ]
     );
     assert_eq!(
         attached(&nb, "router", "neutron-r1"),
-        ["pf-floatingip-f1-tcp", "praas-r1-tcp", "praas-r1-udp"]
+        [
+            "pf-floatingip-f1-tcp",
+            "praas-r1-tcp-10.0.0.5",
+            "praas-r1-udp-10.0.0.5"
+        ]
     );
     assert_eq!(
         attached(&nb, "switch", "neutron-int"),
-        ["praas-r1-tcp", "praas-r1-udp"]
+        ["praas-r1-tcp-10.0.0.5", "praas-r1-udp-10.0.0.5"]
     );
     assert!(
         attached(&nb, "switch", "neutron-ext").is_empty(),
@@ -225,10 +229,11 @@ fn forwards_become_our_load_balancers_on_the_router_and_its_tenant_switches_only
             "--columns=external_ids,options",
             "find",
             "Load_Balancer",
-            "name=praas-r1-tcp",
+            "name=praas-r1-tcp-10.0.0.5",
         ])
         .unwrap();
     assert!(ids.contains("praas:router_id=r1"), "{ids}");
+    assert!(ids.contains("praas:backend=10.0.0.5"), "{ids}");
     assert!(ids.contains("ct_flush=true"), "{ids}");
     assert_eq!(ovn.read_back(&router()).unwrap(), Some(rules.clone()));
 
@@ -253,7 +258,8 @@ fn changes_are_one_transaction_of_vip_mutations_and_removal_leaves_neutrons_rows
     );
     sync.sync(&router(), &RuleSet::from_forwards([&a, &b]).unwrap())
         .unwrap();
-    // b re-pointed, c added (UDP), a removed: one incremental update.
+    // b re-pointed to another VM (its load balancer), c added (UDP), a removed (the first
+    // VM's TCP load balancer goes): one incremental update.
     let b2 = forward(
         "b",
         Protocol::Tcp,
@@ -273,11 +279,11 @@ fn changes_are_one_transaction_of_vip_mutations_and_removal_leaves_neutrons_rows
                 "203.0.113.20:22=10.0.0.7:22".to_string()
             ),
             (
-                "praas-r1-tcp".to_string(),
+                "praas-r1-tcp-10.0.0.6".to_string(),
                 "203.0.113.10:4001=10.0.0.6:8080".to_string()
             ),
             (
-                "praas-r1-udp".to_string(),
+                "praas-r1-udp-10.0.0.5".to_string(),
                 "203.0.113.10:4002=10.0.0.5:53".to_string()
             ),
         ]
@@ -287,7 +293,7 @@ fn changes_are_one_transaction_of_vip_mutations_and_removal_leaves_neutrons_rows
     sync.sync(&router(), &only_udp).unwrap();
     assert_eq!(
         attached(&nb, "router", "neutron-r1"),
-        ["pf-floatingip-f1-tcp", "praas-r1-udp"]
+        ["pf-floatingip-f1-tcp", "praas-r1-udp-10.0.0.5"]
     );
     sync.verify(&router()).unwrap();
 
@@ -344,21 +350,21 @@ fn a_deleted_detached_or_edited_load_balancer_of_ours_is_seen_and_repaired() {
     assert_eq!(check, Check::Intact);
 
     let edits: &[(&str, &[&str])] = &[
-        ("deleted", &["lb-del", "praas-r1-tcp"]),
+        ("deleted", &["lb-del", "praas-r1-tcp-10.0.0.5"]),
         (
             "detached from the router",
-            &["lr-lb-del", "neutron-r1", "praas-r1-udp"],
+            &["lr-lb-del", "neutron-r1", "praas-r1-udp-10.0.0.5"],
         ),
         (
             "detached from a tenant switch",
-            &["ls-lb-del", "neutron-int", "praas-r1-tcp"],
+            &["ls-lb-del", "neutron-int", "praas-r1-tcp-10.0.0.5"],
         ),
         (
             "a VIP edited",
             &[
                 "set",
                 "Load_Balancer",
-                "praas-r1-udp",
+                "praas-r1-udp-10.0.0.5",
                 "vips:\"203.0.113.10:4001\"=\"10.0.0.99:53\"",
             ],
         ),
@@ -604,7 +610,7 @@ fn a_clustered_database_is_used_through_its_leader_and_followed_when_leadership_
     let our_vips = |cluster: &NorthboundCluster| {
         lbs(cluster)
             .into_iter()
-            .find(|(name, _)| name == "praas-r1-tcp")
+            .find(|(name, _)| name == "praas-r1-tcp-10.0.0.5")
             .map(|(_, vips)| vips)
             .unwrap_or_default()
     };

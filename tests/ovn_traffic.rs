@@ -456,7 +456,7 @@ fn a_load_balancer_of_ours_deleted_by_someone_else_is_seen_and_traffic_flows_aga
     // Deleted as an operator would, and applied on the chassis before we look.
     let deleted = Instant::now();
     site.env
-        .nbctl(&["--wait=hv", "lb-del", &site.rows.lb("tcp")])
+        .nbctl(&["--wait=hv", "lb-del", &site.rows.lb("tcp", site.vm_ip(0))])
         .unwrap();
     let applied = deleted.elapsed();
     let (check, seen) = check_until_drifted(&site);

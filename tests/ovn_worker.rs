@@ -72,19 +72,23 @@ fn config(db: &str, nb: &NorthboundServer, host: &str) -> Config {
     cfg
 }
 
-/// The `vips` of our TCP load balancer of router r1, as ovn-nbctl shows them ("" if none).
+/// The `vips` of our TCP load balancers of router r1 (one per VM), as ovn-nbctl shows them,
+/// in one line ("" if none).
 fn vips(nb: &NorthboundServer) -> String {
-    nb.nbctl(&[
-        "--data=bare",
-        "--no-headings",
-        "--columns=vips",
-        "find",
-        "Load_Balancer",
-        "name=praas-r1-tcp",
-    ])
-    .unwrap()
-    .trim()
-    .to_string()
+    let out = nb
+        .nbctl(&[
+            "--data=bare",
+            "--no-headings",
+            "--columns=vips",
+            "find",
+            "Load_Balancer",
+            "external_ids:\"praas:router_id\"=r1",
+            "protocol=tcp",
+        ])
+        .unwrap();
+    let mut vips: Vec<&str> = out.split_whitespace().collect();
+    vips.sort();
+    vips.join(" ")
 }
 
 async fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) -> Duration {

@@ -361,11 +361,8 @@ async fn steps(
         tcp.id
     );
     delete(&api, made, &tcp.id).await?;
-    wait_gone(env, &format!("praas-{}-tcp", a.router_id)).await?;
-    println!(
-        "  OVN: the load balancer praas-{}-tcp is gone (no TCP mapping left on the router)",
-        a.router_id
-    );
+    wait_gone(env, &a.router_id, "tcp").await?;
+    println!("  OVN: PRaaS's TCP load balancer of the router is gone (no TCP mapping left)");
     let ns = client_ns.clone();
     tokio::task::spawn_blocking(move || -> Result<()> {
         let refused = until_fails(|| SimNode::tcp_exchange(&ns, None, tcp_gw, "again"))?;
@@ -391,11 +388,8 @@ async fn steps(
         udp.id
     );
     delete(&api, made, &udp.id).await?;
-    wait_gone(env, &format!("praas-{}-udp", a.router_id)).await?;
-    println!(
-        "  OVN: the load balancer praas-{}-udp is gone too",
-        a.router_id
-    );
+    wait_gone(env, &a.router_id, "udp").await?;
+    println!("  OVN: its UDP load balancer is gone too");
     let ns = client_ns.clone();
     let silent = tokio::task::spawn_blocking(move || {
         until_fails(|| SimNode::udp_exchange(&ns, None, udp_gw, "anyone?"))
@@ -486,19 +480,21 @@ fn print_indented(text: &str) {
     }
 }
 
-/// Waits until the load balancer `name` is gone from the northbound database.
-async fn wait_gone(env: &Arc<OvnEnv>, name: &str) -> Result<()> {
+/// Waits until PRaaS has no load balancer of `protocol` left for the router.
+async fn wait_gone(env: &Arc<OvnEnv>, router_id: &str, protocol: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let env = env.clone();
-        let filter = format!("name={name}");
+        let ours = format!("external_ids:\"praas:router_id\"=\"{router_id}\"");
+        let protocol_filter = format!("protocol={protocol}");
         let rows = tokio::task::spawn_blocking(move || {
             env.nbctl(&[
                 "--bare",
                 "--columns=_uuid",
                 "find",
                 "Load_Balancer",
-                &filter,
+                &ours,
+                &protocol_filter,
             ])
         })
         .await??;
@@ -506,7 +502,7 @@ async fn wait_gone(env: &Arc<OvnEnv>, name: &str) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the load balancer {name} is still there 10 s after its last mapping went");
+            bail!("a {protocol} load balancer of ours is still there 10 s after its last mapping went");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -568,12 +564,15 @@ async fn clean_up(a: &ProjectA, env: &Arc<OvnEnv>, admin: &Neutron, made: Made) 
         let env = env.clone();
         let router_id = a.router_id.clone();
         let deleted = tokio::task::spawn_blocking(move || -> Result<()> {
-            for proto in ["tcp", "udp"] {
-                env.nbctl(&[
-                    "--if-exists",
-                    "lb-del",
-                    &format!("praas-{router_id}-{proto}"),
-                ])?;
+            let ours = env.nbctl(&[
+                "--bare",
+                "--columns=_uuid",
+                "find",
+                "Load_Balancer",
+                &format!("external_ids:\"praas:router_id\"=\"{router_id}\""),
+            ])?;
+            for lb in ours.split_whitespace() {
+                env.nbctl(&["--if-exists", "lb-del", lb])?;
             }
             Ok(())
         })

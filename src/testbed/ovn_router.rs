@@ -10,8 +10,7 @@
 //! ```
 //!
 //! The rows are deleted when the [`NeutronRouter`] is dropped, and before they are built (what
-//! an earlier run may have left), together with the load balancers PRaaS names after the
-//! router.
+//! an earlier run may have left), together with PRaaS's load balancers for the router.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -140,9 +139,29 @@ impl NeutronRouter {
         format!("{}-vm{vm}", self.layout.router_id)
     }
 
-    /// The load balancer PRaaS writes for this router and `protocol` (`tcp`, `udp`).
-    pub fn lb(&self, protocol: &str) -> String {
-        format!("praas-{}-{protocol}", self.layout.router_id)
+    /// The load balancer PRaaS writes for this router, `protocol` (`tcp`, `udp`) and VM
+    /// address.
+    pub fn lb(&self, protocol: &str, vm: Ipv4Addr) -> String {
+        format!("praas-{}-{protocol}-{vm}", self.layout.router_id)
+    }
+
+    /// The names of PRaaS's load balancers for this router (marked with its id), sorted.
+    pub fn our_lbs(&self) -> Result<Vec<String>, OvnError> {
+        let out = self.env.nbctl(&[
+            "--bare",
+            "--columns=name",
+            "find",
+            "Load_Balancer",
+            &format!("external_ids:\"praas:router_id\"={}", self.layout.router_id),
+        ])?;
+        let mut names: Vec<String> = out
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// The gateway address.
@@ -181,19 +200,20 @@ impl NeutronRouter {
         Ok(ns)
     }
 
-    /// Deletes the router, its switches and PRaaS's load balancers named after it.
+    /// Deletes the router, its switches and PRaaS's load balancers for it.
     pub fn delete(&self) {
         let (router, tenant, external) =
             (self.router(), self.tenant_switch(), self.external_switch());
-        let (tcp, udp) = (self.lb("tcp"), self.lb("udp"));
+        let lbs = self.our_lbs().unwrap_or_default();
         let mut args: Vec<&str> = Vec::new();
-        for (command, name) in [
+        let deletions = [
             ("lr-del", &router),
             ("ls-del", &tenant),
             ("ls-del", &external),
-            ("lb-del", &tcp),
-            ("lb-del", &udp),
-        ] {
+        ]
+        .into_iter()
+        .chain(lbs.iter().map(|lb| ("lb-del", lb)));
+        for (command, name) in deletions {
             if !args.is_empty() {
                 args.push("--");
             }

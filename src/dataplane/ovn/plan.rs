@@ -2,14 +2,20 @@
 //! rule set needs, what of ours the northbound database holds for that router, and the one
 //! transaction that turns the one into the other. Pure functions, tested without a database.
 //!
-//! Layout (see `docs/design.md`, "OVN"): per router and protocol one `Load_Balancer` named
-//! `praas-<router_id>-<protocol>`, `external_ids` `praas:router_id` and `praas:protocol`, its
-//! `vips` map holding one `gateway:port` → `vm:port` entry per forwarded port; attached to the
-//! logical router `neutron-<router_id>` and to the router's tenant switches (so that a VM can
-//! reach a forward of its own router: hairpin). Rows without those marks are never touched.
+//! Layout (see `docs/design.md`, "OVN"): per router, protocol and VM address one
+//! `Load_Balancer` named `praas-<router_id>-<protocol>-<vm address>`, `external_ids`
+//! `praas:router_id`, `praas:protocol` and `praas:backend`, its `vips` map holding one
+//! `gateway:port` → `vm:port` entry per port forwarded to that VM; attached to the logical
+//! router `neutron-<router_id>` and to the router's tenant switches (so that a VM can reach a
+//! forward of its own router: hairpin). Rows without those marks are never touched.
+//!
+//! One load balancer per VM rather than one per router: OVN reprocesses a changed load
+//! balancer whole, so a change costs with the size of the row it touches (`benches/ovn.rs`: at
+//! 10,000 forwards on a router, +1 took 1.3 s to reach the chassis as one row of 10,000 VIPs,
+//! 0.7 s as 500 rows of 20, Neutron's own layout per floating IP).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde_json::{json, Value};
 
@@ -22,6 +28,8 @@ use crate::ovsdb::value;
 pub const ROUTER_KEY: &str = "praas:router_id";
 /// `external_ids` key naming its protocol.
 pub const PROTOCOL_KEY: &str = "praas:protocol";
+/// `external_ids` key naming the VM address it forwards to.
+pub const BACKEND_KEY: &str = "praas:backend";
 /// Every load balancer of ours is named with this prefix.
 pub const NAME_PREFIX: &str = "praas-";
 
@@ -30,11 +38,31 @@ pub fn router_name(router_id: &str) -> String {
     format!("neutron-{router_id}")
 }
 
-pub fn lb_name(router_id: &str, protocol: Protocol) -> String {
-    format!("{NAME_PREFIX}{router_id}-{protocol}")
+/// Which load balancer of ours a forward lives in: one per router, protocol and VM address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LbKey {
+    pub protocol: Protocol,
+    pub backend: Ipv4Addr,
 }
 
-const PROTOCOLS: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+pub fn lb_name(router_id: &str, key: LbKey) -> String {
+    format!("{NAME_PREFIX}{router_id}-{}-{}", key.protocol, key.backend)
+}
+
+/// The key a row of ours serves, if its name and protocol agree on one.
+fn lb_key(router_id: &str, lb: &OurLb) -> Option<LbKey> {
+    let protocol = match lb.protocol.as_deref()? {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        _ => return None,
+    };
+    let backend = lb
+        .name
+        .strip_prefix(&format!("{NAME_PREFIX}{router_id}-{protocol}-"))?
+        .parse()
+        .ok()?;
+    Some(LbKey { protocol, backend })
+}
 
 /// `Load_Balancer.options` of ours: `ct_flush` makes ovn-controller delete the conntrack
 /// entries of a VIP or backend that is removed (OVN 23.03 and later; for load balancers
@@ -199,11 +227,15 @@ fn backend_of(target: &Target) -> String {
     SocketAddrV4::new(target.ip, target.port).to_string()
 }
 
-/// The `vips` each protocol's load balancer must hold for `rules`.
-pub fn desired_vips(rules: &RuleSet) -> BTreeMap<Protocol, BTreeMap<String, String>> {
-    let mut out: BTreeMap<Protocol, BTreeMap<String, String>> = BTreeMap::new();
+/// The `vips` each load balancer of ours must hold for `rules`.
+pub fn desired_vips(rules: &RuleSet) -> BTreeMap<LbKey, BTreeMap<String, String>> {
+    let mut out: BTreeMap<LbKey, BTreeMap<String, String>> = BTreeMap::new();
     for (key, target) in &rules.forwards {
-        out.entry(key.protocol)
+        let lb = LbKey {
+            protocol: key.protocol,
+            backend: target.ip,
+        };
+        out.entry(lb)
             .or_default()
             .insert(vip_key(key), backend_of(target));
     }
@@ -257,92 +289,50 @@ pub fn rules_of(view: &RouterView) -> RuleSet {
 pub fn plan(router_id: &str, view: &RouterView, rules: &RuleSet) -> Vec<Value> {
     let desired = desired_vips(rules);
     let mut ops = Vec::new();
-    // The load balancer of each protocol that is kept (uuid) or inserted (named uuid).
+    // The load balancers of ours that are kept (uuid) or inserted (named uuid).
     let mut keep: Vec<Value> = Vec::new();
     let mut delete: BTreeSet<String> = BTreeSet::new();
-    for protocol in PROTOCOLS {
-        let name = lb_name(router_id, protocol);
-        let mut candidates = view
-            .ours
-            .iter()
-            .filter(|lb| lb.name == name && lb.protocol.as_deref() == Some(protocol.as_str()));
-        let existing = candidates.next();
-        delete.extend(candidates.map(|lb| lb.uuid.clone()));
-        let wanted = desired.get(&protocol);
-        match (existing, wanted) {
+    // Ours by the key they serve; of duplicates the first is kept. Rows of ours whose name or
+    // protocol match no key (edited by hand, or of an earlier layout) are deleted.
+    let mut existing: BTreeMap<LbKey, &OurLb> = BTreeMap::new();
+    for lb in &view.ours {
+        match lb_key(router_id, lb) {
+            Some(key) if !existing.contains_key(&key) => {
+                existing.insert(key, lb);
+            }
+            _ => {
+                delete.insert(lb.uuid.clone());
+            }
+        }
+    }
+    let keys: BTreeSet<LbKey> = existing.keys().chain(desired.keys()).copied().collect();
+    for (i, key) in keys.into_iter().enumerate() {
+        match (existing.get(&key), desired.get(&key)) {
             (Some(lb), Some(vips)) => {
-                let mut remove: Vec<Value> = Vec::new();
-                let mut add: Vec<Value> = Vec::new();
-                for (vip, backend) in &lb.vips {
-                    if vips.get(vip) != Some(backend) {
-                        remove.push(json!(vip));
-                    }
-                }
-                for (vip, backend) in vips {
-                    if lb.vips.get(vip) != Some(backend) {
-                        add.push(json!([vip, backend]));
-                    }
-                }
-                let mut mutations = Vec::new();
-                if !remove.is_empty() {
-                    mutations.push(json!(["vips", "delete", ["set", remove]]));
-                }
-                if !add.is_empty() {
-                    mutations.push(json!(["vips", "insert", ["map", add]]));
-                }
-                if !mutations.is_empty() {
-                    ops.push(json!({"op": "mutate", "table": "Load_Balancer",
-                        "where": [["_uuid", "==", value::uuid(&lb.uuid)]],
-                        "mutations": mutations}));
-                }
-                if LB_OPTIONS
-                    .iter()
-                    .any(|(k, v)| lb.options.get(*k).map(String::as_str) != Some(*v))
-                {
-                    let keys: Vec<&str> = LB_OPTIONS.iter().map(|(k, _)| *k).collect();
-                    ops.push(json!({"op": "mutate", "table": "Load_Balancer",
-                    "where": [["_uuid", "==", value::uuid(&lb.uuid)]],
-                    "mutations": [
-                        ["options", "delete", ["set", keys]],
-                        ["options", "insert", value::map(LB_OPTIONS)],
-                    ]}));
-                }
-                if lb.external_ids.get(PROTOCOL_KEY).map(String::as_str) != Some(protocol.as_str())
-                {
-                    ops.push(json!({"op": "mutate", "table": "Load_Balancer",
-                    "where": [["_uuid", "==", value::uuid(&lb.uuid)]],
-                    "mutations": [
-                        ["external_ids", "delete", ["set", [PROTOCOL_KEY]]],
-                        ["external_ids", "insert", value::map([(PROTOCOL_KEY, protocol.as_str())])],
-                    ]}));
-                }
+                ops.extend(update(lb, key, vips));
                 keep.push(value::uuid(&lb.uuid));
             }
             (Some(lb), None) => {
                 delete.insert(lb.uuid.clone());
             }
             (None, Some(vips)) => {
-                let named = format!("lb_{protocol}");
+                let named = format!("lb{i}");
+                let backend = key.backend.to_string();
                 ops.push(json!({"op": "insert", "table": "Load_Balancer", "uuid-name": named,
                     "row": {
-                        "name": name,
-                        "protocol": protocol.as_str(),
+                        "name": lb_name(router_id, key),
+                        "protocol": key.protocol.as_str(),
                         "vips": ["map", vips.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()],
-                        "external_ids": value::map([(ROUTER_KEY, router_id), (PROTOCOL_KEY, protocol.as_str())]),
+                        "external_ids": value::map([
+                            (ROUTER_KEY, router_id),
+                            (PROTOCOL_KEY, key.protocol.as_str()),
+                            (BACKEND_KEY, backend.as_str()),
+                        ]),
                         "options": value::map(LB_OPTIONS),
                     }}));
                 keep.push(value::named_uuid(&named));
             }
             (None, None) => {}
-        }
-    }
-    // Ours that are none of the above (another name or protocol, edited by hand): gone.
-    for lb in &view.ours {
-        let known = PROTOCOLS.iter().any(|p| {
-            lb.name == lb_name(router_id, *p) && lb.protocol.as_deref() == Some(p.as_str())
-        });
-        if !known {
-            delete.insert(lb.uuid.clone());
         }
     }
     // Attachments: the router and every tenant switch hold exactly the kept ones of ours.
@@ -394,6 +384,67 @@ pub fn plan(router_id: &str, view: &RouterView, rules: &RuleSet) -> Vec<Value> {
     for uuid in &delete {
         ops.push(json!({"op": "delete", "table": "Load_Balancer",
             "where": [["_uuid", "==", value::uuid(uuid)]]}));
+    }
+    ops
+}
+
+/// The operations that make the kept load balancer `lb` hold `vips`, its options and marks.
+fn update(lb: &OurLb, key: LbKey, vips: &BTreeMap<String, String>) -> Vec<Value> {
+    let mut ops = Vec::new();
+    let this = json!([["_uuid", "==", value::uuid(&lb.uuid)]]);
+    let remove: Vec<Value> = lb
+        .vips
+        .iter()
+        .filter(|(vip, backend)| vips.get(*vip) != Some(*backend))
+        .map(|(vip, _)| json!(vip))
+        .collect();
+    let add: Vec<Value> = vips
+        .iter()
+        .filter(|(vip, backend)| lb.vips.get(*vip) != Some(*backend))
+        .map(|(vip, backend)| json!([vip, backend]))
+        .collect();
+    let mut mutations = Vec::new();
+    if !remove.is_empty() {
+        mutations.push(json!(["vips", "delete", ["set", remove]]));
+    }
+    if !add.is_empty() {
+        mutations.push(json!(["vips", "insert", ["map", add]]));
+    }
+    if !mutations.is_empty() {
+        ops.push(
+            json!({"op": "mutate", "table": "Load_Balancer", "where": this,
+            "mutations": mutations}),
+        );
+    }
+    if LB_OPTIONS
+        .iter()
+        .any(|(k, v)| lb.options.get(*k).map(String::as_str) != Some(*v))
+    {
+        let keys: Vec<&str> = LB_OPTIONS.iter().map(|(k, _)| *k).collect();
+        ops.push(
+            json!({"op": "mutate", "table": "Load_Balancer", "where": this,
+            "mutations": [
+                ["options", "delete", ["set", keys]],
+                ["options", "insert", value::map(LB_OPTIONS)],
+            ]}),
+        );
+    }
+    let backend = key.backend.to_string();
+    let marks = [
+        (PROTOCOL_KEY, key.protocol.as_str()),
+        (BACKEND_KEY, backend.as_str()),
+    ];
+    if marks
+        .iter()
+        .any(|(k, v)| lb.external_ids.get(*k).map(String::as_str) != Some(*v))
+    {
+        ops.push(
+            json!({"op": "mutate", "table": "Load_Balancer", "where": this,
+            "mutations": [
+                ["external_ids", "delete", ["set", [PROTOCOL_KEY, BACKEND_KEY]]],
+                ["external_ids", "insert", value::map(marks)],
+            ]}),
+        );
     }
     ops
 }
@@ -538,7 +589,18 @@ mod tests {
                 ("mutate".into(), "Logical_Switch".into()),
             ]
         );
-        assert_eq!(ops[0]["row"]["name"], "praas-r1-tcp");
+        assert_eq!(ops[0]["row"]["name"], "praas-r1-tcp-10.0.0.5");
+        assert_eq!(
+            ops[0]["row"]["external_ids"],
+            json!([
+                "map",
+                [
+                    ["praas:router_id", "r1"],
+                    ["praas:protocol", "tcp"],
+                    ["praas:backend", "10.0.0.5"]
+                ]
+            ])
+        );
         assert_eq!(
             ops[0]["row"]["vips"],
             json!(["map", [["203.0.113.10:4000", "10.0.0.5:22"]]])
@@ -549,11 +611,7 @@ mod tests {
         );
         assert_eq!(
             ops[1]["mutations"],
-            json!([[
-                "load_balancer",
-                "insert",
-                ["set", [["named-uuid", "lb_tcp"]]]
-            ]])
+            json!([["load_balancer", "insert", ["set", [["named-uuid", "lb0"]]]]])
         );
     }
 
@@ -563,10 +621,11 @@ mod tests {
         let ours = |name: &str| {
             json!({"name": name, "protocol": "tcp", "options": ["map", [["ct_flush", "true"]]],
                    "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
-                   "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"]]]})
+                   "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
+                                            ["praas:backend", "10.0.0.5"]]]})
         };
-        rows["Load_Balancer"]["a"] = ours("praas-r1-tcp");
-        rows["Load_Balancer"]["b"] = ours("praas-r1-tcp");
+        rows["Load_Balancer"]["a"] = ours("praas-r1-tcp-10.0.0.5");
+        rows["Load_Balancer"]["b"] = ours("praas-r1-tcp-10.0.0.5");
         rows["Logical_Router"]["lr1"]["load_balancer"] =
             json!(["set", [["uuid", "pf"], ["uuid", "a"], ["uuid", "b"]]]);
         rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["set", [["uuid", "a"]]]);
@@ -638,10 +697,11 @@ mod tests {
 
         // As the database would hold it: read back whole, nothing to do, removal drops it.
         let mut rows = base();
-        rows["Load_Balancer"]["a"] = json!({"name": "praas-r1-tcp", "protocol": "tcp",
+        rows["Load_Balancer"]["a"] = json!({"name": "praas-r1-tcp-10.0.0.5", "protocol": "tcp",
             "options": ["map", [["ct_flush", "true"]]],
             "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
-            "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"]]]});
+            "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
+                                     ["praas:backend", "10.0.0.5"]]]});
         rows["Logical_Router"]["lr1"]["load_balancer"] =
             json!(["set", [["uuid", "pf"], ["uuid", "a"]]]);
         rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["uuid", "a"]);
@@ -661,6 +721,93 @@ mod tests {
                 "where": [["_uuid", "==", ["uuid", "lr1"]]],
                 "mutations": [["policies", "delete", ["set", [["uuid", "p1"]]]]]})),
             "{ops:#?}"
+        );
+    }
+
+    #[test]
+    fn each_vm_has_a_load_balancer_and_a_repointed_forward_moves_between_them_in_one_transaction() {
+        let forward = |port: u16, vm: u8| Forward {
+            id: format!("m{port}"),
+            external_ip: Ipv4Addr::new(203, 0, 113, 10),
+            protocol: Protocol::Tcp,
+            external_ports: PortRange::new(port, port).unwrap(),
+            internal_ip: Ipv4Addr::new(10, 0, 0, vm),
+            internal_ports: PortRange::new(22, 22).unwrap(),
+            allowed_cidrs: vec![],
+            masquerade: false,
+        };
+        // As an earlier layout left it: one row for the router, both forwards in it.
+        let mut rows = base();
+        rows["Load_Balancer"]["old"] = json!({"name": "praas-r1-tcp", "protocol": "tcp",
+            "options": ["map", [["ct_flush", "true"]]],
+            "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"], ["203.0.113.10:4001", "10.0.0.6:22"]]],
+            "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"]]]});
+        rows["Logical_Router"]["lr1"]["load_balancer"] =
+            json!(["set", [["uuid", "pf"], ["uuid", "old"]]]);
+        rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["uuid", "old"]);
+        let r = replica(rows);
+        let view = router_view(&r, "r1").unwrap();
+        let two = RuleSet::from_forwards([&forward(4000, 5), &forward(4001, 6)]).unwrap();
+        assert_eq!(rules_of(&view).forwards, two.forwards);
+        let ops = plan("r1", &view, &two);
+        let names: Vec<&str> = ops
+            .iter()
+            .filter(|op| op["op"] == "insert")
+            .map(|op| op["row"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["praas-r1-tcp-10.0.0.5", "praas-r1-tcp-10.0.0.6"]);
+        assert_eq!(
+            ops.last().unwrap(),
+            &json!({"op": "delete", "table": "Load_Balancer",
+                    "where": [["_uuid", "==", ["uuid", "old"]]]}),
+            "the earlier layout's row goes in the same transaction"
+        );
+
+        // Now as the new layout holds them; 4001 is re-pointed from .6 to .5.
+        let row = |vm: &str, vips: Value| {
+            json!({"name": format!("praas-r1-tcp-{vm}"), "protocol": "tcp",
+                   "options": ["map", [["ct_flush", "true"]]], "vips": vips,
+                   "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
+                                            ["praas:backend", vm]]]})
+        };
+        let mut rows = base();
+        rows["Load_Balancer"]["a"] = row(
+            "10.0.0.5",
+            json!(["map", [["203.0.113.10:4000", "10.0.0.5:22"]]]),
+        );
+        rows["Load_Balancer"]["b"] = row(
+            "10.0.0.6",
+            json!(["map", [["203.0.113.10:4001", "10.0.0.6:22"]]]),
+        );
+        rows["Logical_Router"]["lr1"]["load_balancer"] =
+            json!(["set", [["uuid", "pf"], ["uuid", "a"], ["uuid", "b"]]]);
+        rows["Logical_Switch"]["ls-int"]["load_balancer"] =
+            json!(["set", [["uuid", "a"], ["uuid", "b"]]]);
+        let r = replica(rows);
+        let view = router_view(&r, "r1").unwrap();
+        assert!(plan("r1", &view, &two).is_empty());
+        let repointed = RuleSet::from_forwards([&forward(4000, 5), &{
+            let mut f = forward(4001, 5);
+            f.internal_ip = Ipv4Addr::new(10, 0, 0, 5);
+            f
+        }])
+        .unwrap();
+        let ops = plan("r1", &view, &repointed);
+        assert_eq!(
+            ops,
+            [
+                json!({"op": "mutate", "table": "Load_Balancer",
+                       "where": [["_uuid", "==", ["uuid", "a"]]],
+                       "mutations": [["vips", "insert", ["map", [["203.0.113.10:4001", "10.0.0.5:22"]]]]]}),
+                json!({"op": "mutate", "table": "Logical_Router",
+                       "where": [["_uuid", "==", ["uuid", "lr1"]]],
+                       "mutations": [["load_balancer", "delete", ["set", [["uuid", "b"]]]]]}),
+                json!({"op": "mutate", "table": "Logical_Switch",
+                       "where": [["_uuid", "==", ["uuid", "ls-int"]]],
+                       "mutations": [["load_balancer", "delete", ["set", [["uuid", "b"]]]]]}),
+                json!({"op": "delete", "table": "Load_Balancer",
+                       "where": [["_uuid", "==", ["uuid", "b"]]]}),
+            ]
         );
     }
 }
