@@ -287,10 +287,20 @@ async fn remove_router(cloud: &Cloud, id: &str, nets: &[(String, String)], group
     }
 }
 
-/// Routers, networks and security groups named by an earlier, interrupted run.
+/// Floating IPs (with their port forwardings), routers, networks and security groups named by
+/// an earlier, interrupted run.
 async fn remove_leftovers(cloud: &Cloud) {
     use reqwest::Method as M;
     let named = |v: &Value| v["name"].as_str().is_some_and(|n| n.starts_with(PREFIX));
+    let fips = neutron_call(cloud, ADMIN, M::GET, "floatingips", None).await;
+    for f in fips["floatingips"].as_array().unwrap().iter().filter(|f| {
+        f["description"]
+            .as_str()
+            .is_some_and(|d| d.starts_with(PREFIX))
+    }) {
+        let path = format!("floatingips/{}", s(&f["id"]));
+        neutron_try(cloud, ADMIN, M::DELETE, &path, None).await;
+    }
     let routers = neutron_call(cloud, ADMIN, M::GET, "routers", None).await;
     let networks = neutron_call(cloud, ADMIN, M::GET, "networks", None).await;
     let groups = neutron_call(cloud, ADMIN, M::GET, "security-groups", None).await;
@@ -898,6 +908,162 @@ async fn neutron_sync_leaves_our_rows_and_a_new_router_interface_gets_them() {
             SimNode::tcp_exchange(&ns, None, SocketAddrV4::new(gateway, port), "hi")
                 .is_ok_and(|a| a.contains(&from))
         },
+    )
+    .await;
+    site.finish().await;
+}
+
+/// The `_uuid` and `vips` of the load balancer `name`, and whether the router holds it.
+fn lb_row(site: &Site, name: &str) -> Option<(String, String, bool)> {
+    let out = site
+        .env
+        .nbctl(&[
+            "--format=csv",
+            "--data=bare",
+            "--no-headings",
+            "--columns=_uuid,vips",
+            "find",
+            "Load_Balancer",
+            &format!("name={name}"),
+        ])
+        .unwrap();
+    let (uuid, vips) = out.trim().split_once(',')?;
+    let router = site
+        .env
+        .nbctl(&[
+            "get",
+            "Logical_Router",
+            &format!("neutron-{}", site.router().id),
+            "load_balancer",
+        ])
+        .unwrap();
+    Some((
+        uuid.into(),
+        vips.trim_matches('"').into(),
+        router.contains(uuid),
+    ))
+}
+
+/// Neutron's own port forwarding (on a floating IP, as its OVN driver writes it) and ours on
+/// one router: both forward, our passes leave Neutron's load balancer as it is, and Neutron's
+/// changes leave ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neutrons_own_port_forwarding_and_ours_share_a_router_and_leave_each_other_alone() {
+    use reqwest::Method as M;
+    let test = "openstack_ovn::neutrons_own_port_forwarding_and_ours_share_a_router";
+    let _one = ONE_WORKER.lock().await;
+    let Some(mut site) = Site::new(test, 4).await else {
+        return;
+    };
+    let net = site.router().nets[0].clone();
+    let (vm, _ours_server) = site.vm(&net, 8080).await;
+    let _neutrons_server = site.vms[0].serve_tcp(2222).unwrap();
+    let gateway = site.router().gateway(&site.cloud).await.unwrap();
+    let mapping = site.map(&vm, 8080).await;
+    let port = mapping["external_port"].as_u64().unwrap() as u16;
+    site.until_status(&s(&mapping["id"]), Status::Active).await;
+
+    // Neutron's port forwarding: a floating IP of the member's, 2222 on it to the same VM.
+    let external = s(&site.cloud.resources["ovn"]["external_network"]["id"]);
+    let fip = member(
+        &site.cloud,
+        M::POST,
+        "floatingips",
+        Some(json!({"floatingip": {"floating_network_id": external,
+            "description": format!("{PREFIX}{test}")}})),
+    )
+    .await;
+    let fip_id = s(&fip["floatingip"]["id"]);
+    let fip_ip: Ipv4Addr = s(&fip["floatingip"]["floating_ip_address"])
+        .parse()
+        .unwrap();
+    let pf = member(
+        &site.cloud,
+        M::POST,
+        &format!("floatingips/{fip_id}/port_forwardings"),
+        Some(json!({"port_forwarding": {"protocol": "tcp",
+            "internal_port_id": vm.port_id, "internal_ip_address": vm.ip.to_string(),
+            "internal_port": 2222, "external_port": 2222}})),
+    )
+    .await;
+    let pf_id = s(&pf["port_forwarding"]["id"]);
+    let theirs = format!("pf-floatingip-{fip_id}-tcp");
+    until(Duration::from_secs(10), "Neutron's load balancer", || {
+        lb_row(&site, &theirs).is_some_and(|(_, _, attached)| attached)
+    })
+    .await;
+    until(
+        Duration::from_secs(10),
+        "Neutron's forward on its floating IP",
+        site.answers(fip_ip, 2222),
+    )
+    .await;
+    until(
+        Duration::from_secs(10),
+        "our forward on the gateway",
+        site.answers(gateway, port),
+    )
+    .await;
+    let theirs_before = lb_row(&site, &theirs).unwrap();
+    assert_eq!(
+        theirs_before.1,
+        format!("{fip_ip}:2222={}:2222", vm.ip),
+        "{theirs_before:?}"
+    );
+    let (ours_before, our_vips) = (site.our_uuids(), site.vips());
+    eprintln!("{test}: Neutron's {theirs} {theirs_before:?} beside ours {ours_before:?}");
+
+    // Two changes of ours (a mapping to the same VM added, then deleted) and a full pass.
+    let second = site.map(&vm, 22).await;
+    let second_id = s(&second["id"]);
+    site.until_status(&second_id, Status::Active).await;
+    let (status, _) = call(
+        &site.app,
+        Some(&site.token),
+        Method::DELETE,
+        &format!("/v1/mappings/{second_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    until(Duration::from_secs(10), "our second VIP gone", || {
+        site.vips() == our_vips
+    })
+    .await;
+    assert_eq!(
+        lb_row(&site, &theirs).as_ref(),
+        Some(&theirs_before),
+        "Neutron's load balancer, as it was"
+    );
+
+    // Neutron takes its port forwarding away: its load balancer goes, ours stays and forwards.
+    member(
+        &site.cloud,
+        M::DELETE,
+        &format!("floatingips/{fip_id}/port_forwardings/{pf_id}"),
+        None,
+    )
+    .await;
+    until(
+        Duration::from_secs(10),
+        "Neutron's load balancer gone",
+        || lb_row(&site, &theirs).is_none(),
+    )
+    .await;
+    assert_eq!(site.our_uuids(), ours_before);
+    assert_eq!(site.vips(), our_vips);
+    assert!(site.attached_to(&net));
+    until(
+        Duration::from_secs(10),
+        "our forward after Neutron's went",
+        site.answers(gateway, port),
+    )
+    .await;
+    member(
+        &site.cloud,
+        M::DELETE,
+        &format!("floatingips/{fip_id}"),
+        None,
     )
     .await;
     site.finish().await;

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use praas::dataplane::ovn::{ApplyWait, Northbound, OvnBackend};
-use praas::dataplane::sync::{Check, FlowCleaner, RouterSync};
+use praas::dataplane::sync::{Check, RouterSync};
 use praas::dataplane::{
-    Backend, DataplaneError, ExternalKey, Forward, NamespaceKind, PortRange, Protocol,
-    RouterNamespace, RuleSet, Target,
+    Backend, DataplaneError, Forward, NamespaceKind, PortRange, Protocol, RouterNamespace, RuleSet,
 };
 use praas::ovsdb::{Remote, TlsFiles};
+// OVN deletes the conntrack entries of removed forwards itself (ct_flush): no cleaner.
+use praas::testbed::fake_dataplane::NoFlows;
 use praas::testbed::ovsdb_server::{NorthboundCluster, NorthboundServer, OvsdbServerError};
 
 const GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -76,17 +77,6 @@ fn topology(nb: &impl Nbctl) {
     ];
     for args in cmds {
         nb.nbctl(args).unwrap();
-    }
-}
-
-struct NoFlows;
-impl FlowCleaner for NoFlows {
-    fn delete_flows(
-        &self,
-        _: &RouterNamespace,
-        _: &[(ExternalKey, Target)],
-    ) -> Result<usize, DataplaneError> {
-        Ok(0)
     }
 }
 

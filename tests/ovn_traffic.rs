@@ -22,29 +22,14 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use praas::dataplane::ovn::{ApplyWait, Northbound, OvnBackend};
-use praas::dataplane::sync::{Check, FlowCleaner, RouterSync, SyncMode, SyncOutcome};
-use praas::dataplane::{
-    DataplaneError, ExternalKey, Forward, NamespaceKind, PortRange, Protocol, RouterNamespace,
-    RuleSet, Target,
-};
+use praas::dataplane::sync::{Check, RouterSync, SyncMode, SyncOutcome};
+use praas::dataplane::{Forward, NamespaceKind, PortRange, Protocol, RouterNamespace, RuleSet};
 use praas::ovsdb::{Remote, TlsFiles};
+// OVN deletes the conntrack entries of removed forwards itself (ct_flush): no cleaner.
+use praas::testbed::fake_dataplane::NoFlows;
 use praas::testbed::ovn::{self, OvnEnv, OvnNamespace};
 use praas::testbed::ovn_router::{NeutronRouter, RouterLayout};
 use praas::testbed::simnode::{kernel_tests_enabled, Connection, Server, SimNode};
-
-/// OVN flushes conntrack itself (`options:ct_flush` of our load balancers): nothing to delete
-/// from the agent.
-struct NoFlows;
-
-impl FlowCleaner for NoFlows {
-    fn delete_flows(
-        &self,
-        _: &RouterNamespace,
-        _: &[(ExternalKey, Target)],
-    ) -> Result<usize, DataplaneError> {
-        Ok(0)
-    }
-}
 
 /// How long a sync may wait for the chassis to apply a change.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
