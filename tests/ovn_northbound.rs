@@ -333,9 +333,21 @@ fn a_deleted_detached_or_edited_load_balancer_of_ours_is_seen_and_repaired() {
     sync.sync(&router(), &rules).unwrap();
     assert_eq!(sync.check(&router()).unwrap(), Check::Unchanged);
 
-    // Someone else's change on the router: seen, read back, ours intact.
+    // A change elsewhere in the database leaves the router's fingerprint: nothing read back.
+    let before = ovn.northbound().generation().unwrap();
     nb.nbctl(&["lb-add", "other", "203.0.113.30:80", "10.0.0.9:80", "tcp"])
         .unwrap();
+    let start = Instant::now();
+    while ovn.northbound().generation().unwrap() == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the replica never moved"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sync.check(&router()).unwrap(), Check::Unchanged);
+    // Someone else's change on the router: seen, read back, ours intact.
+    nb.nbctl(&["lr-lb-add", "neutron-r1", "other"]).unwrap();
     let (check, _) = check_until_moved(&sync);
     assert_eq!(check, Check::Intact);
 

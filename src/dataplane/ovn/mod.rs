@@ -12,17 +12,20 @@
 //! - [`policy`]: allowed sources, as router policies of ours that drop other sources of a
 //!   restricted forward at the gateway port (written in the same transaction).
 //!
-//! Reading back is reading the replica, which the monitor keeps current: a load balancer of
-//! ours deleted, edited or detached by someone else moves the replica's generation (the
-//! [`Fingerprint`]), and the agent's one-second check repairs it.
+//! Reading back is reading the replica, which the monitor keeps current. A router's
+//! [`Fingerprint`] is a hash of its view (its ports, tenant switches, our load balancers and
+//! policies), computed for every router at once when the replica's generation moves: a load
+//! balancer of ours deleted, edited or detached by someone else moves its router's fingerprint
+//! only, and the agent's one-second check reads back and repairs that router alone.
 
 pub mod northbound;
 pub mod plan;
 pub mod policy;
 
 use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tracing::debug;
@@ -36,6 +39,21 @@ pub struct OvnBackend {
     nb: Arc<Northbound>,
     wait: ApplyWait,
     apply_timeout: Duration,
+    fingerprints: Mutex<Fingerprints>,
+}
+
+/// Every router's fingerprint at one generation of the replica.
+#[derive(Default)]
+struct Fingerprints {
+    /// The replica's (epoch, generation) they were computed at.
+    at: Option<(u64, u64)>,
+    by_router: HashMap<String, Fingerprint>,
+}
+
+fn hash_of(value: &impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl OvnBackend {
@@ -45,6 +63,7 @@ impl OvnBackend {
             nb,
             wait,
             apply_timeout,
+            fingerprints: Mutex::new(Fingerprints::default()),
         }
     }
 
@@ -206,30 +225,38 @@ impl Backend for OvnBackend {
         self.commit(namespace, ops)
     }
 
-    /// The logical router's uuid (a router deleted and created again has another) and the
-    /// replica's generation (it moves with every monitored change).
+    /// The logical router's uuid (a router deleted and created again has another) and a hash
+    /// of its view. Computed for every router in one pass when the replica's generation has
+    /// moved since the last call, so that a change elsewhere in the database leaves the
+    /// fingerprints of the routers it does not touch as they were.
     fn fingerprint(
         &self,
         namespace: &RouterNamespace,
     ) -> Result<Option<Fingerprint>, DataplaneError> {
         let router_id = router_id(namespace)?;
-        let name = plan::router_name(router_id);
-        self.nb
-            .read(|replica| {
-                let uuid = replica
-                    .rows("Logical_Router")
-                    .filter(|(_, row)| {
-                        row.get("name").and_then(serde_json::Value::as_str) == Some(name.as_str())
-                    })
-                    .map(|(uuid, _)| uuid)
-                    .min()?;
-                let mut hasher = DefaultHasher::new();
-                uuid.hash(&mut hasher);
-                Some(Fingerprint {
-                    namespace: hasher.finish(),
-                    state: replica.generation,
+        let mut cache = self.fingerprints.lock().unwrap_or_else(|e| e.into_inner());
+        let at = self
+            .nb
+            .generation()
+            .map_err(|e| Self::error(namespace, e))?;
+        if cache.at != Some(at) {
+            *cache = self
+                .nb
+                .read(|replica| Fingerprints {
+                    at: Some((replica.epoch, replica.generation)),
+                    by_router: plan::router_views(replica)
+                        .into_iter()
+                        .map(|(id, view)| {
+                            let fingerprint = Fingerprint {
+                                namespace: hash_of(&view.uuid),
+                                state: hash_of(&view),
+                            };
+                            (id, fingerprint)
+                        })
+                        .collect(),
                 })
-            })
-            .map_err(|e| Self::error(namespace, e))
+                .map_err(|e| Self::error(namespace, e))?;
+        }
+        Ok(cache.by_router.get(router_id).copied())
     }
 }

@@ -14,7 +14,7 @@
 //! 10,000 forwards on a router, +1 took 1.3 s to reach the chassis as one row of 10,000 VIPs,
 //! 0.7 s as 500 rows of 20, Neutron's own layout per floating IP).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde_json::{json, Value};
@@ -71,7 +71,7 @@ fn lb_key(router_id: &str, lb: &OurLb) -> Option<LbKey> {
 pub const LB_OPTIONS: [(&str, &str); 1] = [("ct_flush", "true")];
 
 /// One load balancer of ours, as the replica holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OurLb {
     pub uuid: String,
     pub name: String,
@@ -82,7 +82,7 @@ pub struct OurLb {
 }
 
 /// A logical router and what is attached to it, as far as the driver cares.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct RouterView {
     pub uuid: String,
     /// `Logical_Router.load_balancer`.
@@ -92,7 +92,8 @@ pub struct RouterView {
     pub tenant_switches: BTreeMap<String, BTreeSet<String>>,
     /// Our load balancers for this router.
     pub ours: Vec<OurLb>,
-    /// Other routers and switches that reference one of ours: (table, uuid, which of ours).
+    /// Other routers and switches that reference one of ours: (table, uuid, which of ours),
+    /// sorted.
     pub elsewhere: Vec<(&'static str, String, BTreeSet<String>)>,
     /// The router's gateway ports, by name (where allowed sources are enforced).
     pub gateway_ports: Vec<String>,
@@ -101,122 +102,202 @@ pub struct RouterView {
 }
 
 fn is_ours(row: &Row, router_id: &str) -> bool {
-    let name = row.get("name").and_then(Value::as_str).unwrap_or("");
-    let ids = row
-        .get("external_ids")
-        .map(value::string_map)
-        .unwrap_or_default();
-    name.starts_with(NAME_PREFIX) && ids.get(ROUTER_KEY).map(String::as_str) == Some(router_id)
+    is_any_ours(row).as_deref() == Some(router_id)
 }
 
 /// Whether a load balancer row is one of ours (for any router).
 pub fn is_any_ours(row: &Row) -> Option<String> {
     let name = row.get("name").and_then(Value::as_str).unwrap_or("");
-    let ids = row
-        .get("external_ids")
-        .map(value::string_map)
-        .unwrap_or_default();
     if !name.starts_with(NAME_PREFIX) {
         return None;
     }
-    ids.get(ROUTER_KEY).cloned()
+    row.get("external_ids")
+        .map(value::string_map)
+        .unwrap_or_default()
+        .remove(ROUTER_KEY)
+}
+
+fn our_lb(uuid: &str, row: &Row) -> OurLb {
+    OurLb {
+        uuid: uuid.to_string(),
+        name: row
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        protocol: row
+            .get("protocol")
+            .map(value::string_set)
+            .and_then(|p| p.into_iter().next()),
+        vips: row.get("vips").map(value::string_map).unwrap_or_default(),
+        options: row
+            .get("options")
+            .map(value::string_map)
+            .unwrap_or_default(),
+        external_ids: row
+            .get("external_ids")
+            .map(value::string_map)
+            .unwrap_or_default(),
+    }
+}
+
+/// The replica's rows a router's view is made of, indexed in one pass over the replica: the
+/// views of all routers then cost about one pass in all, not one pass per router.
+struct Index<'a> {
+    replica: &'a Replica,
+    /// Logical routers by name (the lowest uuid where a name repeats).
+    routers: HashMap<&'a str, &'a String>,
+    /// Router-type logical switch ports by the router port they peer with.
+    peers: HashMap<String, Vec<&'a String>>,
+    /// The switches holding each router-type switch port.
+    switches_of_port: HashMap<&'a String, Vec<&'a String>>,
+    /// Our load balancers by router id, sorted by uuid.
+    ours: HashMap<String, Vec<OurLb>>,
+    /// Each router and switch referencing load balancers of ours: (table, uuid) → them.
+    holders: HashMap<&'a String, Vec<(&'static str, &'a String)>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(replica: &'a Replica) -> Index<'a> {
+        let mut routers: HashMap<&str, &String> = HashMap::new();
+        for (uuid, row) in replica.rows("Logical_Router") {
+            if let Some(name) = row.get("name").and_then(Value::as_str) {
+                let slot = routers.entry(name).or_insert(uuid);
+                if uuid < *slot {
+                    *slot = uuid;
+                }
+            }
+        }
+        let mut peers: HashMap<String, Vec<&String>> = HashMap::new();
+        for (uuid, lsp) in replica.rows("Logical_Switch_Port") {
+            if lsp.get("type").and_then(Value::as_str) != Some("router") {
+                continue;
+            }
+            if let Some(rp) = lsp
+                .get("options")
+                .map(value::string_map)
+                .and_then(|mut o| o.remove("router-port"))
+            {
+                peers.entry(rp).or_default().push(uuid);
+            }
+        }
+        let router_ports: BTreeSet<&String> = peers.values().flatten().copied().collect();
+        let mut switches_of_port: HashMap<&String, Vec<&String>> = HashMap::new();
+        let mut ours: HashMap<String, Vec<OurLb>> = HashMap::new();
+        let mut ours_uuids: BTreeSet<&String> = BTreeSet::new();
+        for (uuid, row) in replica.rows("Load_Balancer") {
+            if let Some(router_id) = is_any_ours(row) {
+                ours.entry(router_id).or_default().push(our_lb(uuid, row));
+                ours_uuids.insert(uuid);
+            }
+        }
+        for lbs in ours.values_mut() {
+            lbs.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        }
+        let mut holders: HashMap<&String, Vec<(&'static str, &String)>> = HashMap::new();
+        for table in ["Logical_Router", "Logical_Switch"] {
+            for (uuid, row) in replica.rows(table) {
+                if table == "Logical_Switch" {
+                    // Only switches that hold a router port can be a router's tenant switch.
+                    for port in reference_set(row, "ports") {
+                        if let Some(port) = router_ports.get(&port) {
+                            switches_of_port.entry(port).or_default().push(uuid);
+                        }
+                    }
+                }
+                if ours_uuids.is_empty() {
+                    continue;
+                }
+                for lb in reference_set(row, "load_balancer") {
+                    if let Some(lb) = ours_uuids.get(&lb) {
+                        holders.entry(lb).or_default().push((table, uuid));
+                    }
+                }
+            }
+        }
+        Index {
+            replica,
+            routers,
+            peers,
+            switches_of_port,
+            ours,
+            holders,
+        }
+    }
+
+    /// The view of router `router_id`, or `None` when its logical router is not there.
+    fn view(&self, router_id: &str) -> Option<RouterView> {
+        let replica = self.replica;
+        let uuid = *self.routers.get(router_name(router_id).as_str())?;
+        let router = replica.row("Logical_Router", uuid)?;
+        // Router ports that lead to tenant networks: not the gateway port.
+        let (gateway_ports, tenant_ports): (Vec<&Row>, Vec<&Row>) = reference_set(router, "ports")
+            .iter()
+            .filter_map(|p| replica.row("Logical_Router_Port", p))
+            .partition(|lrp| policy::is_gateway_port(lrp));
+        let port_name = |lrp: &&Row| lrp.get("name").and_then(Value::as_str).map(str::to_string);
+        let mut gateway_ports: Vec<String> = gateway_ports.iter().filter_map(port_name).collect();
+        gateway_ports.sort();
+        // The switches whose router-type ports peer with those router ports.
+        let mut tenant_switches = BTreeMap::new();
+        for name in tenant_ports.iter().filter_map(port_name) {
+            for peer in self.peers.get(&name).into_iter().flatten() {
+                for switch in self.switches_of_port.get(peer).into_iter().flatten() {
+                    if let Some(ls) = replica.row("Logical_Switch", switch) {
+                        tenant_switches.insert(
+                            (*switch).clone(),
+                            reference_set(ls, "load_balancer").into_iter().collect(),
+                        );
+                    }
+                }
+            }
+        }
+        let ours = self.ours.get(router_id).cloned().unwrap_or_default();
+        let mut elsewhere: BTreeMap<(&'static str, &String), BTreeSet<String>> = BTreeMap::new();
+        for lb in &ours {
+            for (table, holder) in self.holders.get(&lb.uuid).into_iter().flatten() {
+                if *holder == uuid
+                    || (*table == "Logical_Switch" && tenant_switches.contains_key(*holder))
+                {
+                    continue;
+                }
+                elsewhere
+                    .entry((*table, *holder))
+                    .or_default()
+                    .insert(lb.uuid.clone());
+            }
+        }
+        Some(RouterView {
+            uuid: uuid.clone(),
+            load_balancers: reference_set(router, "load_balancer").into_iter().collect(),
+            tenant_switches,
+            ours,
+            elsewhere: elsewhere
+                .into_iter()
+                .map(|((table, holder), lbs)| (table, holder.clone(), lbs))
+                .collect(),
+            policies: policy::ours_on(replica, router, router_id),
+            gateway_ports,
+        })
+    }
 }
 
 /// The router's view, or `None` when the logical router is not in the database.
 pub fn router_view(replica: &Replica, router_id: &str) -> Option<RouterView> {
-    let name = router_name(router_id);
-    let (uuid, router) = replica
-        .rows("Logical_Router")
-        .filter(|(_, row)| row.get("name").and_then(Value::as_str) == Some(name.as_str()))
-        .min_by(|a, b| a.0.cmp(b.0))?;
-    // Router ports that lead to tenant networks: not the gateway port.
-    let (gateway_ports, tenant_ports): (Vec<&Row>, Vec<&Row>) = reference_set(router, "ports")
-        .iter()
-        .filter_map(|p| replica.row("Logical_Router_Port", p))
-        .partition(|lrp| policy::is_gateway_port(lrp));
-    let port_name = |lrp: &&Row| lrp.get("name").and_then(Value::as_str).map(str::to_string);
-    let tenant_ports: BTreeSet<String> = tenant_ports.iter().filter_map(port_name).collect();
-    let mut gateway_ports: Vec<String> = gateway_ports.iter().filter_map(port_name).collect();
-    gateway_ports.sort();
-    // Switch ports of type router that peer with those router ports.
-    let peers: BTreeSet<&String> = replica
-        .rows("Logical_Switch_Port")
-        .filter(|(_, lsp)| {
-            lsp.get("type").and_then(Value::as_str) == Some("router")
-                && lsp
-                    .get("options")
-                    .map(value::string_map)
-                    .and_then(|o| o.get("router-port").cloned())
-                    .is_some_and(|rp| tenant_ports.contains(&rp))
-        })
-        .map(|(uuid, _)| uuid)
-        .collect();
-    let mut tenant_switches = BTreeMap::new();
-    if !peers.is_empty() {
-        for (ls_uuid, ls) in replica.rows("Logical_Switch") {
-            if reference_set(ls, "ports").iter().any(|p| peers.contains(p)) {
-                tenant_switches.insert(
-                    ls_uuid.clone(),
-                    reference_set(ls, "load_balancer").into_iter().collect(),
-                );
-            }
-        }
-    }
-    let mut ours: Vec<OurLb> = replica
-        .rows("Load_Balancer")
-        .filter(|(_, row)| is_ours(row, router_id))
-        .map(|(uuid, row)| OurLb {
-            uuid: uuid.clone(),
-            name: row
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            protocol: row
-                .get("protocol")
-                .map(value::string_set)
-                .and_then(|p| p.into_iter().next()),
-            vips: row.get("vips").map(value::string_map).unwrap_or_default(),
-            options: row
-                .get("options")
-                .map(value::string_map)
-                .unwrap_or_default(),
-            external_ids: row
-                .get("external_ids")
-                .map(value::string_map)
-                .unwrap_or_default(),
-        })
-        .collect();
-    ours.sort_by(|a, b| a.uuid.cmp(&b.uuid));
-    let our_uuids: BTreeSet<&String> = ours.iter().map(|lb| &lb.uuid).collect();
-    let mut elsewhere = Vec::new();
-    if !our_uuids.is_empty() {
-        for table in ["Logical_Router", "Logical_Switch"] {
-            for (other, row) in replica.rows(table) {
-                if other == uuid
-                    || (table == "Logical_Switch" && tenant_switches.contains_key(other))
-                {
-                    continue;
-                }
-                let refs: BTreeSet<String> = reference_set(row, "load_balancer")
-                    .into_iter()
-                    .filter(|lb| our_uuids.contains(lb))
-                    .collect();
-                if !refs.is_empty() {
-                    elsewhere.push((table, other.clone(), refs));
-                }
-            }
-        }
-    }
-    Some(RouterView {
-        uuid: uuid.clone(),
-        load_balancers: reference_set(router, "load_balancer").into_iter().collect(),
-        tenant_switches,
-        ours,
-        elsewhere,
-        policies: policy::ours_on(replica, router, router_id),
-        gateway_ports,
-    })
+    Index::new(replica).view(router_id)
+}
+
+/// The view of every Neutron router (`neutron-<id>`) in the database, by router id: about the
+/// cost of one [`router_view`].
+pub fn router_views(replica: &Replica) -> HashMap<String, RouterView> {
+    let index = Index::new(replica);
+    index
+        .routers
+        .keys()
+        .filter_map(|name| name.strip_prefix("neutron-"))
+        .filter(|id| !id.is_empty())
+        .filter_map(|id| Some((id.to_string(), index.view(id)?)))
+        .collect()
 }
 
 fn vip_key(key: &ExternalKey) -> String {
@@ -808,6 +889,61 @@ mod tests {
                 json!({"op": "delete", "table": "Load_Balancer",
                        "where": [["_uuid", "==", ["uuid", "b"]]]}),
             ]
+        );
+    }
+
+    #[test]
+    fn the_views_of_every_router_from_one_index_are_each_routers_own() {
+        // Two routers; r2's switch also holds r1's load balancer (someone attached it there).
+        let mut rows = base();
+        rows["Logical_Router"]["lr2"] = json!({"name": "neutron-r2",
+            "ports": ["set", [["uuid", "int2"]]], "load_balancer": ["set", []]});
+        rows["Logical_Router"]["other"] = json!({"name": "not-neutron",
+            "ports": ["set", []], "load_balancer": ["set", []]});
+        rows["Logical_Router_Port"]["int2"] = json!({"name": "lrp-int2",
+            "gateway_chassis": ["set", []], "ha_chassis_group": ["set", []], "options": ["map", []]});
+        rows["Logical_Switch_Port"]["p-int2"] = json!({"name": "z", "type": "router",
+            "options": ["map", [["router-port", "lrp-int2"]]]});
+        rows["Logical_Switch"]["ls-int2"] = json!({"name": "neutron-int2",
+            "ports": ["uuid", "p-int2"], "load_balancer": ["set", [["uuid", "a"]]]});
+        rows["Load_Balancer"]["a"] = json!({"name": "praas-r1-tcp-10.0.0.5", "protocol": "tcp",
+            "options": ["map", [["ct_flush", "true"]]],
+            "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
+            "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
+                                     ["praas:backend", "10.0.0.5"]]]});
+        rows["Logical_Router"]["lr1"]["load_balancer"] =
+            json!(["set", [["uuid", "pf"], ["uuid", "a"]]]);
+        rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["uuid", "a"]);
+        let r = replica(rows);
+        let views = router_views(&r);
+        let mut ids: Vec<&String> = views.keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["r1", "r2"], "only Neutron's routers");
+        for id in ["r1", "r2"] {
+            assert_eq!(Some(&views[id]), router_view(&r, id).as_ref(), "{id}");
+        }
+        let r1 = &views["r1"];
+        assert_eq!(r1.uuid, "lr1");
+        assert_eq!(r1.tenant_switches.keys().collect::<Vec<_>>(), ["ls-int"]);
+        assert_eq!(r1.ours.len(), 1);
+        assert_eq!(
+            r1.elsewhere,
+            [(
+                "Logical_Switch",
+                "ls-int2".to_string(),
+                BTreeSet::from(["a".to_string()])
+            )]
+        );
+        let r2 = &views["r2"];
+        assert_eq!(r2.tenant_switches.keys().collect::<Vec<_>>(), ["ls-int2"]);
+        assert!(r2.ours.is_empty() && r2.elsewhere.is_empty() && r2.gateway_ports.is_empty());
+        // The plan for r1 takes its load balancer off r2's switch.
+        let ops = plan("r1", r1, &rules_of(r1));
+        assert_eq!(
+            ops,
+            [json!({"op": "mutate", "table": "Logical_Switch",
+                    "where": [["_uuid", "==", ["uuid", "ls-int2"]]],
+                    "mutations": [["load_balancer", "delete", ["set", [["uuid", "a"]]]]]})]
         );
     }
 }

@@ -206,7 +206,7 @@ pub fn guards(rules: &RuleSet) -> Vec<Guard> {
 }
 
 /// One `Logical_Router_Policy` of ours on the router, as the replica holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OurPolicy {
     pub uuid: String,
     pub priority: Option<i64>,
