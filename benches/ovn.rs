@@ -21,6 +21,12 @@
 //! one transaction (programming from empty too: Neutron itself would write one transaction per
 //! API call, which is slower; the figure is the layout's cost, not Neutron's API's).
 //!
+//! `-- --layout routers` (also part of the full run) measures the OVN worker's own check of
+//! every router it serves after one change in the database, on a private northbound
+//! ovsdb-server (no northd, no chassis: the worker's CPU alone) with 1,000 routers
+//! (`--routers N`): reading every router back, as the check did when any row changed, against
+//! every router's fingerprint from one pass and a read-back of the one that moved.
+//!
 //! Stages per layout: program from empty (until committed and until the chassis reports it
 //! applied, `hv_cfg`); +1 forward and -1 at that size (p50, p99); a change in the northbound
 //! database until the first forwarded packet, at 10 forwards and at `forwards` (p50, p99);
@@ -33,12 +39,15 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use praas::dataplane::ovn::{ApplyWait, Northbound, OvnBackend};
-use praas::dataplane::sync::RouterSync;
-use praas::dataplane::{Forward, NamespaceKind, PortRange, Protocol, RouterNamespace, RuleSet};
+use praas::dataplane::sync::{Check, RouterSync};
+use praas::dataplane::{
+    Backend, Forward, NamespaceKind, PortRange, Protocol, RouterNamespace, RuleSet,
+};
 use praas::ovsdb::{Remote, TlsFiles};
 use praas::testbed::fake_dataplane::NoFlows;
 use praas::testbed::ovn::{OvnEnv, OvnNamespace};
 use praas::testbed::ovn_router::{NeutronRouter, RouterLayout};
+use praas::testbed::ovsdb_server::NorthboundServer;
 use praas::testbed::simnode::{self, Server};
 use serde_json::{json, Value};
 use socket2::{Domain, SockAddr, Socket, Type};
@@ -130,7 +139,11 @@ impl Site {
             },
         )
         .expect("the benchmark's router");
-        let client = OvnNamespace::external(env, "203.0.113.201/24".parse().unwrap(), None)
+        // A client address of each layout's own: OVS 3.1's userspace conntrack can keep entries
+        // of flushed NAT connections, and a new connection that matches one asserts in
+        // ovs-vswitchd; another address keeps one layout's entries from the next one's tuples.
+        let client_ip = Ipv4Addr::new(203, 0, 113, slot - 190);
+        let client = OvnNamespace::external(env, Ipv4Net::new(client_ip, 24).unwrap(), None)
             .expect("the client on br-ex");
         // The floating IPs are off the external subnet: routed to the gateway, whose port
         // takes every packet addressed to its MAC.
@@ -152,14 +165,18 @@ impl Site {
         // Not waiting in the driver: the benchmark waits for the chassis apart, to time both.
         let backend = OvnBackend::new(nb.clone(), ApplyWait::None, TIMEOUT);
         let sync = RouterSync::new(Arc::new(backend), Arc::new(NoFlows));
-        Site {
+        let site = Site {
             client,
             _vm: vm,
             _server: server,
             router,
             nb,
             sync,
-        }
+        };
+        // What an interrupted run left.
+        site.remove_baselines();
+        site.wait_chassis();
+        site
     }
 
     fn namespace(&self) -> RouterNamespace {
@@ -180,17 +197,24 @@ impl Site {
     }
 }
 
-impl Drop for Site {
-    fn drop(&mut self) {
-        // The baselines' load balancers (PRaaS's go with the router's rows).
-        let id = self.router.layout.router_id.clone();
+impl Site {
+    /// Deletes the baselines' load balancers of this router (PRaaS's go with the router's
+    /// rows).
+    fn remove_baselines(&self) {
+        let router = self.router.router();
         let _ = self.nb.transact(
             vec![json!({"op": "delete", "table": "Load_Balancer",
                 "where": [["external_ids", "includes",
-                    ["map", [["neutron:router_name", format!("neutron-{id}")]]]]]})],
+                    ["map", [["neutron:router_name", router]]]]]})],
             ApplyWait::None,
             TIMEOUT,
         );
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        self.remove_baselines();
     }
 }
 
@@ -468,6 +492,13 @@ fn unprogram(site: &Site, layout: Layout, n: usize) {
     site.wait_chassis();
 }
 
+/// How many load balancers the northbound database holds.
+fn load_balancers(site: &Site) -> usize {
+    site.nb
+        .read(|r| r.rows("Load_Balancer").count())
+        .expect("the replica")
+}
+
 /// CPU time (user + system) of a daemon of the environment so far, and its resident memory.
 struct Daemon {
     name: &'static str,
@@ -585,12 +616,7 @@ fn run_layout(b: &mut Bench, env: &Arc<OvnEnv>, layout: Layout, o: &Options) {
     let name = layout.name();
     let n = o.forwards;
     let site = Site::new(env, layout);
-    let lbs = match layout {
-        Layout::Praas => 1,
-        Layout::NeutronPf => neutron_lbs(n, false).len(),
-        Layout::NeutronPfRanges => neutron_lbs(n, true).len(),
-    };
-    eprintln!("== {name}: {} forwards as {} load balancers", n, lbs);
+    eprintln!("== {name}: {n} forwards");
 
     // At 10 forwards first: the small end of first packet and connect time.
     program(&site, layout, 10);
@@ -601,7 +627,9 @@ fn run_layout(b: &mut Bench, env: &Arc<OvnEnv>, layout: Layout, o: &Options) {
     let flows_before = flow_counts(env);
     let daemons = Daemon::all(env);
     let cpu_before: Vec<Duration> = daemons.iter().map(Daemon::cpu).collect();
+    let lbs_before = load_balancers(&site);
     let (committed, applied) = program(&site, layout, n);
+    let lbs = load_balancers(&site) - lbs_before;
     let cpu: Vec<Duration> = daemons
         .iter()
         .zip(&cpu_before)
@@ -613,10 +641,14 @@ fn run_layout(b: &mut Bench, env: &Arc<OvnEnv>, layout: Layout, o: &Options) {
     let [add_commit, add_applied, del_commit, del_applied] = add_remove(&site, layout, n, o.reps);
     let first_large = first_packet(&site, layout, n, o.samples);
     let connect_large = connect_times(&site, layout, n, o.samples);
+    vswitchd_alive(env);
 
     let size = count(n);
     b.row(
-        &format!("{name}: program {size} forwards from empty ({lbs} load balancers)"),
+        &format!(
+            "{name}: program {size} forwards from empty ({} load balancers)",
+            count(lbs)
+        ),
         format!("{} / {}", ms(committed), ms(applied)),
         "committed / applied on the chassis (hv_cfg)",
     );
@@ -682,6 +714,221 @@ fn run_layout(b: &mut Bench, env: &Arc<OvnEnv>, layout: Layout, o: &Options) {
     drop(site);
 }
 
+/// Runs a layout; when ovs-vswitchd aborts meanwhile (OVS 3.1's userspace conntrack assertion,
+/// see `docs/operations.md`), starts it again and runs the layout again from the start, at
+/// most twice, and says so in the results. Other failures end the run.
+fn run_layout_again_after_aborts(b: &mut Bench, env: &Arc<OvnEnv>, layout: Layout, o: &Options) {
+    for attempt in 1..=3 {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_layout(b, env, layout, o)
+        }));
+        match run {
+            Ok(()) => return,
+            Err(panic) if attempt < 3 && !vswitchd_running(env) => {
+                eprintln!(
+                    "ovs-vswitchd aborted during {}: starting it again",
+                    layout.name()
+                );
+                simnode::run(&[&OvnEnv::script().to_string_lossy(), "up"], None)
+                    .expect("scripts/ovn up");
+                b.row(
+                    &format!("{}: ovs-vswitchd aborted, run again", layout.name()),
+                    format!("attempt {attempt}"),
+                    "the figures above and below come from a complete attempt",
+                );
+                drop(panic);
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+fn vswitchd_running(env: &OvnEnv) -> bool {
+    std::fs::read_to_string(env.rundir.join("ovs-vswitchd.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Fails the layout if ovs-vswitchd died meanwhile (its figures would not mean anything).
+fn vswitchd_alive(env: &OvnEnv) {
+    assert!(
+        vswitchd_running(env),
+        "ovs-vswitchd died during the run; see ovs-vswitchd.log in {}",
+        env.rundir.display()
+    );
+}
+
+/// `routers` Neutron-like routers (a tenant switch with a VM port, a gateway port on a
+/// chassis), as operations of one transaction.
+fn routers_ops(routers: usize) -> Vec<Value> {
+    let mut ops = Vec::new();
+    for i in 0..routers {
+        let (a, b) = ((i / 250) as u8, (i % 250) as u8);
+        let named = |what: &str| json!(["named-uuid", format!("{what}{i}")]);
+        let insert = |table: &str, what: &str, row: Value| json!({"op": "insert", "table": table, "uuid-name": format!("{what}{i}"), "row": row});
+        ops.push(insert(
+            "Logical_Switch_Port",
+            "rp",
+            json!({"name": format!("rp{i}"), "type": "router",
+                "options": ["map", [["router-port", format!("lrp-int-{i}")]]]}),
+        ));
+        ops.push(insert(
+            "Logical_Switch_Port",
+            "vm",
+            json!({"name": format!("vm{i}"),
+                "addresses": format!("fa:16:3e:01:{a:02x}:{b:02x} 10.{a}.{b}.5")}),
+        ));
+        ops.push(insert(
+            "Logical_Switch",
+            "ls",
+            json!({"name": format!("neutron-net{i}"),
+                "ports": ["set", [named("rp"), named("vm")]]}),
+        ));
+        ops.push(insert(
+            "Logical_Router_Port",
+            "int",
+            json!({"name": format!("lrp-int-{i}"), "mac": format!("fa:16:3e:02:{a:02x}:{b:02x}"),
+                "networks": format!("10.{a}.{b}.1/24")}),
+        ));
+        ops.push(insert(
+            "Gateway_Chassis",
+            "gc",
+            json!({"name": format!("gc{i}"), "chassis_name": "chassis-1", "priority": 1}),
+        ));
+        ops.push(insert(
+            "Logical_Router_Port",
+            "gw",
+            json!({"name": format!("lrp-gw-{i}"), "mac": format!("fa:16:3e:03:{a:02x}:{b:02x}"),
+                "networks": "203.0.113.1/24", "gateway_chassis": named("gc")}),
+        ));
+        ops.push(insert(
+            "Logical_Router",
+            "lr",
+            json!({"name": format!("neutron-r{i}"), "ports": ["set", [named("int"), named("gw")]]}),
+        ));
+    }
+    ops
+}
+
+fn run_routers(b: &mut Bench, routers: usize) {
+    assert!(routers <= 62_500, "--routers: at most 62,500");
+    eprintln!("== the OVN worker's check of {routers} routers");
+    let server = NorthboundServer::start().expect("a private northbound ovsdb-server");
+    let nb = Arc::new(Northbound::new(
+        vec![Remote::parse(&server.remote()).unwrap()],
+        TlsFiles::default(),
+        TIMEOUT,
+    ));
+    nb.transact(routers_ops(routers), ApplyWait::None, TIMEOUT)
+        .expect("the routers");
+    let backend = Arc::new(OvnBackend::new(nb.clone(), ApplyWait::None, TIMEOUT));
+    let sync = RouterSync::new(backend.clone(), Arc::new(NoFlows));
+    let namespaces: Vec<RouterNamespace> = (0..routers)
+        .map(|i| RouterNamespace::for_router(&format!("r{i}"), NamespaceKind::OvnRouter))
+        .collect();
+    // Ten forwards to each router's VM, as the agent's first pass writes them.
+    let gateway = Ipv4Addr::new(203, 0, 113, 1);
+    let rules_of = |i: usize| {
+        let vm = Ipv4Addr::new(10, (i / 250) as u8, (i % 250) as u8, 5);
+        let forwards: Vec<Forward> = (0..10)
+            .map(|k| Forward {
+                id: format!("f{i}-{k}"),
+                protocol: Protocol::Tcp,
+                external_ip: gateway,
+                external_ports: PortRange::single(4000 + k).unwrap(),
+                internal_ip: vm,
+                internal_ports: PortRange::single(22).unwrap(),
+                allowed_cidrs: vec![],
+                masquerade: false,
+            })
+            .collect();
+        RuleSet::from_forwards(&forwards).unwrap()
+    };
+    let t = Instant::now();
+    for (i, ns) in namespaces.iter().enumerate() {
+        sync.sync(ns, &rules_of(i)).expect("sync");
+    }
+    let programmed = t.elapsed();
+    let check_all = |expect_drift: usize| -> Duration {
+        let t = Instant::now();
+        let drifted = namespaces
+            .iter()
+            .filter(|ns| matches!(sync.check(ns).expect("check"), Check::Drifted(_)))
+            .count();
+        let took = t.elapsed();
+        assert_eq!(drifted, expect_drift);
+        took
+    };
+    // What every check did before fingerprints per router: read back every router.
+    let read_back_all = || -> Duration {
+        let t = Instant::now();
+        for ns in &namespaces {
+            backend.read_back(ns).expect("read back");
+        }
+        t.elapsed()
+    };
+    let moved = |before: (u64, u64)| {
+        let t = Instant::now();
+        while nb.generation().unwrap() == before {
+            assert!(
+                t.elapsed() < TIMEOUT,
+                "the change never reached the replica"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    // The check the agent makes each second, once, so that every router's fingerprint is known.
+    check_all(0);
+    let mut rounds: [Vec<Duration>; 3] = Default::default();
+    for round in 0..5 {
+        // A change elsewhere: a port added to the first router's tenant switch.
+        let before = nb.generation().unwrap();
+        server
+            .nbctl(&["lsp-add", "neutron-net0", &format!("extra{round}")])
+            .unwrap();
+        moved(before);
+        rounds[0].push(read_back_all());
+        rounds[1].push(check_all(0));
+        // A change of ours: a VIP of the first router's load balancer edited by hand.
+        let before = nb.generation().unwrap();
+        server
+            .nbctl(&[
+                "set",
+                "Load_Balancer",
+                "praas-r0-tcp-10.0.0.5",
+                &format!("vips:\"203.0.113.1:4000\"=\"10.0.0.{}:22\"", 100 + round),
+            ])
+            .unwrap();
+        moved(before);
+        rounds[2].push(check_all(1));
+        // Repaired, as the agent's next pass does.
+        sync.sync(&namespaces[0], &rules_of(0)).unwrap();
+        check_all(0);
+    }
+    let n = count(routers);
+    b.row(
+        &format!("OVN worker, {n} routers × 10 forwards: first pass"),
+        ms(programmed),
+        "one transaction per router, private ovsdb-server (no northd, no chassis)",
+    );
+    b.row(
+        &format!("OVN worker, {n} routers: every router read back (the check before)"),
+        p50_p99(&rounds[0]),
+        "after a port was added to one router's switch; p50 / p99 of 5",
+    );
+    b.row(
+        &format!("OVN worker, {n} routers: check of every router, now"),
+        p50_p99(&rounds[1]),
+        "after the same change: fingerprints from one pass, none moved; p50 / p99 of 5",
+    );
+    b.row(
+        &format!("OVN worker, {n} routers: check after one router's VIP was edited"),
+        p50_p99(&rounds[2]),
+        "one pass, that router read back and found drifted; p50 / p99 of 5",
+    );
+}
+
 fn value_of<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> T {
     args.iter()
         .position(|a| a == flag)
@@ -725,8 +972,11 @@ fn main() {
         ("ranges", Layout::NeutronPfRanges),
     ] {
         if only.as_deref().is_none_or(|o| o == key) {
-            run_layout(&mut b, &env, layout, &o);
+            run_layout_again_after_aborts(&mut b, &env, layout, &o);
         }
+    }
+    if only.as_deref().is_none_or(|o| o == "routers") {
+        run_routers(&mut b, value_of(&args, "--routers", 1_000));
     }
     println!("| measurement | result | note |\n|---|---|---|");
     for (what, figure, note) in &b.rows {
