@@ -27,6 +27,7 @@ use praas::dataplane::{
     Target,
 };
 use praas::testbed::simnode::{self, SimNode, SimNodeOptions, GATEWAY_IP};
+use praas::testbed::thousands as count;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 const FIRST_PORT: u16 = 10_000;
@@ -104,19 +105,6 @@ fn tcp_forwards_ending_at_vm(n: usize, vm: Ipv4Addr) -> Vec<Forward> {
     }
     f.last_mut().unwrap().internal_ip = vm;
     f
-}
-
-/// `n` with thousands separated, as the docs write counts.
-fn count(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The 1-minute load average, as `/proc/loadavg` gives it.

@@ -49,6 +49,7 @@ use praas::testbed::ovn::{OvnEnv, OvnNamespace};
 use praas::testbed::ovn_router::{NeutronRouter, RouterLayout};
 use praas::testbed::ovsdb_server::NorthboundServer;
 use praas::testbed::simnode::{self, Server};
+use praas::testbed::thousands as count;
 use serde_json::{json, Value};
 use socket2::{Domain, SockAddr, Socket, Type};
 
@@ -597,19 +598,6 @@ fn p50_p99(v: &[Duration]) -> String {
 fn us_p50_p99(v: &[Duration]) -> String {
     let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
     format!("{} / {}", us(percentile(v, 0.5)), us(percentile(v, 0.99)))
-}
-
-/// `n` with thousands separated, as the docs write counts.
-fn count(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn run_layout(b: &mut Bench, env: &Arc<OvnEnv>, layout: Layout, o: &Options) {

@@ -26,3 +26,16 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free port on loopback")
 }
+
+/// `n` with thousands separated by commas, as the docs write counts (for benchmark tables).
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -629,6 +629,19 @@ mod tests {
         })
     }
 
+    /// A TCP load balancer of ours for r1 and `vm`, as the database holds it.
+    fn our_row(vm: &str, vips: Value) -> Value {
+        json!({"name": format!("praas-r1-tcp-{vm}"), "protocol": "tcp",
+               "options": ["map", [["ct_flush", "true"]]], "vips": vips,
+               "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
+                                        ["praas:backend", vm]]]})
+    }
+
+    /// The one VIP of `rules()`.
+    fn one_vip() -> Value {
+        json!(["map", [["203.0.113.10:4000", "10.0.0.5:22"]]])
+    }
+
     fn rules() -> RuleSet {
         RuleSet::from_forwards([&Forward {
             id: "m1".into(),
@@ -699,14 +712,8 @@ mod tests {
     #[test]
     fn a_duplicate_or_foreign_named_row_of_ours_is_deleted_after_being_detached() {
         let mut rows = base();
-        let ours = |name: &str| {
-            json!({"name": name, "protocol": "tcp", "options": ["map", [["ct_flush", "true"]]],
-                   "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
-                   "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
-                                            ["praas:backend", "10.0.0.5"]]]})
-        };
-        rows["Load_Balancer"]["a"] = ours("praas-r1-tcp-10.0.0.5");
-        rows["Load_Balancer"]["b"] = ours("praas-r1-tcp-10.0.0.5");
+        rows["Load_Balancer"]["a"] = our_row("10.0.0.5", one_vip());
+        rows["Load_Balancer"]["b"] = our_row("10.0.0.5", one_vip());
         rows["Logical_Router"]["lr1"]["load_balancer"] =
             json!(["set", [["uuid", "pf"], ["uuid", "a"], ["uuid", "b"]]]);
         rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["set", [["uuid", "a"]]]);
@@ -778,11 +785,7 @@ mod tests {
 
         // As the database would hold it: read back whole, nothing to do, removal drops it.
         let mut rows = base();
-        rows["Load_Balancer"]["a"] = json!({"name": "praas-r1-tcp-10.0.0.5", "protocol": "tcp",
-            "options": ["map", [["ct_flush", "true"]]],
-            "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
-            "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
-                                     ["praas:backend", "10.0.0.5"]]]});
+        rows["Load_Balancer"]["a"] = our_row("10.0.0.5", one_vip());
         rows["Logical_Router"]["lr1"]["load_balancer"] =
             json!(["set", [["uuid", "pf"], ["uuid", "a"]]]);
         rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["uuid", "a"]);
@@ -845,18 +848,12 @@ mod tests {
         );
 
         // Now as the new layout holds them; 4001 is re-pointed from .6 to .5.
-        let row = |vm: &str, vips: Value| {
-            json!({"name": format!("praas-r1-tcp-{vm}"), "protocol": "tcp",
-                   "options": ["map", [["ct_flush", "true"]]], "vips": vips,
-                   "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
-                                            ["praas:backend", vm]]]})
-        };
         let mut rows = base();
-        rows["Load_Balancer"]["a"] = row(
+        rows["Load_Balancer"]["a"] = our_row(
             "10.0.0.5",
             json!(["map", [["203.0.113.10:4000", "10.0.0.5:22"]]]),
         );
-        rows["Load_Balancer"]["b"] = row(
+        rows["Load_Balancer"]["b"] = our_row(
             "10.0.0.6",
             json!(["map", [["203.0.113.10:4001", "10.0.0.6:22"]]]),
         );
@@ -906,11 +903,7 @@ mod tests {
             "options": ["map", [["router-port", "lrp-int2"]]]});
         rows["Logical_Switch"]["ls-int2"] = json!({"name": "neutron-int2",
             "ports": ["uuid", "p-int2"], "load_balancer": ["set", [["uuid", "a"]]]});
-        rows["Load_Balancer"]["a"] = json!({"name": "praas-r1-tcp-10.0.0.5", "protocol": "tcp",
-            "options": ["map", [["ct_flush", "true"]]],
-            "vips": ["map", [["203.0.113.10:4000", "10.0.0.5:22"]]],
-            "external_ids": ["map", [["praas:router_id", "r1"], ["praas:protocol", "tcp"],
-                                     ["praas:backend", "10.0.0.5"]]]});
+        rows["Load_Balancer"]["a"] = our_row("10.0.0.5", one_vip());
         rows["Logical_Router"]["lr1"]["load_balancer"] =
             json!(["set", [["uuid", "pf"], ["uuid", "a"]]]);
         rows["Logical_Switch"]["ls-int"]["load_balancer"] = json!(["uuid", "a"]);
