@@ -22,6 +22,7 @@ pub mod northbound;
 pub mod plan;
 pub mod policy;
 
+use std::borrow::Cow;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -95,13 +96,24 @@ impl OvnBackend {
 
     /// Writes `rules` for the router of `namespace` in one transaction.
     fn program(&self, namespace: &RouterNamespace, rules: &RuleSet) -> Result<(), DataplaneError> {
+        self.program_with(namespace, |_| Cow::Borrowed(rules))
+    }
+
+    /// Writes, in one transaction, the rules `wanted` makes of what the router holds now (one
+    /// view of the router, for reading back and for planning alike).
+    fn program_with<'r>(
+        &self,
+        namespace: &RouterNamespace,
+        wanted: impl FnOnce(&plan::RouterView) -> Cow<'r, RuleSet>,
+    ) -> Result<(), DataplaneError> {
         let router_id = router_id(namespace)?;
         let ops = self
             .nb
             .read(|replica| {
                 plan::router_view(replica, router_id).map(|view| {
-                    unsupported(namespace, rules, &view)?;
-                    Ok(plan::plan(router_id, &view, rules))
+                    let rules = wanted(&view);
+                    unsupported(namespace, &rules, &view)?;
+                    Ok(plan::plan(router_id, &view, &rules))
                 })
             })
             .map_err(|e| Self::error(namespace, e))?
@@ -200,13 +212,11 @@ impl Backend for OvnBackend {
     /// The changes applied to what the replica shows; the transaction also repairs whatever
     /// else differs.
     fn update(&self, namespace: &RouterNamespace, changes: &Changes) -> Result<(), DataplaneError> {
-        let mut rules =
-            self.read_back(namespace)?
-                .ok_or_else(|| DataplaneError::RouterMissing {
-                    router: namespace.to_string(),
-                })?;
-        rules.apply(changes);
-        self.program(namespace, &rules)
+        self.program_with(namespace, |view| {
+            let mut rules = plan::rules_of(view);
+            rules.apply(changes);
+            Cow::Owned(rules)
+        })
     }
 
     fn read_back(&self, namespace: &RouterNamespace) -> Result<Option<RuleSet>, DataplaneError> {
